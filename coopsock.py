@@ -920,6 +920,15 @@ def _load_backend(forced):
 BACKEND, pyev = _load_backend(os.environ.get("COOPSOCK_LOOP", "").strip())
 
 
+def _use_backend(name):
+    """Switch this process to another backend (for tests and --loop); ends this thread's hub."""
+    global BACKEND, pyev
+    BACKEND, pyev = _load_backend(name)
+    hub = getattr(_local, "hub", None)
+    if hub is not None:
+        hub.destroy()
+
+
 # ---------------------------------------------------------------------------
 # The hub
 #
@@ -1072,6 +1081,8 @@ class Hub(greenlet):
             except (KeyboardInterrupt, SystemExit) as exc:
                 self._in_loop = False
                 self.parent.throw(exc)
+            except GreenletExit:  # destroy(), or the hub was garbage-collected
+                return
             except BaseException as exc:
                 self._in_loop = False
                 self.handle_error(self, exc)
@@ -1088,10 +1099,12 @@ class Hub(greenlet):
             print(f"{where!r} failed with {type(exc).__name__}", file=sys.stderr)
 
     def destroy(self):
-        """Forget this thread's hub (a new one is made on next use); stop its loop."""
+        """End this hub; the thread gets a new one on next use. Parked greenlets stay parked."""
         self._stop_signal_wakeup()
         if getattr(_local, "hub", None) is self:
             del _local.hub
+        if self and getcurrent() is self.parent:
+            greenlet.throw(self, GreenletExit)
 
     def __repr__(self):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
