@@ -61,10 +61,14 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # Imports
 
+import sys
+
+if __name__ == "__main__":  # python -m coopsock: let `import coopsock` find this very module
+    sys.modules.setdefault("coopsock", sys.modules[__name__])
+
 import errno as _errno
 import os
 import socket as _stdsocket
-import sys
 import threading
 import time as _time
 import traceback
@@ -332,6 +336,9 @@ class _EvLoop:
 
     def reset(self):
         _ev_lib.ev_loop_fork(self._ptr)
+
+    def _active_watchers(self):
+        return sum(1 for w in list(_ev_watchers.values()) if w.loop is self and w._struct.active)
 
     backend = property(lambda self: _ev_lib.ev_backend(self._ptr))
     pending = property(lambda self: _ev_lib.ev_pending_count(self._ptr))
@@ -676,6 +683,10 @@ class _SelLoop:
 
     def update(self):
         self._now = _monotonic()
+
+    def _active_watchers(self):
+        return (sum(map(len, self._ios.values())) + sum(e[2] is not None for e in self._timers)
+                + sum(w._active for w in self._prepares + self._checks + self._idles + self._asyncs))
 
     def ref(self):
         self._refs += 1
@@ -1097,6 +1108,12 @@ class Hub(greenlet):
         elif not isinstance(exc, GreenletExit):
             traceback.print_exception(type(exc), exc, exc.__traceback__)
             print(f"{where!r} failed with {type(exc).__name__}", file=sys.stderr)
+
+    def stats(self):
+        """Return counts for tests and debugging: active watchers (None on real pyev), callbacks."""
+        count = getattr(self.loop, "_active_watchers", None)
+        return {"backend": self.ev.__name__, "active_watchers": count() if count else None,
+                "callbacks": sum(c.func is not None for c in self._callbacks)}
 
     def destroy(self):
         """End this hub; the thread gets a new one on next use. Parked greenlets stay parked."""
@@ -1863,3 +1880,145 @@ def wait_read(fileno, timeout=None, timeout_exc=TimeoutError("timed out")):
 def wait_write(fileno, timeout=None, timeout_exc=TimeoutError("timed out")):
     """Park until fileno is writable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=EV_WRITE)
+
+
+# ---------------------------------------------------------------------------
+# The demo: python -m coopsock, an echo server written as a user would write it
+
+def _echo(conn, address, served, idle_timeout, log):
+    """Echo every byte back until the peer closes, goes idle, or the server stops."""
+    log.debug("connection from %s opened", address)
+    conn.settimeout(idle_timeout or None)
+    reason = "closed by peer"
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+            served["bytes"] += len(data)
+    except TimeoutError:
+        reason = f"idle for {idle_timeout} s"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    finally:
+        conn.close()
+        log.debug("connection from %s closed (%s)", address, reason)
+
+
+def _serve(args, log):
+    """Accept connections until Ctrl-C or SIGTERM; return the exit status."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `cmd &`)
+    try:
+        listener = create_server((args.host, args.port), backlog=args.backlog, reuse_port=args.workers > 1)
+    except OSError as exc:
+        return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
+    log.info("echo server listening on %s:%d (loop backend: %s, pid %d)",
+             *listener.getsockname()[:2], BACKEND, os.getpid())
+    served, handlers = {"connections": 0, "bytes": 0}, set()
+    try:
+        with listener:
+            while True:
+                try:
+                    conn, address = listener.accept()
+                except OSError as exc:  # EMFILE and friends: wait for fds to free up
+                    log.warning("accept failed: %s", exc)
+                    sleep(0.1)
+                    continue
+                if len(handlers) >= args.max_connections:
+                    log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
+                    conn.close()
+                    continue
+                served["connections"] += 1
+                handler = spawn(_echo, conn, address, served, args.idle_timeout, log)
+                handlers.add(handler)
+                handler.link(handlers.discard)
+    except KeyboardInterrupt:
+        log.info("stopping: closing %d open connection(s)", len(handlers))
+        for handler in list(handlers):
+            handler.kill(block=False)
+        joinall(handlers, timeout=2)
+    log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
+    return 0
+
+
+def _fail(log, what, exc):
+    hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
+             _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
+             _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
+    hint = "check --host" if (exc.errno or 0) < 0 else hints.get(exc.errno, "check --host and --port")
+    reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
+    log.error("%s: %s; %s", what, reason, hint)
+    return 1
+
+
+def _serve_workers(args, log):
+    """Fork args.workers processes that share the port through SO_REUSEPORT."""
+    import signal
+    if not hasattr(_stdsocket, "SO_REUSEPORT"):
+        log.error("--workers needs SO_REUSEPORT, which this OS lacks: run one process per port instead")
+        return 2
+    try:  # fail here, once, rather than in every worker
+        create_server((args.host, args.port), reuse_port=True).close()
+    except OSError as exc:
+        return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
+    children = []
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_serve(args, log))
+        children.append(pid)
+
+    def forward(signum, frame):
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    log.info("all %d workers stopped", args.workers)
+    return status
+
+
+def main(argv=None):
+    """Run the echo server demo (python -m coopsock --help); return the exit status."""
+    import argparse
+    import logging
+    parser = argparse.ArgumentParser(prog="python -m coopsock", description="A cooperative TCP echo server.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    parser.add_argument("--backlog", type=int, default=1024, help="listen backlog (default: %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                        help="close new connections beyond N open ones (default: %(default)s)")
+    parser.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="close a connection silent this long; 0 never (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes sharing the port via SO_REUSEPORT (default: %(default)s)")
+    parser.add_argument("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    parser.add_argument("--version", action="version", version=f"coopsock {__version__}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s coopsock[%(process)d] %(message)s")
+    log = logging.getLogger("coopsock")
+    if args.loop:
+        try:
+            _use_backend(args.loop)
+        except ImportError as exc:
+            log.error("%s", exc)
+            return 2
+    return _serve_workers(args, log) if args.workers > 1 else _serve(args, log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
