@@ -1,0 +1,747 @@
+"""Benchmark coopsock side by side with gevent, eventlet, asyncio, uvloop and threads.
+
+    python bench/run.py              # the full run (~20 min on 2 cores): RESULTS.md, results.png
+    python bench/run.py --quick      # shorter measurements, 1 repeat, 2,000 idle connections
+    python bench/run.py --smoke      # a few seconds: one short case per coopsock backend (CI)
+    python bench/run.py --cases pp64-100,micro --servers coopsock-libev,gevent
+
+Each echo server (bench/servers/) runs in its own process pinned to CPU 0; the C
+load generator (bench/loadgen.c, compiled on first use) runs on CPU 1. For each
+case the servers are interleaved (A B C A B C ...) over the repeats, each
+measurement on a freshly started server that first serves a throw-away warm-up
+run. Figures are medians over the repeats with min-max, and ratios to gevent
+(the gevent.socket accept loop + spawn server) measured in the same run: the
+machines are shared and noisy, so only ratios from one run compare.
+
+A full run writes bench/RESULTS.md, bench/results.png and bench/results.json; a
+partial or --quick run writes the same files under bench/out/. --render
+rebuilds the report from a results.json without measuring.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import select
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+LOADGEN_SRC = os.path.join(HERE, "loadgen.c")
+LOADGEN = os.path.join(HERE, "loadgen")
+SERVERS_DIR = os.path.join(HERE, "servers")
+OUT_PARTIAL = os.path.join(HERE, "out")
+BASELINE = "gevent"
+IDLE_CONNS = 10_000
+
+# name: (script and arguments, extra environment, module that must import, label)
+SERVERS = {
+    "coopsock-libev": (["coopsock_server.py"], {"COOPSOCK_LOOP": "libev"}, None,
+                       "coopsock, libev (accept loop + spawn)"),
+    "coopsock-selectors": (["coopsock_server.py"], {"COOPSOCK_LOOP": "selectors"}, None,
+                           "coopsock, selectors (accept loop + spawn)"),
+    "coopsock-pyev": (["coopsock_server.py"], {"COOPSOCK_LOOP": "pyev"}, None,
+                      "coopsock, pyev (accept loop + spawn)"),
+    "gevent": (["gevent_server.py", "spawn"], {}, "gevent", "gevent (gevent.socket accept loop + spawn)"),
+    "gevent-StreamServer": (["gevent_server.py", "streamserver"], {}, "gevent", "gevent StreamServer"),
+    "eventlet": (["eventlet_server.py"], {}, "eventlet", "eventlet (listen + spawn)"),
+    "asyncio-streams": (["asyncio_server.py", "streams"], {}, None, "asyncio streams"),
+    "asyncio-protocol": (["asyncio_server.py", "protocol"], {}, None, "asyncio Protocol"),
+    "uvloop-streams": (["asyncio_server.py", "streams", "uvloop"], {}, "uvloop", "uvloop streams"),
+    "uvloop-protocol": (["asyncio_server.py", "protocol", "uvloop"], {}, "uvloop", "uvloop Protocol"),
+    "threads": (["threads_server.py"], {}, None, "a thread per connection (stdlib sockets)"),
+}
+COOPSOCK_BACKENDS = ("libev", "selectors", "pyev")
+
+# name: (kind, connections, message size, title)
+CASES = {
+    "pp64-1": ("pingpong", 1, 64, "64-byte ping-pong, 1 connection"),
+    "pp64-100": ("pingpong", 100, 64, "64-byte ping-pong, 100 connections"),
+    "pp64-1000": ("pingpong", 1000, 64, "64-byte ping-pong, 1,000 connections"),
+    "pp16k-10": ("pingpong", 10, 16384, "16 KiB ping-pong, 10 connections"),
+    "bulk-4": ("bulk", 4, 65536, "bulk streaming, 4 connections"),
+    "memory": ("memory", IDLE_CONNS, 1, "memory per idle connection"),
+    "micro": ("micro", 0, 0, "micro-costs"),
+}
+MICRO_LIBS = {  # name: (library argument of micro.py, environment)
+    "coopsock-libev": ("coopsock", {"COOPSOCK_LOOP": "libev"}),
+    "coopsock-selectors": ("coopsock", {"COOPSOCK_LOOP": "selectors"}),
+    "coopsock-pyev": ("coopsock", {"COOPSOCK_LOOP": "pyev"}),
+    "gevent": ("gevent", {}),
+    "eventlet": ("eventlet", {}),
+}
+MICRO_OPS = (  # key, label, unit, True if higher is better
+    ("timeout_us", "`with Timeout(10): pass`", "us", False),
+    ("switch_per_s", "`sleep(0)` ping-pong between 2 greenlets", "switches/s", True),
+    ("spawn_us", "`spawn(f).join()`, empty f", "us", False),
+    ("wait_us", "`wait_read` on an already-readable socket", "us", False),
+)
+
+
+class BenchError(Exception):
+    """A measurement failed: the server died, the load generator saw errors..."""
+
+
+# ---------------------------------------------------------------------------
+# Setup
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def build_loadgen():
+    """Compile the load generator with the system cc if it is missing or stale."""
+    if os.path.exists(LOADGEN) and os.path.getmtime(LOADGEN) >= os.path.getmtime(LOADGEN_SRC):
+        return
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise SystemExit("bench: no C compiler (cc) found: install gcc or clang to build bench/loadgen.c")
+    cmd = [cc, "-O2", "-Wall", "-o", LOADGEN, LOADGEN_SRC]
+    log("bench: building the load generator:", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def ensure_peers():
+    """pip-install bench/requirements.txt into this environment if a peer is missing."""
+    wanted = ("gevent", "eventlet", "matplotlib") + (("uvloop",) if sys.platform != "win32" else ())
+    missing = [m for m in wanted if not module_imports(m)]
+    if missing:
+        req = os.path.join(HERE, "requirements.txt")
+        log(f"bench: installing {', '.join(missing)} from {req}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", req], check=False)
+
+
+def module_imports(name, env=None):
+    code = f"import warnings; warnings.simplefilter('ignore'); import {name}"
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True).returncode == 0
+
+
+def coopsock_backend_ok(backend):
+    env = dict(os.environ, COOPSOCK_LOOP=backend)
+    code = "import coopsock, sys; sys.exit(coopsock.BACKEND != sys.argv[1])"
+    return subprocess.run([sys.executable, "-c", code, backend], env=env, cwd=REPO,
+                          capture_output=True).returncode == 0
+
+
+def available_servers():
+    names = []
+    for name, (_, env, module, _) in SERVERS.items():
+        ok = coopsock_backend_ok(env["COOPSOCK_LOOP"]) if name.startswith("coopsock-") else (
+            module is None or module_imports(module))
+        if ok:
+            names.append(name)
+        else:
+            log(f"bench: skipping {name}: {'its backend' if module is None else module} is not available")
+    return names
+
+
+def raise_nofile(need):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return
+        except (ValueError, OSError):
+            need = hard
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+class Pinning:
+    """taskset prefixes: the server on CPU 0, the load generator on CPU 1."""
+
+    def __init__(self, enabled):
+        ncpu = os.cpu_count() or 1
+        self.enabled = enabled and ncpu >= 2 and shutil.which("taskset") is not None
+        self.note = ("server on CPU 0, load generator on CPU 1 (taskset)" if self.enabled else
+                     "not pinned (taskset missing, fewer than 2 CPUs, or --no-pin)")
+        if self.enabled:
+            try:
+                os.sched_setaffinity(0, {1})  # this harness stays off the server's CPU
+            except (AttributeError, OSError):
+                pass
+
+    def server(self):
+        return ["taskset", "-c", "0"] if self.enabled else []
+
+    def client(self):
+        return ["taskset", "-c", "1"] if self.enabled else []
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def proc_stat(pid):
+    """Return (cpu seconds, minor page faults) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[7])
+
+
+def proc_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+class Server:
+    """One echo server in a subprocess; start() waits for its "PORT n" line."""
+
+    def __init__(self, name, pin, logdir, tag):
+        self.name = name
+        script, env, _, _ = SERVERS[name]
+        self.argv = pin.server() + [sys.executable, os.path.join(SERVERS_DIR, script[0]), *script[1:]]
+        self.env = dict(os.environ, PYTHONWARNINGS="ignore", **env)
+        self.logpath = os.path.join(logdir, f"{tag}.log")
+        self.proc = None
+        self.port = None
+        self.info = ""
+
+    def start(self, timeout=30.0):
+        self.log = open(self.logpath, "w")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=self.log, stdin=subprocess.DEVNULL)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if not line.startswith("PORT "):
+            self.stop()
+            raise BenchError(f"{self.name} did not start: {line!r}; see {self.logpath}: {self.log_tail()}")
+        _, port, *info = line.split()
+        self.port, self.info = int(port), " ".join(info)
+        return self
+
+    def check(self):
+        """Raise BenchError if the server died or printed a traceback."""
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
+        self.log.flush()
+        with open(self.logpath, errors="replace") as f:
+            text = f.read()
+        if "Traceback" in text or "Exception ignored" in text:
+            raise BenchError(f"{self.name} reported errors: {self.log_tail()}")
+
+    def log_tail(self, n=600):
+        try:
+            with open(self.logpath, errors="replace") as f:
+                return f.read()[-n:].strip()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        self.log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def run_loadgen(pin, port, mode, conns, size, warmup, duration):
+    cmd = pin.client() + [LOADGEN, "-p", str(port), "-m", mode, "-c", str(conns), "-s", str(size),
+                          "-w", str(warmup), "-d", str(duration), "-T", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + duration + 120)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise BenchError(f"loadgen printed no result (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    if result.get("errors"):
+        raise BenchError(f"loadgen: {result['errors']} errors, first: {result.get('first_error')}")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The cases
+
+
+def measure_pingpong(server_name, case, args, pin, logdir, tag):
+    kind, conns, size, _ = CASES[case]
+    mode = "bulk" if kind == "bulk" else "pingpong"
+    with Server(server_name, pin, logdir, tag) as server:
+        # A throw-away run first, on its own connections: the server's code
+        # paths, its allocator and the kernel's socket caches warm up, and
+        # one-off start-up states (e.g. glibc's mmap threshold) settle.
+        if args.warmup > 0:
+            run_loadgen(pin, server.port, mode, conns, size, 0, args.warmup)
+        cpu0, faults0 = proc_stat(server.proc.pid)
+        result = run_loadgen(pin, server.port, mode, conns, size, 0, args.duration)
+        cpu1, faults1 = proc_stat(server.proc.pid)
+        server.check()
+    rt = max(result["round_trips"], 1)
+    return {
+        "rps": result["rps"], "p50_us": result["p50_us"], "p99_us": result["p99_us"],
+        "mb_per_s": result["mb_per_s"], "server_cpu": (cpu1 - cpu0) / result["duration_s"],
+        "cpu_us_per_rt": (cpu1 - cpu0) / rt * 1e6 if mode == "pingpong" else None,
+        "faults_per_rt": (faults1 - faults0) / rt if mode == "pingpong" else None,
+        "info": server.info,
+    }
+
+
+def measure_memory(server_name, case, args, pin, logdir, tag):
+    conns = args.idle_conns
+    with Server(server_name, pin, logdir, tag) as server:
+        run_loadgen(pin, server.port, "pingpong", 1, 64, 0, 0.2)  # one connection served and closed
+        time.sleep(0.5)
+        rss0 = proc_rss_kib(server.proc.pid)
+        cmd = pin.client() + [LOADGEN, "-p", str(server.port), "-m", "idle", "-c", str(conns),
+                              "-t", "300", "-T", "120"]
+        client = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        try:
+            ready, _, _ = select.select([client.stdout], [], [], 180)
+            line = client.stdout.readline() if ready else ""
+            try:
+                result = json.loads(line)
+            except ValueError:
+                raise BenchError(f"loadgen idle printed {line!r}") from None
+            if result.get("errors") or not result.get("ready"):
+                raise BenchError(f"loadgen idle: {result.get('errors')} errors, first: {result.get('first_error')}")
+            time.sleep(1.0)
+            rss1 = proc_rss_kib(server.proc.pid)
+            server.check()
+        finally:
+            client.stdin.close()
+            try:
+                client.wait(60)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                client.wait()
+    return {"kib_per_conn": (rss1 - rss0) / conns, "rss0_kib": rss0, "rss1_kib": rss1,
+            "setup_s": result.get("setup_s"), "info": server.info}
+
+
+def measure_micro(lib_name, args, pin, logdir):
+    lib, env = MICRO_LIBS[lib_name]
+    cmd = pin.server() + [sys.executable, os.path.join(HERE, "micro.py"), lib, "--time", str(args.micro_time)]
+    proc = subprocess.run(cmd, env=dict(os.environ, PYTHONWARNINGS="ignore", **env), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise BenchError(f"micro.py {lib} failed: {proc.stderr.strip()[-600:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_cases(args, servers, pin, logdir):
+    """Measure every case; return {case: {server: [result or {"error": msg}]}}."""
+    results = {}
+    for case in args.cases:
+        kind = CASES[case][0]
+        names = ([n for n in MICRO_LIBS if n in args.micro_libs] if kind == "micro" else servers)
+        results[case] = {name: [] for name in names}
+        for rep in range(args.repeats):
+            for name in names:
+                tag = f"{case}-{name}-{rep}"
+                t = time.monotonic()
+                try:
+                    if kind == "micro":
+                        r = measure_micro(name, args, pin, logdir)
+                    elif kind == "memory":
+                        r = measure_memory(name, case, args, pin, logdir, tag)
+                    else:
+                        r = measure_pingpong(name, case, args, pin, logdir, tag)
+                except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+                    r = {"error": str(exc)}
+                results[case][name].append(r)
+                log(f"bench: {case:10} {name:20} #{rep + 1} {time.monotonic() - t:5.1f}s  {summarize(case, r)}")
+    return results
+
+
+def summarize(case, r):
+    if "error" in r:
+        return "ERROR " + r["error"][:300]
+    kind = CASES[case][0]
+    if kind == "pingpong":
+        return f"{r['rps']:10.0f} rt/s  p50 {r['p50_us']:8.1f} us  cpu {r['cpu_us_per_rt']:.1f} us/rt"
+    if kind == "bulk":
+        return f"{r['mb_per_s']:10.1f} MB/s"
+    if kind == "memory":
+        return f"{r['kib_per_conn']:8.2f} KiB/conn"
+    return "  ".join(f"{k} {r[k]:.4g}" for k, *_ in MICRO_OPS if k in r)
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+def values(runs, key):
+    return [r[key] for r in runs if "error" not in r and r.get(key) is not None]
+
+
+def stats(runs, key):
+    """(median, min, max) of key over the successful runs, or None."""
+    v = values(runs, key)
+    return (statistics.median(v), min(v), max(v)) if v else None
+
+
+def fmt(x, digits=3):
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def ratio(case_results, name, key):
+    mine, base = stats(case_results.get(name, []), key), stats(case_results.get(BASELINE, []), key)
+    if not mine or not base or not base[0]:
+        return None
+    return mine[0] / base[0]
+
+
+def cell(case_results, name, key, digits=3):
+    s = stats(case_results.get(name, []), key)
+    if not s:
+        return "-", "-", "-"
+    r = ratio(case_results, name, key)
+    return fmt(s[0], digits), f"{fmt(s[1], digits)}-{fmt(s[2], digits)}", (f"{r:.2f}x" if r is not None else "-")
+
+
+def errors_of(runs):
+    return [r["error"] for r in runs if "error" in r]
+
+
+def machine_info(servers):
+    info = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "nproc": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        info["cpu"] = platform.processor() or "?"
+    code = """
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+v = {}
+def grab(name, f):
+    try: v[name] = f()
+    except Exception as exc: v[name] = None
+import greenlet; v["greenlet"] = greenlet.__version__
+grab("gevent", lambda: __import__("gevent").__version__ + " (loop " + __import__("gevent").config.loop.__module__ + ")")
+grab("eventlet", lambda: __import__("eventlet").__version__)
+grab("uvloop", lambda: __import__("uvloop").__version__)
+grab("matplotlib", lambda: __import__("matplotlib").__version__)
+import coopsock; v["coopsock"] = coopsock.__version__ + " (default backend " + coopsock.BACKEND + ")"
+grab("libev", lambda: "%d.%d" % coopsock._load_backend("libev")[1].version())
+print(json.dumps(v))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    try:
+        info["versions"] = json.loads(proc.stdout)
+    except ValueError:
+        info["versions"] = {"error": proc.stderr[-300:]}
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    info["commit"] = git("rev-parse", "--short", "HEAD")
+    info["coopsock_dirty"] = bool(git("status", "--porcelain", "--", "coopsock.py"))
+    info["servers"] = {name: SERVERS[name][3] for name in servers}
+    return info
+
+
+def target_lines(results):
+    """The issue's targets, each with the measured figure and met / missed by how much."""
+    lines = []
+
+    def check(label, value, goal, higher_is_better=True, unit="x"):
+        if value is None:
+            lines.append(f"| {label} | {goal:g}{unit} | not measured | - |")
+            return
+        met = value >= goal if higher_is_better else value <= goal
+        if met:
+            verdict = "**met**"
+        elif higher_is_better:
+            verdict = f"missed: {value / goal:.0%} of the goal (needs {goal / value:.2f}x more)"
+        else:
+            verdict = f"missed: {value / goal:.2f}x the limit (needs {value / goal:.2f}x less)"
+        lines.append(f"| {label} | {'>=' if higher_is_better else '<='} {goal:g}{unit} | {value:.2f}{unit} | {verdict} |")
+
+    for case in ("pp64-1", "pp64-100", "pp64-1000"):
+        cr = results.get(case, {})
+        conns = CASES[case][1]
+        check(f"coopsock-libev rt/s vs gevent, {conns} conn", ratio(cr, "coopsock-libev", "rps"), 2.0)
+        for peer in ("asyncio-streams", "uvloop-streams", "threads"):
+            mine, theirs = stats(cr.get("coopsock-libev", []), "rps"), stats(cr.get(peer, []), "rps")
+            check(f"coopsock-libev rt/s vs {peer}, {conns} conn",
+                  mine[0] / theirs[0] if mine and theirs else None, 1.0)
+    for case in ("pp64-1", "pp64-100", "pp64-1000"):
+        check(f"coopsock-selectors rt/s vs gevent, {CASES[case][1]} conn",
+              ratio(results.get(case, {}), "coopsock-selectors", "rps"), 1.5)
+    for name in ("coopsock-libev", "coopsock-selectors"):
+        check(f"{name} p50 latency vs gevent, 1 conn", ratio(results.get("pp64-1", {}), name, "p50_us"), 0.7,
+              higher_is_better=False)
+    for name in ("coopsock-libev", "coopsock-selectors"):
+        s = stats(results.get("memory", {}).get(name, []), "kib_per_conn")
+        check(f"{name} memory per idle connection", s[0] if s else None, 6.0, higher_is_better=False,
+              unit=" KiB")
+    micro = results.get("micro", {})
+    for name in ("coopsock-libev", "coopsock-selectors"):
+        check(f"{name} Timeout enter+exit vs gevent", ratio(micro, name, "timeout_us"), 0.5, False)
+        check(f"{name} spawn+join vs gevent", ratio(micro, name, "spawn_us"), 0.5, False)
+        check(f"{name} sleep(0) switches/s vs gevent", ratio(micro, name, "switch_per_s"), 1.0)
+    return lines
+
+
+def write_report(data, outdir):
+    results, meta = data["results"], data["meta"]
+    info = meta["machine"]
+    md = ["# coopsock benchmark results", "",
+          f"Generated by `{meta['command']}` on {info['date']}"
+          f" ({meta['elapsed_s'] / 60:.1f} min). Only ratios from one run compare: the machine is shared.", "",
+          "## Machine and method", "",
+          f"- CPUs (`nproc`): {info['nproc']}; CPU: {info['cpu']}; kernel {info['kernel']}; Python {info['python']}",
+          "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
+          f"- coopsock.py at commit {info['commit']}{' with uncommitted changes' if info['coopsock_dirty'] else ''}",
+          f"- Pinning: {meta['pinning']}",
+          f"- Each measurement: a fresh server process, a {meta['warmup']:g} s warm-up run on throw-away "
+          f"connections, then {meta['duration']:g} s measured; {meta['repeats']} repeats, servers interleaved "
+          f"(A B C A B C ...). Figures: median, min-max over the repeats, and the median as a ratio to "
+          f"`{BASELINE}` in this run (for latency, memory and costs: lower is better).",
+          "- Load: bench/loadgen (C, epoll), ping-pong of S bytes per connection (send, wait for the whole "
+          "echo, repeat), checked byte for byte; bulk: 4 connections streaming 64 KiB writes with 1 MiB in flight. "
+          "Servers read up to 64 KiB and send it all back (asyncio/uvloop Protocols read what the transport "
+          "hands them); each sets TCP_NODELAY on accepted connections (asyncio and uvloop do it themselves).",
+          f"- Memory: server VmRSS with {meta['idle_conns']:,} idle connections (each served one 1-byte round trip) "
+          "minus VmRSS after serving one connection, divided by the connection count.",
+          "- Server CPU us/rt: the server process's user+system CPU time during the measured run per round trip.",
+          "", "Servers:", ""]
+    md += [f"- `{name}`: {label}" for name, label in info["servers"].items()]
+
+    md += ["", "## Targets (from issue 4)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    md += target_lines(results)
+
+    for case, per_server in results.items():
+        kind, conns, size, title = CASES[case]
+        md += ["", f"## {title} (`{case}`)", ""]
+        if kind == "pingpong":
+            md += ["| server | round trips/s | min-max | x gevent | p50 us | x gevent | p99 us | server CPU us/rt |",
+                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for name, runs in per_server.items():
+                med, rng, rat = cell(per_server, name, "rps")
+                p50, _, p50r = cell(per_server, name, "p50_us")
+                p99 = cell(per_server, name, "p99_us")[0]
+                cpu = cell(per_server, name, "cpu_us_per_rt")[0]
+                md.append(f"| {name} | {med} | {rng} | {rat} | {p50} | {p50r} | {p99} | {cpu} |")
+        elif kind == "bulk":
+            md += ["| server | MB/s echoed | min-max | x gevent | server CPU (cores) |", "|---|---:|---:|---:|---:|"]
+            for name in per_server:
+                med, rng, rat = cell(per_server, name, "mb_per_s")
+                md.append(f"| {name} | {med} | {rng} | {rat} | {cell(per_server, name, 'server_cpu')[0]} |")
+        elif kind == "memory":
+            md += ["| server | KiB per idle connection | min-max | x gevent | RSS before, MiB | RSS with conns, MiB |",
+                   "|---|---:|---:|---:|---:|---:|"]
+            for name, runs in per_server.items():
+                med, rng, rat = cell(per_server, name, "kib_per_conn")
+                r0, r1 = stats(runs, "rss0_kib"), stats(runs, "rss1_kib")
+                md.append(f"| {name} | {med} | {rng} | {rat} | {fmt(r0[0] / 1024) if r0 else '-'} | "
+                          f"{fmt(r1[0] / 1024) if r1 else '-'} |")
+        else:
+            md += ["| operation | library | median | min-max | x gevent |", "|---|---|---:|---:|---:|"]
+            for key, label, unit, _ in MICRO_OPS:
+                for name in per_server:
+                    med, rng, rat = cell(per_server, name, key)
+                    md.append(f"| {label} ({unit}) | {name} | {med} | {rng} | {rat} |")
+        errs = [(name, e) for name, runs in per_server.items() for e in errors_of(runs)]
+        if errs:
+            md += ["", "Failed measurements:", ""] + [f"- {name}: {e[:300]}" for name, e in errs]
+    if os.path.exists(os.path.join(outdir, "results.png")):
+        md += ["", "## Chart", "", "![round trips/s by library and connection count](results.png)"]
+    md.append("")
+    with open(os.path.join(outdir, "RESULTS.md"), "w") as f:
+        f.write("\n".join(md))
+
+
+def write_chart(data, outdir):
+    """Bar chart: 64-byte round trips/s by server, grouped by connection count."""
+    results = data["results"]
+    cases = [c for c in ("pp64-1", "pp64-100", "pp64-1000") if c in results]
+    if not cases:
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("bench: matplotlib is missing: no chart")
+        return
+    names = list(dict.fromkeys(n for c in cases for n in results[c]))
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    width = 0.8 / len(names)
+    cmap = plt.get_cmap("tab20")
+    for i, name in enumerate(names):
+        meds, lo, hi = [], [], []
+        for c in cases:
+            s = stats(results[c].get(name, []), "rps")
+            meds.append(s[0] if s else 0)
+            lo.append(s[0] - s[1] if s else 0)
+            hi.append(s[2] - s[0] if s else 0)
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cases))]
+        bold = name.startswith("coopsock") or name == BASELINE
+        ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2, label=name, color=cmap(i % 20),
+               edgecolor="black" if bold else None, linewidth=1.2 if bold else 0)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{CASES[c][1]:,} connection{'s' if CASES[c][1] > 1 else ''}" for c in cases])
+    ax.set_ylabel("round trips/s (median, min-max)")
+    ax.set_title(f"64-byte echo ping-pong, server on 1 core ({data['meta']['machine']['date']})")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:.0f}k"))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(os.path.join(outdir, "results.png"), dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# Smoke
+
+
+def smoke(args, pin, logdir):
+    """One short ping-pong and the micro-costs per coopsock backend; True if all passed."""
+    ok = True
+    for backend in COOPSOCK_BACKENDS:
+        name = f"coopsock-{backend}"
+        if not coopsock_backend_ok(backend):
+            log(f"smoke: {name}: backend absent here, skipped")
+            if backend == "selectors":
+                log("smoke: FAIL: the selectors backend must always load")
+                ok = False
+            continue
+        try:
+            with Server(name, pin, logdir, f"smoke-{name}") as server:
+                r = run_loadgen(pin, server.port, "pingpong", 20, 64, 0.2, 0.5)
+                if not r["round_trips"]:
+                    raise BenchError("no round trip completed")
+                b = run_loadgen(pin, server.port, "bulk", 2, 65536, 0, 0.3)
+                if not b["bytes"]:
+                    raise BenchError("bulk: nothing echoed")
+                time.sleep(0.1)
+                server.check()
+                if server.info != backend:
+                    raise BenchError(f"server ran on backend {server.info!r}, not {backend}")
+            m = measure_micro(name, argparse.Namespace(micro_time=0.05), pin, logdir)
+            log(f"smoke: {name}: ok: {r['rps']:.0f} rt/s at 20 conns, p50 {r['p50_us']:.0f} us; "
+                f"bulk {b['mb_per_s']:.0f} MB/s; " + summarize("micro", m))
+        except (BenchError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
+            log(f"smoke: {name}: FAIL: {exc}")
+            ok = False
+    return ok
+
+
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--smoke", action="store_true", help="a few seconds: one short case per coopsock backend; "
+                    "exits non-zero on any error")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 0.5 s warm-up, 1.5 s runs, 2,000 idle connections")
+    ap.add_argument("--cases", help=f"comma-separated, from: {', '.join(CASES)} (default: all)")
+    ap.add_argument("--servers", help=f"comma-separated, from: {', '.join(SERVERS)} (default: all present); "
+                    "gevent is always added as the baseline")
+    ap.add_argument("--repeats", type=int, help="repeats per measurement (default 3)")
+    ap.add_argument("--duration", type=float, help="seconds measured per run (default 3)")
+    ap.add_argument("--warmup", type=float, help="seconds of warm-up run before each measurement (default 1)")
+    ap.add_argument("--idle-conns", type=int, help=f"connections for the memory case (default {IDLE_CONNS:,})")
+    ap.add_argument("--micro-time", type=float, default=0.5, help="seconds per micro-cost figure (default 0.5)")
+    ap.add_argument("--out", help="directory for RESULTS.md, results.png, results.json "
+                    "(default: bench/ for a full run, bench/out/ otherwise)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--no-install", action="store_true", help="do not pip-install missing peers")
+    ap.add_argument("--render", metavar="RESULTS_JSON", help="rebuild RESULTS.md and the chart from a results.json")
+    args = ap.parse_args(argv)
+    args.full = not (args.quick or args.cases or args.servers or args.repeats or args.duration or args.warmup
+                     or args.idle_conns)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.duration = args.duration or (1.5 if args.quick else 3.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    args.idle_conns = args.idle_conns or (2000 if args.quick else IDLE_CONNS)
+    if args.quick:
+        args.micro_time = min(args.micro_time, 0.25)
+    args.cases = args.cases.split(",") if args.cases else list(CASES)
+    for case in args.cases:
+        if case not in CASES:
+            ap.error(f"unknown case {case!r}: choose from {', '.join(CASES)}")
+    if args.servers:
+        args.servers = args.servers.split(",")
+        for name in args.servers:
+            if name not in SERVERS:
+                ap.error(f"unknown server {name!r}: choose from {', '.join(SERVERS)}")
+        if BASELINE not in args.servers:
+            args.servers.insert(0, BASELINE)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    outdir = args.out or (HERE if args.full else OUT_PARTIAL)
+    os.makedirs(outdir, exist_ok=True)
+    if args.render:
+        with open(args.render) as f:
+            data = json.load(f)
+        write_chart(data, outdir)
+        write_report(data, outdir)
+        log(f"bench: wrote {outdir}/RESULTS.md and results.png")
+        return 0
+
+    logdir = os.path.join(OUT_PARTIAL, "logs")
+    shutil.rmtree(logdir, ignore_errors=True)
+    os.makedirs(logdir)
+    build_loadgen()
+    raise_nofile(2 * max(args.idle_conns, 1000) + 256)
+    pin = Pinning(not args.no_pin)
+
+    if args.smoke:
+        t = time.monotonic()
+        ok = smoke(args, pin, logdir)
+        log(f"smoke: {'passed' if ok else 'FAILED'} in {time.monotonic() - t:.1f}s")
+        return 0 if ok else 1
+
+    if not args.no_install:
+        ensure_peers()
+    servers = available_servers()
+    if args.servers:
+        servers = [s for s in args.servers if s in servers]
+    args.micro_libs = [n for n in MICRO_LIBS if n in servers or (n == "gevent" and module_imports("gevent"))
+                       or (n == "eventlet" and "eventlet" in servers)]
+    if BASELINE not in servers:
+        log(f"bench: warning: the baseline {BASELINE} is not available: no ratios")
+    command = "python bench/run.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    log(f"bench: {command}: cases {', '.join(args.cases)}; servers {', '.join(servers)}; "
+        f"{args.repeats} repeats of {args.warmup:g}+{args.duration:g} s; {pin.note}")
+    t = time.monotonic()
+    results = run_cases(args, servers, pin, logdir)
+    meta = {"command": command, "elapsed_s": time.monotonic() - t, "pinning": pin.note,
+            "repeats": args.repeats, "duration": args.duration, "warmup": args.warmup,
+            "idle_conns": args.idle_conns, "machine": machine_info(servers)}
+    data = {"meta": meta, "results": results}
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    write_chart(data, outdir)
+    write_report(data, outdir)
+    failures = sum(len(errors_of(runs)) for per in results.values() for runs in per.values())
+    log(f"bench: wrote {outdir}/RESULTS.md, results.png, results.json in {meta['elapsed_s'] / 60:.1f} min"
+        + (f"; {failures} measurements FAILED (see the report)" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
