@@ -66,6 +66,7 @@ import sys
 if __name__ == "__main__":  # python -m coopsock: let `import coopsock` find this very module
     sys.modules.setdefault("coopsock", sys.modules[__name__])
 
+import _socket
 import errno as _errno
 import os
 import socket as _stdsocket
@@ -76,7 +77,6 @@ import types
 from collections import deque
 from operator import index as _index
 
-import _socket
 from greenlet import GreenletExit, getcurrent, greenlet
 
 # The stdlib names a user of coopsock.socket reaches for: constants, and the
@@ -157,7 +157,7 @@ def _report_callback_error(exc, watcher):
 # are done here on the struct fields. The layout is libev 4's default build
 # (priorities enabled, EV_COMMON = "void *data"), checked by _probe_libev().
 
-import ctypes as _ct  # noqa: E402  (kept next to the code that needs it)
+import ctypes as _ct
 
 _ev_lib = None          # the CDLL, once loaded
 _ev_watchers = {}       # {struct address: watcher} for every active or pending watcher
@@ -515,8 +515,8 @@ _EV_KINDS = ((_EvIo, "io"), (_EvTimer, "timer"), (_EvSignal, "signal"), (_EvAsyn
 # idle watchers only on passes with nothing else to do, and an Async that
 # another thread wakes through a socketpair.
 
-import heapq  # noqa: E402
-import selectors  # noqa: E402
+import heapq
+import selectors
 
 
 class _SelError(Exception):
@@ -1689,7 +1689,7 @@ class socket(_stdsocket.socket):
                         deadline = self._deadline()
                     self._wait(EV_WRITE, deadline)
                 if sent >= total:
-                    return None
+                    return
 
     def connect(self, address):
         """Connect to address; a host name is resolved without blocking the hub.
@@ -1861,23 +1861,26 @@ def getnameinfo(sockaddr, flags):
     return _run_in_thread(_socket.getnameinfo, sockaddr, flags)
 
 
-def wait_readwrite(fileno, timeout=None, timeout_exc=TimeoutError("timed out"), *, events=EV_READ | EV_WRITE):
-    """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds."""
+def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | EV_WRITE):
+    """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds.
+
+    timeout_exc defaults to TimeoutError("timed out"), as a socket's timeout raises.
+    """
     hub = get_hub()
     watcher = hub.io(fileno, events)
     if timeout is None:
         hub.wait(watcher)
     else:
-        with Timeout(timeout, timeout_exc):
+        with Timeout(timeout, TimeoutError("timed out") if timeout_exc is None else timeout_exc):
             hub.wait(watcher)
 
 
-def wait_read(fileno, timeout=None, timeout_exc=TimeoutError("timed out")):
+def wait_read(fileno, timeout=None, timeout_exc=None):
     """Park until fileno is readable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=EV_READ)
 
 
-def wait_write(fileno, timeout=None, timeout_exc=TimeoutError("timed out")):
+def wait_write(fileno, timeout=None, timeout_exc=None):
     """Park until fileno is writable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=EV_WRITE)
 
