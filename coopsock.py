@@ -288,6 +288,7 @@ class _EvLoop:
             raise _EvError(f"ev_loop_new({flags:#x}) failed: no usable backend")
         self.data, self.debug = data, debug
         self._changed_fds = []  # fds whose io watchers changed since the last poll
+        self._async_started = False
 
     def __del__(self):
         if getattr(self, "_ptr", None) and _ev_lib is not None:
@@ -491,8 +492,15 @@ class _EvAsync(_EvWatcher):
     __slots__ = ()
     _Struct = _ev_async
 
+    def start(self):
+        self.loop._async_started = True
+        super().start()
+
     def send(self):
-        _ev_lib.ev_async_send(self.loop._ptr, self._ptr)
+        # Before any Async started on the loop, libev has no wake-up pipe and
+        # asserts (aborts) on the next poll; and there is no one to wake anyway.
+        if self.loop._async_started:
+            _ev_lib.ev_async_send(self.loop._ptr, self._ptr)
 
     sent = property(lambda self: bool(self._struct.sent))
 
@@ -842,6 +850,10 @@ class _SelAsync(_SelWatcher):
     def __init__(self, loop, callback, data=None, priority=0):
         super().__init__(loop, callback, data, priority)
         self._sent = False
+
+    def _add(self):
+        self._sent = False  # as libev's ev_async_start does
+        super()._add()
 
     def send(self):
         self._sent = True
@@ -1830,6 +1842,7 @@ def _run_in_thread(func, *args):
             _resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="coopsock-resolver")
     hub, outcome = get_hub(), []
     done = hub.ev.Async(hub.loop, hub._fire)
+    done.start()  # before the worker can send()
 
     def work():
         try:
