@@ -315,7 +315,7 @@ class _EvLoop:
             try:
                 os.fstat(fd)
             except OSError:
-                for watcher in [w for w in _ev_watchers.values()
+                for watcher in [w for w in list(_ev_watchers.values())
                                 if isinstance(w, _EvIo) and w.loop is self and w.fd == fd]:
                     watcher.stop()
                     watcher.feed(EV_ERROR | EV_READ | EV_WRITE)
@@ -1092,11 +1092,12 @@ class Hub(greenlet):
                     if self._loop_error is not None:
                         error, self._loop_error = self._loop_error, None
                         raise error
-                    while fired:
-                        waiter = popleft().data
-                        if waiter is not None:
-                            waiter.switch()
-                    if not alive and not callbacks:
+                    if fired:  # the woken may start watchers: the next pass decides
+                        while fired:
+                            waiter = popleft().data
+                            if waiter is not None:
+                                waiter.switch()
+                    elif not alive and not callbacks:
                         self.parent.throw(LoopExit(
                             "This operation would block forever: no watcher is active and no callback "
                             "is scheduled, so nothing can wake the waiting greenlet. Did you forget to "
@@ -1329,7 +1330,6 @@ class Greenlet(greenlet):
                 self.value = exc
             else:
                 self.exception = exc
-            greenlet.throw(self, GreenletExit)  # mark the raw greenlet dead too
             self._finish()
             return
         if getcurrent() is self:
