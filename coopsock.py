@@ -523,8 +523,8 @@ _EV_KINDS = ((_EvIo, "io"), (_EvTimer, "timer"), (_EvSignal, "signal"), (_EvAsyn
 # idle watchers only on passes with nothing else to do, and an Async that
 # another thread wakes through a socketpair.
 
-import heapq
 import selectors
+from heapq import heapify, heappop, heappush
 
 
 class _SelError(Exception):
@@ -624,12 +624,12 @@ class _SelLoop:
     def _expire_timers(self):
         timers, now = self._timers, self._now
         while timers and timers[0][0] <= now:
-            when, _, watcher = heapq.heappop(timers)
+            when, _, watcher = heappop(timers)
             if watcher is None:
                 continue  # stopped
             if watcher._repeat:
                 watcher._entry = entry = [max(when + watcher._repeat, now), self._next_sequence(), watcher]
-                heapq.heappush(timers, entry)
+                heappush(timers, entry)
             else:
                 watcher._entry = None  # a one-shot timer stops itself as it fires
                 self._refs -= 1
@@ -807,7 +807,7 @@ class _SelTimer(_SelWatcher):
     def _add(self):
         loop = self.loop
         self._entry = [loop._now + self._after, loop._next_sequence(), self]
-        heapq.heappush(loop._timers, self._entry)
+        heappush(loop._timers, self._entry)
 
     def _remove(self):
         loop = self.loop
@@ -815,7 +815,7 @@ class _SelTimer(_SelWatcher):
         self._entry[2] = self._entry = None
         if len(loop._timers) > 64 and sum(e[2] is None for e in loop._timers) * 2 > len(loop._timers):
             loop._timers = [e for e in loop._timers if e[2] is not None]  # drop stopped entries
-            heapq.heapify(loop._timers)
+            heapify(loop._timers)
 
     def reset(self):
         if self._active:
@@ -985,10 +985,17 @@ class Hub(greenlet):
         self.ev = pyev
         self.loop = pyev.Loop()
         self._fired = fired = deque()  # watchers that fired in the last loop pass
+        self._fire = lambda watcher, revents, append=fired.append: append(watcher)
         self._callbacks = deque()      # _Callback handles, run in order on the next pass
+        self._timers = []              # heap of (when, sequence, _Callback) from run_later()
+        self._timer_sequence = 0
+        self._timer_refs = 0           # timers that keep the loop alive (ref=True, not stopped)
+        self._stopped_timers = 0       # stopped entries still in the heap
+        self._clock = self.ev.Timer(0.0, 0.0, self.loop, self._fire)  # wakes the poll for _timers
+        self._clock_when = None        # when the clock is set to fire (None: stopped)
+        self._clock_ref = True         # False while the clock is unref'd
         self._in_loop = False
         self._loop_error = None        # what a watcher callback raised inside the loop
-        self._fire = lambda watcher, revents, append=fired.append: append(watcher)
         self._signal_wakeup = None
         _install_process_hooks()
         if threading.current_thread() is threading.main_thread():
@@ -1063,14 +1070,66 @@ class Hub(greenlet):
         self._callbacks.append(callback)
         return callback
 
+    def run_later(self, seconds, func, *args, ref=True):
+        """Call func(*args) from the hub after `seconds`; return a handle with .stop().
+
+        With ref=False the pending call does not keep the loop alive.
+        """
+        # Deadlines live in a heap here, and one loop timer (the clock) wakes
+        # the poll for the earliest: a Timeout costs a heap push, not a loop
+        # watcher, and a cancelled one is dropped lazily when it surfaces.
+        callback = _Callback(func, args, self, ref)
+        self._timer_sequence += 1
+        heappush(self._timers, (_monotonic() + seconds, self._timer_sequence, callback))
+        self._timer_refs += ref
+        return callback
+
+    def _run_due_timers(self):
+        """Move due timers to the callbacks; set the clock for the next one."""
+        timers, now = self._timers, _monotonic()
+        while timers:
+            when, _, callback = timers[0]
+            if callback.func is None:
+                heappop(timers)
+                self._stopped_timers -= 1
+            elif when <= now:
+                heappop(timers)
+                callback.hub = None
+                self._timer_refs -= callback.ref
+                self._callbacks.append(callback)
+            else:
+                break
+        clock, loop = self._clock, self.loop
+        # Set the clock only when the next deadline is earlier than the one it
+        # is set for: a clock that fires early just sets itself again.
+        if timers and (self._clock_when is None or timers[0][0] < self._clock_when or not clock.active):
+            self._stop_clock()
+            self._clock_when = timers[0][0]
+            clock.set(max(self._clock_when - now, 0.0), 0.0)
+            loop.update()  # loop.now() goes stale while greenlets run
+            clock.start()
+        elif not timers and clock.active:
+            self._stop_clock()
+        if clock.active and self._clock_ref != (self._timer_refs > 0):
+            self._clock_ref = not self._clock_ref
+            (loop.ref if self._clock_ref else loop.unref)()
+
+    def _drop_stopped_timers(self):
+        # Cancelled timeouts would otherwise pile up until their deadline.
+        self._timers[:] = [entry for entry in self._timers if entry[2].func is not None]
+        heapify(self._timers)
+        self._stopped_timers = 0
+
+    def _stop_clock(self):
+        if not self._clock_ref:
+            self.loop.ref()  # as libev asks before stopping an unref'd watcher
+            self._clock_ref = True
+        self._clock.stop()
+        self._clock_when = None
+
     def io(self, fd, events):
         """Return a new io watcher whose firing wakes the greenlet waiting on it."""
         return self.ev.Io(fd, events, self.loop, self._fire)
-
-    def timer(self, seconds):
-        """Return a new one-shot timer watcher; start it soon (the loop clock is refreshed now)."""
-        self.loop.update()  # loop.now() goes stale while greenlets run
-        return self.ev.Timer(max(seconds, 0.0), 0.0, self.loop, self._fire)
 
     # -- the loop -----------------------------------------------------------
 
@@ -1080,12 +1139,16 @@ class Hub(greenlet):
         while True:
             try:
                 while True:
-                    for _ in range(len(callbacks)):  # only those queued before this pass:
-                        callback = callbacks.popleft()  # a sleep(0) loop must let I/O in
+                    budget = 256  # then poll, so that a sleep(0) loop cannot starve I/O
+                    while callbacks and budget:
+                        budget -= 1
+                        callback = callbacks.popleft()
                         func = callback.func
                         if func is not None:
                             callback.func = None
                             func(*callback.args)
+                    if self._timers or self._clock_when is not None:
+                        self._run_due_timers()
                     self._in_loop = True
                     alive = loop.start(EVRUN_NOWAIT if callbacks else EVRUN_ONCE)
                     self._in_loop = False
@@ -1141,14 +1204,21 @@ class Hub(greenlet):
 
 
 class _Callback:
-    __slots__ = ("func", "args")
+    __slots__ = ("func", "args", "hub", "ref")
 
-    def __init__(self, func, args):
-        self.func, self.args = func, args
+    def __init__(self, func, args, hub=None, ref=False):
+        self.func, self.args, self.hub, self.ref = func, args, hub, ref  # hub: set while in its timer heap
 
     def stop(self):
         """Cancel the call if it has not run yet."""
-        self.func = self.args = None
+        if self.func is not None:
+            self.func = self.args = None
+            hub = self.hub
+            if hub is not None:
+                hub._timer_refs -= self.ref
+                hub._stopped_timers += 1
+                if hub._stopped_timers > 256 and hub._stopped_timers * 2 > len(hub._timers):
+                    hub._drop_stopped_timers()
 
     pending = property(lambda self: self.func is not None)
 
@@ -1247,10 +1317,7 @@ class Greenlet(greenlet):
     def start_later(self, seconds):
         """Schedule the greenlet to run in `seconds`."""
         if self._starter is None and not self and not self._finished:
-            hub = self.parent
-            self._starter = timer = hub.ev.Timer(max(seconds, 0.0), 0.0, hub.loop, _start_greenlet, self)
-            hub.loop.update()
-            timer.start()
+            self._starter = self.parent.run_later(_delay(seconds), self.switch)
 
     def run(self):
         self._starter = None
@@ -1290,10 +1357,8 @@ class Greenlet(greenlet):
 
     def unlink(self, callback):
         """Undo link(callback)."""
-        try:
+        if callback in self._links:
             self._links.remove(callback)
-        except ValueError:
-            pass
 
     def join(self, timeout=None):
         """Wait until the greenlet finishes, or `timeout` seconds; return None."""
@@ -1344,11 +1409,6 @@ class Greenlet(greenlet):
         return f"<Greenlet {func} {state} at {id(self):#x}>"
 
 
-def _start_greenlet(watcher, revents):
-    watcher.data._starter = None
-    watcher.data.start()
-
-
 def _throw_into(target, exception):
     if not target.dead:
         target.throw(exception)
@@ -1368,31 +1428,39 @@ def spawn_later(seconds, func, *args, **kwargs):
     return g
 
 
-def _check_seconds(seconds):
-    """Reject what time.sleep() rejects, with the same exceptions."""
-    if isinstance(seconds, float):
-        if seconds != seconds:
-            raise ValueError("Invalid value NaN (not a number)")
-    else:
+def _delay(seconds):
+    """Return seconds as a number >= 0; TypeError and ValueError as socket.settimeout() has them."""
+    if type(seconds) in (int, float) and seconds >= 0:  # the common case (NaN fails >=)
+        return seconds
+    if not isinstance(seconds, float):
         seconds = _index(seconds)
-    if seconds < 0:
-        raise ValueError("sleep length must be non-negative")
-    if seconds > 9.2e9:
-        raise OverflowError("timestamp out of range for platform time_t")
-    return seconds
+    elif seconds != seconds:
+        raise ValueError("Invalid value NaN (not a number)")
+    return max(seconds, 0.0)
 
 
 def sleep(seconds=0):
-    """Park the current greenlet for `seconds`; 0 lets the other ready greenlets and I/O run."""
-    hub = get_hub()
-    if _check_seconds(seconds) == 0:
-        waking = hub.run_callback(getcurrent().switch)
-        try:
-            hub.switch()
-        finally:
-            waking.stop()
+    """Park the current greenlet for `seconds`; 0 lets the other ready greenlets and I/O run.
+
+    Raises what time.sleep() raises for the same argument.
+    """
+    hub, current = get_hub(), getcurrent()
+    if current is hub:
+        raise BlockingSwitchOutError("cannot sleep inside the hub: sleep in a spawned greenlet")
+    if not (seconds == 0 and type(seconds) in (int, float)):  # 0 is the hot case
+        if (seconds < 0) if isinstance(seconds, (int, float)) else _delay(seconds) < 0:
+            raise ValueError("sleep length must be non-negative")
+        if _delay(seconds) > 9.2e9:
+            raise OverflowError("timestamp out of range for platform time_t")
+    if seconds:
+        waking = hub.run_later(seconds, current.switch)
     else:
-        hub.wait(hub.timer(seconds))
+        waking = _Callback(current.switch, ())
+        hub._callbacks.append(waking)
+    try:
+        greenlet.switch(hub)
+    finally:
+        waking.stop()
 
 
 def joinall(greenlets, timeout=None, raise_error=False):
@@ -1446,11 +1514,8 @@ class Timeout(BaseException):
     """
 
     def __init__(self, seconds=None, exception=None, ref=True):
-        BaseException.__init__(self)
         self.seconds, self.exception, self._ref = seconds, exception, ref
-        self._timer = None     # the loop timer, once started
-        self._raising = None   # the hub callback that raises into the greenlet, once fired
-        self._greenlet = None
+        self._raising = None  # the hub's run_later handle while started
 
     @classmethod
     def start_new(cls, seconds=None, exception=None, ref=True):
@@ -1462,57 +1527,33 @@ class Timeout(BaseException):
     @property
     def pending(self):
         """True while started and not yet raised or cancelled."""
-        return (self._timer is not None and self._timer.active) or self._raising is not None
+        return self._raising is not None and self._raising.func is not None
 
     def start(self):
-        """Start the countdown in the current greenlet."""
+        """Start the countdown in the current greenlet.
+
+        Raises RuntimeError if it is already started, TypeError or ValueError
+        for seconds that socket.settimeout() would reject (negatives mean 0).
+        """
         if self.pending:
             raise RuntimeError(f"{self!r} is already started; cancel it first")
-        if self.seconds is None:
-            return
-        hub = get_hub()
-        seconds = max(float(self.seconds), 0.0)
-        timer = self._timer
-        if timer is None or timer.loop is not hub.loop:
-            self._timer = timer = hub.ev.Timer(seconds, 0.0, hub.loop, _expire_timeout, self)
-        else:
-            timer.set(seconds, 0.0)
-        self._greenlet = getcurrent()
-        hub.loop.update()
-        timer.start()
-        if not self._ref:
-            hub.loop.unref()
+        if self.seconds is not None:
+            self._raising = get_hub().run_later(_delay(self.seconds), self._raise_in, getcurrent(),
+                                                ref=self._ref)
 
     def cancel(self):
         """Stop the countdown, if it is running; safe to call at any time."""
-        timer = self._timer
-        if timer is not None and timer.active:
-            if not self._ref:
-                timer.loop.ref()  # as libev asks before stopping an unref'd watcher
-            timer.stop()
         if self._raising is not None:
             self._raising.stop()
-            self._raising = None
 
-    def close(self):
-        """Cancel and release the timer."""
-        self.cancel()
-        self._timer = None
+    close = cancel
 
-    def _expire(self):
-        if not self._ref:
-            self._timer.loop.ref()  # the one-shot timer stopped itself
-        self._raising = get_hub().run_callback(self._raise_in_greenlet)
-
-    def _raise_in_greenlet(self):
-        self._raising = None
+    def _raise_in(self, target):
         exc = self.exception
-        if exc is None or exc is False or isinstance(exc, str):
-            exc = self
-        _throw_into(self._greenlet, exc)
+        _throw_into(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
 
     def __enter__(self):
-        if not self.pending:
+        if self._raising is None or self._raising.func is None:  # not pending
             self.start()
         return self
 
@@ -1529,10 +1570,6 @@ class Timeout(BaseException):
 
     def __repr__(self):
         return f"<Timeout seconds={self.seconds} exception={self.exception!r} pending={self.pending}>"
-
-
-def _expire_timeout(watcher, revents):
-    watcher.data._expire()
 
 
 def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):

@@ -56,6 +56,7 @@ struct conn {
 static const char *host = "127.0.0.1";
 static int port = 0, nconns = 1, mode = PINGPONG;
 static size_t msg_size = 64, bulk_limit = 1 << 20;
+static int busy_poll = 0;
 static double warmup = 1.0, duration = 3.0, hold = 3600.0, setup_timeout = 60.0;
 
 static struct conn *conns;
@@ -372,7 +373,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:m:c:s:w:d:l:t:T:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:m:c:s:w:d:l:t:T:b")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -389,6 +390,7 @@ int main(int argc, char **argv)
         case 'l': bulk_limit = (size_t)atol(optarg); break;
         case 't': hold = atof(optarg); break;
         case 'T': setup_timeout = atof(optarg); break;
+        case 'b': busy_poll = 1; break;
         default: usage();
         }
     }
@@ -473,7 +475,7 @@ int main(int argc, char **argv)
     long errors_before = errors;
     uint64_t t_start = measuring ? t_begin : 0;
     for (;;) {
-        int n = epoll_wait(epfd, evs, 1024, 50);
+        int n = epoll_wait(epfd, evs, 1024, busy_poll ? 0 : 50);
         for (int k = 0; k < n; k++) {
             struct conn *c = evs[k].data.ptr;
             if (c->dead)

@@ -34,9 +34,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-LOADGEN_SRC = os.path.join(HERE, "loadgen.c")
 LOADGEN = os.path.join(HERE, "loadgen")
 SERVERS_DIR = os.path.join(HERE, "servers")
+C_SERVER = os.path.join(SERVERS_DIR, "c_epoll_server")
 OUT_PARTIAL = os.path.join(HERE, "out")
 BASELINE = "gevent"
 IDLE_CONNS = 10_000
@@ -57,6 +57,8 @@ SERVERS = {
     "uvloop-streams": (["asyncio_server.py", "streams", "uvloop"], {}, "uvloop", "uvloop streams"),
     "uvloop-protocol": (["asyncio_server.py", "protocol", "uvloop"], {}, "uvloop", "uvloop Protocol"),
     "threads": (["threads_server.py"], {}, None, "a thread per connection (stdlib sockets)"),
+    "c-epoll": (["c_epoll_server"], {}, None,
+                "reference, not a library: a C epoll echo server, the floor this machine and load generator allow"),
 }
 COOPSOCK_BACKENDS = ("libev", "selectors", "pyev")
 
@@ -97,15 +99,16 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def build_loadgen():
-    """Compile the load generator with the system cc if it is missing or stale."""
-    if os.path.exists(LOADGEN) and os.path.getmtime(LOADGEN) >= os.path.getmtime(LOADGEN_SRC):
+def build(binary):
+    """Compile binary.c with the system cc if the binary is missing or stale."""
+    source = binary + ".c"
+    if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
         return
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
-        raise SystemExit("bench: no C compiler (cc) found: install gcc or clang to build bench/loadgen.c")
-    cmd = [cc, "-O2", "-Wall", "-o", LOADGEN, LOADGEN_SRC]
-    log("bench: building the load generator:", " ".join(cmd))
+        raise SystemExit(f"bench: no C compiler (cc) found: install gcc or clang to build {source}")
+    cmd = [cc, "-O2", "-Wall", "-o", binary, source]
+    log("bench: building:", " ".join(cmd))
     subprocess.run(cmd, check=True)
 
 
@@ -134,8 +137,16 @@ def coopsock_backend_ok(backend):
 def available_servers():
     names = []
     for name, (_, env, module, _) in SERVERS.items():
-        ok = coopsock_backend_ok(env["COOPSOCK_LOOP"]) if name.startswith("coopsock-") else (
-            module is None or module_imports(module))
+        if name.startswith("coopsock-"):
+            ok = coopsock_backend_ok(env["COOPSOCK_LOOP"])
+        elif name == "c-epoll":
+            try:
+                build(C_SERVER)
+                ok = True
+            except subprocess.CalledProcessError:
+                ok = False
+        else:
+            ok = module is None or module_imports(module)
         if ok:
             names.append(name)
         else:
@@ -203,7 +214,8 @@ class Server:
     def __init__(self, name, pin, logdir, tag):
         self.name = name
         script, env, _, _ = SERVERS[name]
-        self.argv = pin.server() + [sys.executable, os.path.join(SERVERS_DIR, script[0]), *script[1:]]
+        path = os.path.join(SERVERS_DIR, script[0])
+        self.argv = pin.server() + ([sys.executable, path] if path.endswith(".py") else [path]) + script[1:]
         self.env = dict(os.environ, PYTHONWARNINGS="ignore", **env)
         self.logpath = os.path.join(logdir, f"{tag}.log")
         self.proc = None
@@ -259,9 +271,9 @@ class Server:
         self.stop()
 
 
-def run_loadgen(pin, port, mode, conns, size, warmup, duration):
+def run_loadgen(pin, port, mode, conns, size, warmup, duration, busy_poll=False):
     cmd = pin.client() + [LOADGEN, "-p", str(port), "-m", mode, "-c", str(conns), "-s", str(size),
-                          "-w", str(warmup), "-d", str(duration), "-T", "60"]
+                          "-w", str(warmup), "-d", str(duration), "-T", "60"] + (["-b"] if busy_poll else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + duration + 120)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -284,9 +296,9 @@ def measure_pingpong(server_name, case, args, pin, logdir, tag):
         # paths, its allocator and the kernel's socket caches warm up, and
         # one-off start-up states (e.g. glibc's mmap threshold) settle.
         if args.warmup > 0:
-            run_loadgen(pin, server.port, mode, conns, size, 0, args.warmup)
+            run_loadgen(pin, server.port, mode, conns, size, 0, args.warmup, args.busy_poll)
         cpu0, faults0 = proc_stat(server.proc.pid)
-        result = run_loadgen(pin, server.port, mode, conns, size, 0, args.duration)
+        result = run_loadgen(pin, server.port, mode, conns, size, 0, args.duration, args.busy_poll)
         cpu1, faults1 = proc_stat(server.proc.pid)
         server.check()
     rt = max(result["round_trips"], 1)
@@ -595,8 +607,9 @@ def write_chart(data, outdir):
             hi.append(s[2] - s[0] if s else 0)
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cases))]
         bold = name.startswith("coopsock") or name == BASELINE
-        ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2, label=name, color=cmap(i % 20),
-               edgecolor="black" if bold else None, linewidth=1.2 if bold else 0)
+        ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2, label=name + (" (reference)" if name == "c-epoll" else ""),
+               color="lightgrey" if name == "c-epoll" else cmap(i % 20), hatch="//" if name == "c-epoll" else None,
+               edgecolor="black" if bold else "grey" if name == "c-epoll" else None, linewidth=1.2 if bold else 0.5)
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([f"{CASES[c][1]:,} connection{'s' if CASES[c][1] > 1 else ''}" for c in cases])
     ax.set_ylabel("round trips/s (median, min-max)")
@@ -665,6 +678,7 @@ def parse_args(argv):
     ap.add_argument("--out", help="directory for RESULTS.md, results.png, results.json "
                     "(default: bench/ for a full run, bench/out/ otherwise)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--busy-poll", action="store_true", help="the load generator polls epoll without sleeping")
     ap.add_argument("--no-install", action="store_true", help="do not pip-install missing peers")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="rebuild RESULTS.md and the chart from a results.json")
     args = ap.parse_args(argv)
@@ -705,7 +719,7 @@ def main(argv=None):
     logdir = os.path.join(OUT_PARTIAL, "logs")
     shutil.rmtree(logdir, ignore_errors=True)
     os.makedirs(logdir)
-    build_loadgen()
+    build(LOADGEN)
     raise_nofile(2 * max(args.idle_conns, 1000) + 256)
     pin = Pinning(not args.no_pin)
 
