@@ -1698,6 +1698,9 @@ class socket(_stdsocket.socket):
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
+        return self._wait_and_retry(call, events, *args)
+
+    def _wait_and_retry(self, call, events, *args):
         deadline = self._deadline()
         while True:
             self._wait(events, deadline)
@@ -1713,7 +1716,7 @@ class socket(_stdsocket.socket):
         except BlockingIOError:  # the fast path: one system call, no loop
             if self._timeout == 0.0:
                 raise
-        return self._retry(_socket.socket.recv, EV_READ, bufsize, flags)
+        return self._wait_and_retry(_socket.socket.recv, EV_READ, bufsize, flags)
 
     def send(self, data, flags=0):
         """Send some of data; return how many bytes were sent."""
@@ -1722,7 +1725,7 @@ class socket(_stdsocket.socket):
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
-        return self._retry(_socket.socket.send, EV_WRITE, data, flags)
+        return self._wait_and_retry(_socket.socket.send, EV_WRITE, data, flags)
 
     def sendall(self, data, flags=0):
         """Send all of data; the timeout bounds the whole call, not each piece."""

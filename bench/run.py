@@ -712,7 +712,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    outdir = args.out or (HERE if args.full else OUT_PARTIAL)
+    outdir = args.out or (os.path.dirname(os.path.abspath(args.render)) if args.render else
+                          HERE if args.full else OUT_PARTIAL)
     os.makedirs(outdir, exist_ok=True)
     if args.render:
         with open(args.render) as f:
