@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def load(lib):
     """Return {name: callable} for the library's equivalents, and a version string."""
     if lib == "coopsock":
-        sys.path.insert(0, os.path.dirname(HERE))
+        sys.path.insert(0, os.environ.get("COOPSOCK_PATH") or os.path.dirname(HERE))
         import coopsock as m
         return dict(Timeout=m.Timeout, sleep=m.sleep, spawn=m.spawn,
                     join=lambda g: g.join(), joinall=m.joinall,

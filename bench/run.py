@@ -19,6 +19,7 @@ rebuilds the report from a results.json without measuring.
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -129,7 +130,8 @@ def module_imports(name, env=None):
 
 def coopsock_backend_ok(backend):
     env = dict(os.environ, COOPSOCK_LOOP=backend)
-    code = "import coopsock, sys; sys.exit(coopsock.BACKEND != sys.argv[1])"
+    code = ("import os, sys; sys.path.insert(0, os.environ.get('COOPSOCK_PATH', '.')); import coopsock; "
+            "sys.exit(coopsock.BACKEND != sys.argv[1])")
     return subprocess.run([sys.executable, "-c", code, backend], env=env, cwd=REPO,
                           capture_output=True).returncode == 0
 
@@ -152,6 +154,25 @@ def available_servers():
         else:
             log(f"bench: skipping {name}: {'its backend' if module is None else module} is not available")
     return names
+
+
+def snapshot_coopsock():
+    """Copy coopsock.py aside so that the whole run measures one version of it.
+
+    The servers and micro.py import coopsock from COOPSOCK_PATH. Returns the
+    commit, whether coopsock.py differs from it, and the copy's sha256 prefix.
+    """
+    snapdir = os.path.join(OUT_PARTIAL, "coopsock-snapshot")
+    os.makedirs(snapdir, exist_ok=True)
+    with open(os.path.join(REPO, "coopsock.py"), "rb") as f:
+        source = f.read()
+    with open(os.path.join(snapdir, "coopsock.py"), "wb") as f:
+        f.write(source)
+    os.environ["COOPSOCK_PATH"] = snapdir
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "coopsock_dirty": bool(git("status", "--porcelain", "--", "coopsock.py")),
+            "coopsock_sha256": hashlib.sha256(source).hexdigest()[:12]}
 
 
 def raise_nofile(need):
@@ -433,7 +454,7 @@ def errors_of(runs):
     return [r["error"] for r in runs if "error" in r]
 
 
-def machine_info(servers):
+def machine_info(servers, snapshot):
     info = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "nproc": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0]}
     try:
@@ -453,6 +474,7 @@ grab("gevent", lambda: __import__("gevent").__version__ + " (loop " + __import__
 grab("eventlet", lambda: __import__("eventlet").__version__)
 grab("uvloop", lambda: __import__("uvloop").__version__)
 grab("matplotlib", lambda: __import__("matplotlib").__version__)
+sys.path.insert(0, os.environ.get("COOPSOCK_PATH", "."))
 import coopsock; v["coopsock"] = coopsock.__version__ + " (default backend " + coopsock.BACKEND + ")"
 grab("libev", lambda: "%d.%d" % coopsock._load_backend("libev")[1].version())
 print(json.dumps(v))
@@ -462,9 +484,7 @@ print(json.dumps(v))
         info["versions"] = json.loads(proc.stdout)
     except ValueError:
         info["versions"] = {"error": proc.stderr[-300:]}
-    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    info["commit"] = git("rev-parse", "--short", "HEAD")
-    info["coopsock_dirty"] = bool(git("status", "--porcelain", "--", "coopsock.py"))
+    info.update(snapshot)
     info["servers"] = {name: SERVERS[name][3] for name in servers}
     return info
 
@@ -521,7 +541,8 @@ def write_report(data, outdir):
           "## Machine and method", "",
           f"- CPUs (`nproc`): {info['nproc']}; CPU: {info['cpu']}; kernel {info['kernel']}; Python {info['python']}",
           "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
-          f"- coopsock.py at commit {info['commit']}{' with uncommitted changes' if info['coopsock_dirty'] else ''}",
+          f"- coopsock.py at commit {info['commit']}{' with uncommitted changes' if info['coopsock_dirty'] else ''}"
+          f" (sha256 {info.get('coopsock_sha256', '?')}..., copied aside when the run began)",
           f"- Pinning: {meta['pinning']}",
           f"- Each measurement: a fresh server process, a {meta['warmup']:g} s warm-up run on throw-away "
           f"connections, then {meta['duration']:g} s measured; {meta['repeats']} repeats, servers interleaved "
@@ -727,6 +748,8 @@ def main(argv=None):
     shutil.rmtree(logdir, ignore_errors=True)
     os.makedirs(logdir)
     build(LOADGEN)
+    snapshot = snapshot_coopsock()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the running server
     raise_nofile(2 * max(args.idle_conns, 1000) + 256)
     pin = Pinning(not args.no_pin)
 
@@ -752,7 +775,7 @@ def main(argv=None):
     results = run_cases(args, servers, pin, logdir)
     meta = {"command": command, "elapsed_s": time.monotonic() - t, "pinning": pin.note,
             "repeats": args.repeats, "duration": args.duration, "warmup": args.warmup,
-            "idle_conns": args.idle_conns, "machine": machine_info(servers)}
+            "idle_conns": args.idle_conns, "machine": machine_info(servers, snapshot)}
     data = {"meta": meta, "results": results}
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)

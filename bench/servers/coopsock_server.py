@@ -6,7 +6,9 @@ Prints "PORT <n> <backend>" once listening.
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+# run.py points COOPSOCK_PATH at a copy of coopsock.py taken when the run began.
+sys.path.insert(0, os.environ.get("COOPSOCK_PATH") or
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import coopsock  # noqa: E402
 
