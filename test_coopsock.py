@@ -1,10 +1,28 @@
 """The coopsock test suite: flat, in the module's section order, on every backend."""
 
+import errno
+import gc
+import math
+import os
+import signal
+import socket as stdsocket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import warnings
+
+import greenlet
 import pytest
 
 import coopsock
+from coopsock import GreenletExit, LoopExit, Timeout, sleep, spawn
 
 BACKENDS = ("pyev", "libev", "selectors")
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLOSED_MESSAGE = "File descriptor was closed in another greenlet"
 
 
 def _unavailable(name):
@@ -24,3 +42,1676 @@ def backend(request):
     coopsock._use_backend(request.param)
     yield request.param
     coopsock.get_hub().destroy()
+
+
+# ---------------------------------------------------------------------------
+# Helpers and fixtures
+
+
+def run_python(code, loop=None, timeout=60):
+    """Run code in a fresh interpreter (warnings as errors), COOPSOCK_LOOP=loop; return the result."""
+    env = dict(os.environ, PYTHONPATH=HERE)
+    env.pop("COOPSOCK_LOOP", None)
+    if loop is not None:
+        env["COOPSOCK_LOOP"] = loop
+    return subprocess.run([sys.executable, "-W", "error", "-c", textwrap.dedent(code)], cwd=HERE, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _ipv6_missing():
+    if not stdsocket.has_ipv6:
+        return "this Python was built without IPv6"
+    try:
+        with stdsocket.socket(stdsocket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        return f"the loopback address ::1 cannot be bound here ({exc})"
+    return None
+
+
+IPV6_MISSING = _ipv6_missing()
+
+
+@pytest.fixture
+def short_dir():
+    """A directory with a short path: AF_UNIX socket paths are limited to ~107 bytes."""
+    path = tempfile.mkdtemp(prefix="cs")
+    yield path
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    os.rmdir(path)
+
+
+@pytest.fixture(params=["AF_INET", "AF_INET6", "AF_UNIX"])
+def family(request):
+    """Each address family that coopsock must support."""
+    if request.param == "AF_INET6" and IPV6_MISSING:
+        pytest.skip(IPV6_MISSING)
+    return getattr(stdsocket, request.param)
+
+
+@pytest.fixture
+def new_address(family, short_dir):
+    """Return a function that returns a fresh bindable loopback address of `family`."""
+    names = iter(range(1000))
+
+    def make():
+        if family == stdsocket.AF_INET:
+            return ("127.0.0.1", 0)
+        if family == stdsocket.AF_INET6:
+            return ("::1", 0)
+        return os.path.join(short_dir, f"s{next(names)}")
+    return make
+
+
+@pytest.fixture
+def pair():
+    """A connected pair of cooperative AF_UNIX stream sockets."""
+    a, b = coopsock.socketpair(stdsocket.AF_UNIX)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def listener():
+    """A cooperative TCP socket listening on 127.0.0.1."""
+    with coopsock.create_server(("127.0.0.1", 0)) as sock:
+        yield sock
+
+
+@pytest.fixture
+def tcp_pair(listener):
+    """A connected pair of cooperative TCP sockets (client, server side)."""
+    client = coopsock.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    with client, server:
+        yield client, server
+
+
+@pytest.fixture
+def full_listener():
+    """The address of a TCP listener whose accept queue is full: a further connect() hangs."""
+    with stdsocket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        address, fillers = sock.getsockname(), []
+        try:
+            for _ in range(16):
+                filler = coopsock.socket()
+                fillers.append(filler)
+                filler.settimeout(0.1)
+                try:
+                    filler.connect(address)
+                except TimeoutError:
+                    break  # the kernel now drops every new SYN
+            else:
+                pytest.fail("could not fill the listen queue of a loopback TCP socket")
+            yield address
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def fill(sock):
+    """Send on sock until its buffers are full (send would block); return the byte count."""
+    timeout, total = sock.gettimeout(), 0
+    sock.settimeout(0)
+    try:
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    total += sock.send(b"f" * size)
+                except BlockingIOError:
+                    break
+    finally:
+        sock.settimeout(timeout)
+    return total
+
+
+def drain(sock, count):
+    """Receive exactly count bytes from sock (cooperatively); return them."""
+    chunks, left = [], count
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        assert chunk, f"the peer closed with {left} bytes still expected"
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def ticker(events, count=3):
+    """Return a function that records count ticks, yielding to the hub between them."""
+    def tick():
+        for i in range(count):
+            events.append(i)
+            sleep(0)
+    return tick
+
+
+def outcome(call):
+    """Return ("ok", None) or (exception type, errno) for call()."""
+    try:
+        call()
+    except BaseException as exc:  # noqa: B036 (Timeout and friends count as outcomes too)
+        return type(exc), getattr(exc, "errno", None)
+    return "ok", None
+
+
+def assert_fd_number_is_reusable(fd):
+    """Put a new socket on fd (a number just closed) and check that waiting on it works."""
+    fresh, peer = stdsocket.socketpair()
+    if peer.fileno() == fd:
+        fresh, peer = peer, fresh
+    if fresh.fileno() != fd:
+        os.dup2(fresh.fileno(), fd)
+        fresh.close()
+    else:
+        fresh.detach()
+    with coopsock.socket(fileno=fd) as reused, peer:
+        reader = spawn(reused.recv, 5)
+        sleep(0)
+        peer.sendall(b"fresh")
+        assert reader.get(timeout=5) == b"fresh"
+
+
+# ---------------------------------------------------------------------------
+# The loop layer: backend choice
+
+
+def test_load_backend_returns_its_name_and_a_pyev_like_namespace(backend):
+    name, ev = coopsock._load_backend(backend)
+    assert name == backend
+    for attr in ("Loop", "Io", "Timer", "Signal", "Idle", "Prepare", "Check", "Async", "time", "version"):
+        assert callable(getattr(ev, attr)), attr
+    assert issubclass(ev.Error, Exception)
+    assert (ev.EV_READ, ev.EV_WRITE, ev.EV_TIMER, ev.EVRUN_NOWAIT, ev.EVRUN_ONCE) == (1, 2, 0x100, 1, 2)
+    assert ev.version()[0] == 4
+
+
+def test_load_backend_without_a_choice_takes_the_first_that_works():
+    first = next(name for name in BACKENDS if _unavailable(name) is None)
+    assert coopsock._load_backend("")[0] == first
+
+
+def test_load_backend_rejects_an_unknown_name():
+    with pytest.raises(ImportError, match="unset COOPSOCK_LOOP"):
+        coopsock._load_backend("epoll")
+
+
+def test_backend_names_the_backend_in_use(backend):
+    assert coopsock.BACKEND == backend
+    assert coopsock.pyev.__name__ == backend
+    hub = coopsock.get_hub()
+    assert isinstance(hub.loop, coopsock.pyev.Loop)
+    assert hub.loop.default is False  # the default loop would reap children (see Popen below)
+
+
+def test_coopsock_loop_forces_the_backend(backend):
+    result = run_python("import coopsock; print(coopsock.BACKEND)", loop=backend)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == backend
+
+
+@pytest.mark.parametrize("value", ["pyev", "nonsense"])
+def test_coopsock_loop_that_cannot_load_fails_the_import_with_a_fix(value):
+    if value == "pyev" and _unavailable("pyev") is None:
+        pytest.skip("pyev is installed here, so forcing it works")
+    result = run_python("import coopsock", loop=value)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError:"), result.stderr
+    assert "unset COOPSOCK_LOOP" in last_line
+    if value == "pyev":
+        assert "install pyev" in last_line
+
+
+def test_forced_libev_without_libev_says_what_to_install():
+    no_libev = """
+        import ctypes
+        def no_library(*args, **kwargs):
+            raise OSError("no such library")
+        ctypes.CDLL = no_library
+    """
+    result = run_python(no_libev + "\n        import coopsock", loop="libev")
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError:") and "libev4" in last_line and "unset COOPSOCK_LOOP" in last_line
+    # Unforced, a machine without libev quietly gets the selectors loop (-W error: no warning).
+    result = run_python(no_libev + "\n        import coopsock; print(coopsock.BACKEND)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "selectors"
+
+
+# ---------------------------------------------------------------------------
+# The loop layer: watchers, straight through the pyev-like namespace
+
+
+@pytest.fixture
+def ev():
+    return coopsock.pyev
+
+
+@pytest.fixture
+def loop(ev):
+    return ev.Loop()
+
+
+def test_io_watcher_is_level_triggered(ev, loop, pair):
+    a, b = pair
+    fired = []
+    watcher = ev.Io(a.fileno(), ev.EV_READ, loop, lambda w, revents: fired.append(revents))
+    watcher.start()
+    assert watcher.active and watcher.fd == a.fileno() and watcher.events == ev.EV_READ
+    loop.start(ev.EVRUN_NOWAIT)
+    assert fired == []  # nothing to read yet
+    b.sendall(b"x")
+    loop.start(ev.EVRUN_NOWAIT)
+    loop.start(ev.EVRUN_NOWAIT)
+    assert fired == [ev.EV_READ, ev.EV_READ]  # still readable: it fires again
+    a.recv(1)
+    loop.start(ev.EVRUN_NOWAIT)
+    assert len(fired) == 2
+    watcher.stop()
+
+
+def test_io_watcher_takes_an_object_with_fileno(ev, loop, pair):
+    a, _ = pair
+    watcher = ev.Io(a, ev.EV_WRITE, loop, lambda w, revents: None)
+    assert watcher.fd == a.fileno()
+
+
+def test_io_watcher_rejects_a_negative_fd_and_an_illegal_event_mask(ev, loop, pair):
+    a, _ = pair
+    with pytest.raises(ValueError):
+        ev.Io(-1, ev.EV_READ, loop, lambda w, revents: None)
+    for events in (0, ev.EV_TIMER, ev.EV_READ | 0x400):
+        with pytest.raises(ev.Error, match="illegal event mask"):
+            ev.Io(a.fileno(), events, loop, lambda w, revents: None)
+
+
+def test_timer_one_shot_fires_once_and_stops(ev, loop):
+    fired = []
+    timer = ev.Timer(0.01, 0.0, loop, lambda w, revents: fired.append(revents))
+    timer.start()
+    started = time.monotonic()
+    assert loop.start() is False  # returns once no watcher is active
+    assert time.monotonic() - started >= 0.009
+    assert fired == [ev.EV_TIMER]
+    assert not timer.active
+
+
+def test_timer_with_repeat_fires_until_stopped(ev, loop):
+    fired = []
+
+    def callback(watcher, revents):
+        fired.append(revents)
+        if len(fired) == 3:
+            watcher.stop()
+    timer = ev.Timer(0.001, 0.001, loop, callback)
+    assert timer.repeat == 0.001
+    timer.start()
+    loop.start()
+    assert fired == [ev.EV_TIMER] * 3
+    with pytest.raises(ValueError):
+        ev.Timer(0.0, -1.0, loop, callback)
+
+
+def test_prepare_runs_before_the_poll_and_check_after(ev, loop):
+    order = []
+    watchers = [ev.Prepare(loop, lambda w, revents: order.append(("prepare", revents))),
+                ev.Check(loop, lambda w, revents: order.append(("check", revents))),
+                ev.Idle(loop, lambda w, revents: order.append(("idle", revents)))]
+    for watcher in watchers:
+        watcher.start()
+    loop.start(ev.EVRUN_ONCE)  # an active idle watcher makes the poll return at once
+    for watcher in watchers:
+        watcher.stop()
+    assert order[0] == ("prepare", ev.EV_PREPARE)
+    assert sorted(order[1:]) == [("check", ev.EV_CHECK), ("idle", ev.EV_IDLE)]
+
+
+def test_idle_fires_only_on_passes_with_nothing_else_to_do(ev, loop, pair):
+    a, b = pair
+    order = []
+    idle = ev.Idle(loop, lambda w, revents: order.append("idle"))
+    io = ev.Io(a.fileno(), ev.EV_READ, loop, lambda w, revents: order.append("io"))
+    idle.start()
+    io.start()
+    b.sendall(b"x")
+    loop.start(ev.EVRUN_NOWAIT)
+    assert order == ["io"]
+    a.recv(1)
+    loop.start(ev.EVRUN_NOWAIT)
+    assert order == ["io", "idle"]
+    idle.stop()
+    io.stop()
+
+
+def test_async_sent_from_another_thread_wakes_a_blocked_loop(ev, loop):
+    fired = []
+
+    def on_async(watcher, revents):
+        fired.append(revents)
+        watcher.stop()
+        guard.stop()
+
+    def on_guard(watcher, revents):
+        fired.append("guard")
+        wake.stop()
+    wake = ev.Async(loop, on_async)
+    guard = ev.Timer(10.0, 0.0, loop, on_guard)
+    wake.start()
+    guard.start()
+    sender = threading.Timer(0.05, wake.send)
+    sender.start()
+    loop.start()  # blocks in the poll until the other thread sends
+    sender.join()
+    assert fired == [ev.EV_ASYNC]
+
+
+def test_set_while_active_raises_the_backend_error(ev, loop, pair):
+    a, _ = pair
+    timer = ev.Timer(10.0, 0.0, loop, lambda w, revents: None)
+    io = ev.Io(a.fileno(), ev.EV_READ, loop, lambda w, revents: None)
+    timer.start()
+    io.start()
+    with pytest.raises(ev.Error, match="active"):
+        timer.set(1.0, 0.0)
+    with pytest.raises(ev.Error, match="active"):
+        io.set(a.fileno(), ev.EV_WRITE)
+    timer.stop()
+    io.stop()
+    timer.set(1.0, 0.0)
+    io.set(a.fileno(), ev.EV_WRITE)
+    assert io.events == ev.EV_WRITE
+
+
+def test_double_start_and_double_stop_are_no_ops(ev, loop, pair):
+    a, _ = pair
+    watchers = [ev.Timer(10.0, 0.0, loop, lambda w, revents: None),
+                ev.Io(a.fileno(), ev.EV_WRITE, loop, lambda w, revents: None),
+                ev.Prepare(loop, lambda w, revents: None), ev.Check(loop, lambda w, revents: None),
+                ev.Idle(loop, lambda w, revents: None), ev.Async(loop, lambda w, revents: None)]
+    for watcher in watchers:
+        watcher.start()
+        watcher.start()
+        assert watcher.active
+        watcher.stop()
+        assert not watcher.active
+        watcher.stop()
+        assert loop.start(ev.EVRUN_NOWAIT) is False, f"{watcher!r} still keeps the loop alive"
+
+
+def test_a_callback_that_raises_is_reported_and_the_loop_carries_on(ev, loop, monkeypatch):
+    reports, ran = [], []
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+
+    def bad(watcher, revents):
+        raise ZeroDivisionError("from a callback")
+    ev.Timer(0.0, 0.0, loop, bad).start()
+    ev.Timer(0.01, 0.0, loop, lambda w, revents: ran.append(revents)).start()
+    assert loop.start() is False
+    assert ran == [ev.EV_TIMER]
+    assert [type(report.exc_value) for report in reports] == [ZeroDivisionError]
+
+
+def test_risky_watcher_use_never_kills_the_process(backend):
+    # Debian's libev aborts (SIGABRT) on an fd closed under a started watcher,
+    # so these run in a child process: the test checks that it exits normally.
+    result = run_python("""
+        import gc, socket, greenlet, coopsock
+        ev = coopsock.pyev
+        loop = ev.Loop()
+        got = []
+        callback = lambda watcher, revents: got.append(revents)
+
+        # An io watcher left started on an fd closed before the next poll.
+        a, b = socket.socketpair()
+        io = ev.Io(a.fileno(), ev.EV_READ, loop, callback)
+        io.start()
+        a.close()
+        loop.start(ev.EVRUN_NOWAIT)
+        assert got and got[0] & ev.EV_ERROR and not io.active, (got, io.active)
+        b.close()
+
+        # Closed after the watcher was polled; then stopped after the close.
+        c, d = socket.socketpair()
+        io = ev.Io(c.fileno(), ev.EV_WRITE, loop, callback)
+        io.start()
+        loop.start(ev.EVRUN_NOWAIT)
+        c.close()
+        loop.start(ev.EVRUN_NOWAIT)
+        io.stop()
+        io.stop()
+        loop.start(ev.EVRUN_NOWAIT)
+        d.close()
+
+        # Garbage collection of an active watcher.
+        del got[:]
+        timer = ev.Timer(0.001, 0.0, loop, callback)
+        timer.start()
+        del timer
+        gc.collect()
+        loop.start()
+        assert got == [ev.EV_TIMER], got
+
+        # A greenlet switch inside a callback.
+        ev.Timer(0.0, 0.0, loop, lambda w, r: got.append(greenlet.greenlet(lambda: "back").switch())).start()
+        loop.start()
+        assert got[-1] == "back", got
+        print("survived")
+    """, loop=backend)
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr}"
+    assert result.stdout.strip() == "survived"
+
+
+def test_popen_wait_gets_the_real_exit_code_while_a_hub_runs():
+    sleep(0.001)  # the hub and its loop exist and have polled
+    with subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"]) as child:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # it exited; nobody reaped it yet
+        sleep(0.05)  # run the loop: a SIGCHLD handler of libev's default loop would reap it now
+        assert child.wait(timeout=10) == 7
+
+
+def test_a_dropped_loop_closes_what_it_opened(ev):
+    sleep(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        loop = ev.Loop()
+        del loop
+        coopsock.get_hub().destroy()
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+# ---------------------------------------------------------------------------
+# The hub
+
+
+def test_importing_coopsock_creates_no_hub(backend):
+    result = run_python("""
+        import gc, threading, coopsock
+        print(sum(isinstance(o, coopsock.Hub) for o in gc.get_objects()), threading.active_count())
+    """, loop=backend)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "1"]
+
+
+def test_get_hub_is_one_hub_per_thread():
+    hub = coopsock.get_hub()
+    assert isinstance(hub, coopsock.Hub) and coopsock.get_hub() is hub
+    seen = []
+
+    def other_thread():
+        seen.append(coopsock.get_hub())
+        seen.append(coopsock.get_hub())
+        coopsock.get_hub().destroy()
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(10)
+    assert seen[0] is seen[1] and seen[0] is not hub
+
+
+def test_blocking_inside_the_hub_raises_blocking_switch_out_error():
+    hub, caught = coopsock.get_hub(), []
+
+    def from_the_hub():
+        for block in (lambda: sleep(0.01), lambda: sleep(0), hub.switch):
+            try:
+                block()
+            except coopsock.BlockingSwitchOutError as exc:
+                caught.append(exc)
+    hub.run_callback(from_the_hub)
+    sleep(0)
+    assert len(caught) == 3
+    assert all(isinstance(exc, AssertionError) and "inside the hub" in str(exc) for exc in caught)
+
+
+def test_run_callback_runs_in_order_and_stop_cancels():
+    hub, calls = coopsock.get_hub(), []
+    hub.run_callback(calls.append, 1)
+    cancelled = hub.run_callback(calls.append, 2)
+    hub.run_callback(calls.append, 3)
+    cancelled.stop()
+    sleep(0)
+    assert calls == [1, 3]
+
+
+def test_spawn_runs_the_function_and_keeps_its_value():
+    def add(x, y=0):
+        sleep(0.001)
+        return x + y
+    g = spawn(add, 1, y=2)
+    assert isinstance(g, coopsock.Greenlet)
+    assert not g.ready() and not g.dead and not g.successful()
+    assert g.value is None and g.exception is None
+    assert g.get() == 3
+    assert g.ready() and g.dead and g.successful() and g.value == 3 and g.exception is None
+
+
+def test_get_and_join_with_a_timeout_on_an_unfinished_greenlet():
+    g = spawn(sleep, 10)
+    with pytest.raises(Timeout):
+        g.get(block=False)
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        g.get(timeout=0.05)
+    assert g.join(timeout=0.05) is None
+    assert 0.09 <= time.monotonic() - started < 5
+    assert not g.ready()
+    g.kill()
+    assert g.dead and g.ready() and g.successful() and isinstance(g.value, GreenletExit)
+
+
+def test_get_raises_what_the_greenlet_died_of():
+    g = spawn(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        g.get()
+    assert g.ready() and g.dead and not g.successful()
+    assert isinstance(g.exception, ZeroDivisionError)
+
+
+def test_spawn_later_starts_after_the_delay():
+    order, started = [], time.monotonic()
+    late = coopsock.spawn_later(0.05, order.append, "late")
+    soon = spawn(order.append, "soon")
+    assert coopsock.joinall([late, soon], timeout=5) == [late, soon]
+    assert order == ["soon", "late"]
+    assert time.monotonic() - started >= 0.045
+
+
+def test_kill_a_running_greenlet():
+    cleaned = []
+
+    def parked():
+        try:
+            sleep(10)
+        finally:
+            cleaned.append(True)
+    g = spawn(parked)
+    sleep(0)
+    g.kill()
+    assert g.dead and cleaned == [True] and isinstance(g.value, GreenletExit) and g.successful()
+    h = spawn(sleep, 10)
+    sleep(0)
+    h.kill(ValueError("stop"), block=False)
+    assert not h.ready()  # not blocking: it is thrown in on the next pass
+    h.join(timeout=5)
+    assert isinstance(h.exception, ValueError) and not h.successful()
+
+
+@pytest.mark.parametrize("start", ["spawn", "spawn_later"])
+def test_kill_before_the_greenlet_starts(start):
+    ran = []
+    sleep(0)  # the hub is running
+    for _ in range(2):
+        g = spawn(ran.append, 1) if start == "spawn" else coopsock.spawn_later(0.01, ran.append, 1)
+        g.kill()  # returns at once, to the caller
+        assert g.dead and g.ready() and isinstance(g.value, GreenletExit)
+    sleep(0.05)
+    assert ran == []
+
+
+def test_module_kill_works_on_greenlets_and_raw_greenlets():
+    g = spawn(sleep, 10)
+    sleep(0)
+    coopsock.kill(g, ValueError)
+    assert isinstance(g.exception, ValueError)
+    killed = []
+
+    def parked():
+        try:
+            sleep(10)
+        except GreenletExit:
+            killed.append(True)
+    raw = greenlet.greenlet(parked, parent=coopsock.get_hub())
+    coopsock.get_hub().run_callback(raw.switch)
+    sleep(0)
+    coopsock.kill(raw)
+    sleep(0)
+    assert raw.dead and killed == [True]
+
+
+def test_joinall_with_timeout_returns_the_finished_ones():
+    fast, slow = spawn(lambda: 1), spawn(sleep, 10)
+    started = time.monotonic()
+    assert coopsock.joinall([fast, slow], timeout=0.05) == [fast]
+    assert 0.04 <= time.monotonic() - started < 5
+    slow.kill()
+    assert coopsock.joinall([fast, slow]) == [fast, slow]
+
+
+def test_joinall_with_raise_error_raises_as_soon_as_one_fails():
+    def fail():
+        sleep(0.001)
+        raise ValueError("first failure")
+    slow = spawn(sleep, 10)
+    with pytest.raises(ValueError, match="first failure"):
+        coopsock.joinall([slow, spawn(fail)], raise_error=True)
+    assert not slow.ready()
+    slow.kill()
+
+
+def test_sleep_zero_lets_the_other_greenlets_run():
+    order = []
+
+    def worker(name):
+        for i in range(3):
+            order.append((name, i))
+            sleep(0)
+    coopsock.joinall([spawn(worker, "a"), spawn(worker, "b")])
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+def test_a_sleep_zero_loop_does_not_starve_io(pair):
+    a, b = pair
+    spinning = []
+
+    def spinner():
+        give_up = time.monotonic() + 5
+        while not spinning or spinning[-1] != "stop":
+            if time.monotonic() > give_up:
+                spinning.append("gave up")
+                return
+            sleep(0)
+    spinning_greenlet = spawn(spinner)
+
+    def sender():
+        for _ in range(3):
+            sleep(0)
+        b.sendall(b"data")
+    spawn(sender)
+    data = a.recv(4)  # the hub must poll I/O although a greenlet always has work
+    spinning.append("stop")
+    spinning_greenlet.join()
+    assert data == b"data" and spinning == ["stop"]
+
+
+def test_an_exception_in_a_greenlet_is_printed_and_kept_and_the_hub_carries_on(capsys):
+    def fail():
+        raise ZeroDivisionError("oops in a greenlet")
+    g = spawn(fail)
+    g.join()
+    assert isinstance(g.exception, ZeroDivisionError) and not g.successful()
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: oops in a greenlet" in err
+    assert spawn(lambda: "still running").get(timeout=5) == "still running"
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_in_a_greenlet_is_raised_in_the_main_greenlet(exc):
+    def interrupted():
+        raise exc("from a greenlet")
+    g = spawn(interrupted)
+    started = time.monotonic()
+    with pytest.raises(exc, match="from a greenlet"):
+        sleep(5)
+    assert time.monotonic() - started < 2
+    assert g.dead
+    assert spawn(lambda: "still running").get(timeout=5) == "still running"
+
+
+def test_loop_exit_when_nothing_can_wake_the_main_greenlet():
+    with pytest.raises(LoopExit, match="would block forever"):
+        coopsock.get_hub().switch()
+
+
+def test_loop_exit_when_joining_a_greenlet_that_nobody_will_wake():
+    forever = spawn(coopsock.get_hub().switch)  # parks with no watcher and no callback
+    with pytest.raises(LoopExit, match="would block forever"):
+        forever.join()
+    forever.kill()
+    assert forever.dead
+
+
+def test_hubs_in_several_threads_at_once():
+    count = 3
+    barrier, results = threading.Barrier(count, timeout=10), {}
+
+    def work(i):
+        try:
+            hub = coopsock.get_hub()
+            barrier.wait()  # every thread has a live hub at the same time
+            a, b = coopsock.socketpair(stdsocket.AF_UNIX)
+            with a, b:
+                reader = spawn(a.recv, 16)
+                sleep(0.01)
+                b.sendall(b"thread %d" % i)
+                results[i] = (hub, coopsock.get_hub(), reader.get(timeout=5))
+        except BaseException as exc:  # noqa: B036 (report anything to the main thread)
+            results[i] = exc
+        finally:
+            coopsock.get_hub().destroy()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    sleep(0.01)  # the main thread's hub runs meanwhile
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == list(range(count)), results
+    hubs = set()
+    for i, (hub, same_hub, data) in results.items():
+        assert hub is same_hub and data == b"thread %d" % i
+        hubs.add(id(hub))
+    assert len(hubs) == count and id(coopsock.get_hub()) not in hubs
+
+
+def test_the_hub_works_in_a_forked_child(pair):
+    a, b = pair
+    sleep(0.001)  # the parent's hub and loop exist before the fork
+    with warnings.catch_warnings():  # Python 3.12+ warns when forking a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            sleep(0.01)
+            x, y = coopsock.socketpair(stdsocket.AF_UNIX)
+            with x, y:
+                reader = spawn(x.recv, 5)
+                sleep(0)
+                y.sendall(b"child")
+                code = 0 if reader.get(timeout=5) == b"child" else 2
+        except BaseException:  # noqa: B036
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    reader = spawn(a.recv, 6)  # the parent's loop keeps working too
+    sleep(0)
+    b.sendall(b"parent")
+    assert reader.get(timeout=5) == b"parent"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("target", ["main thread", "other thread", "busy hub"])
+def test_sigint_while_the_hub_is_blocked_raises_keyboard_interrupt_in_main(backend, target):
+    result = run_python(f"""
+        import signal, threading, time, coopsock
+        target = {target!r}
+        main = threading.main_thread().ident
+
+        def interrupt():
+            # "other thread": the signal lands in this thread; only the wakeup fd tells the hub.
+            signal.pthread_kill(threading.get_ident() if target == "other thread" else main, signal.SIGINT)
+
+        if target == "busy hub":  # callbacks run all the time: the interrupt can land inside one
+            a, b = coopsock.socketpair(coopsock.AF_UNIX)
+
+            def ping(sock):
+                while True:
+                    sock.sendall(sock.recv(1))
+            pingers = [coopsock.spawn(ping, a), coopsock.spawn(ping, b)]
+            a.sendall(b"x")
+        delays = []
+        for _ in range(3):  # never lost, however often
+            timer = threading.Timer(0.1, interrupt)
+            started = time.monotonic()
+            timer.start()
+            try:
+                coopsock.sleep(10)
+            except KeyboardInterrupt:
+                delays.append(time.monotonic() - started)
+            timer.join()
+        if target == "busy hub":
+            for g in pingers:
+                g.kill()
+            a.close()
+            b.close()
+        print(len(delays), max(delays))
+    """, loop=backend)
+    assert result.returncode == 0, result.stderr
+    count, slowest = result.stdout.split()
+    assert count == "3" and float(slowest) < 3
+
+
+# ---------------------------------------------------------------------------
+# Timeout
+
+
+def test_timeout_is_a_base_exception_that_except_exception_does_not_catch():
+    assert issubclass(Timeout, BaseException) and not issubclass(Timeout, Exception)
+    with pytest.raises(Timeout):
+        with Timeout(0.01):
+            try:
+                sleep(5)
+            except Exception:  # noqa: BLE001 (the point: this must not catch it)
+                pytest.fail("except Exception caught a Timeout")
+
+
+def test_timeout_start_raises_the_instance_itself():
+    timeout = Timeout(0.02)
+    assert timeout.seconds == 0.02 and not timeout.pending
+    timeout.start()
+    assert timeout.pending
+    started = time.monotonic()
+    with pytest.raises(Timeout) as info:
+        sleep(5)
+    assert info.value is timeout and not timeout.pending
+    assert 0.015 <= time.monotonic() - started < 3
+
+
+def test_timeout_start_new_cancel_and_close():
+    timeout = Timeout.start_new(0.01)
+    assert isinstance(timeout, Timeout) and timeout.pending and timeout.seconds == 0.01
+    timeout.cancel()
+    assert not timeout.pending
+    sleep(0.03)  # it would have fired by now
+    closed = Timeout.start_new(0.01)
+    closed.close()
+    assert not closed.pending
+    sleep(0.03)
+    timeout.cancel()  # cancelling again is harmless
+
+
+def test_timeout_as_a_context_manager():
+    with pytest.raises(Timeout) as info:
+        with Timeout(0.01) as timeout:
+            sleep(5)
+    assert info.value is timeout and not timeout.pending
+    with Timeout(5) as timeout:
+        sleep(0)
+    assert not timeout.pending  # left early: cancelled
+
+
+def test_silent_timeout_suppresses_only_itself():
+    started = time.monotonic()
+    with Timeout(0.01, False):
+        sleep(5)
+    assert time.monotonic() - started < 3
+    with pytest.raises(ValueError):
+        with Timeout(5, False):
+            raise ValueError("not the timeout")
+    with pytest.raises(Timeout) as info:
+        with Timeout(0.01) as outer:
+            with Timeout(5, False):
+                sleep(5)
+    assert info.value is outer
+
+
+def test_timeout_exception_may_be_a_class_an_instance_or_a_message():
+    with pytest.raises(ValueError):
+        with Timeout(0.01, ValueError):
+            sleep(5)
+    error = ValueError("this one")
+    with pytest.raises(ValueError) as info:
+        with Timeout(0.01, error):
+            sleep(5)
+    assert info.value is error
+    with pytest.raises(Timeout, match="^too slow$") as info:
+        with Timeout(0.01, "too slow") as timeout:
+            sleep(5)
+    assert info.value is timeout
+
+
+def test_timeout_none_never_fires():
+    timeout = Timeout.start_new(None)
+    assert not timeout.pending
+    sleep(0.02)
+    with Timeout(None):
+        sleep(0.02)
+    assert coopsock.with_timeout(None, lambda: "done") == "done"
+
+
+def test_timeout_zero_fires_at_the_next_loop_pass():
+    with Timeout(0):
+        pass  # code that does not yield is not interrupted
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        with Timeout(0):
+            sleep(5)
+    assert time.monotonic() - started < 1
+    passes = 0
+    with pytest.raises(Timeout):
+        with Timeout(0):
+            while passes < 100_000:
+                sleep(0)
+                passes += 1
+    assert passes < 100_000  # a greenlet that only ever yields with sleep(0) is interrupted too
+
+
+def test_nested_timeouts_each_raise_their_own():
+    with Timeout(5) as outer:
+        with pytest.raises(Timeout) as info:
+            with Timeout(0.01) as inner:
+                sleep(5)
+        assert info.value is inner
+        assert outer.pending
+    with pytest.raises(Timeout) as info:
+        with Timeout(0.01) as outer:
+            with Timeout(5) as inner:
+                sleep(5)
+    assert info.value is outer and not inner.pending
+
+
+def test_restarting_an_active_timeout_says_to_cancel_first():
+    timeout = Timeout.start_new(5)
+    with pytest.raises(RuntimeError, match="cancel"):
+        timeout.start()
+    timeout.cancel()
+    timeout.start()  # fine once cancelled
+    assert timeout.pending
+    timeout.cancel()
+
+
+def test_with_timeout():
+    assert coopsock.with_timeout(5, lambda x, y=0: x + y, 1, y=2) == 3
+    with pytest.raises(Timeout):
+        coopsock.with_timeout(0.01, sleep, 5)
+    assert coopsock.with_timeout(0.01, sleep, 5, timeout_value="late") == "late"
+    assert coopsock.with_timeout(0.01, sleep, 5, timeout_value=None) is None
+
+
+def test_timeout_in_a_spawned_greenlet_interrupts_that_greenlet_only():
+    g = spawn(coopsock.with_timeout, 0.01, sleep, 5, timeout_value="late")
+    sleep(0.05)
+    assert g.get(timeout=5) == "late"
+
+
+def test_timeout_with_ref_false_does_not_keep_the_loop_alive():
+    timeout = Timeout.start_new(5, ref=False)
+    started = time.monotonic()
+    with pytest.raises(LoopExit):
+        coopsock.get_hub().switch()
+    assert time.monotonic() - started < 3
+    timeout.cancel()
+    with pytest.raises(Timeout):  # it still fires while something else keeps the loop alive
+        with Timeout(0.01, ref=False):
+            sleep(5)
+    with pytest.raises(Timeout):  # ref=True keeps the loop alive on its own
+        with Timeout(0.01):
+            coopsock.get_hub().switch()
+
+
+# ---------------------------------------------------------------------------
+# The cooperative socket: the API, for every family
+
+
+def test_stream_socket_api(family, new_address):
+    with coopsock.socket(family, stdsocket.SOCK_STREAM) as server:
+        assert isinstance(server, stdsocket.socket) and isinstance(server, coopsock.socket)
+        assert (server.family, server.type, server.proto) == (family, stdsocket.SOCK_STREAM, 0)
+        server.bind(new_address())
+        server.listen()
+        with coopsock.socket(family, stdsocket.SOCK_STREAM) as client:
+
+            def talk():
+                client.connect(server.getsockname())
+                client.sendall(b"ping")
+                return client.recv(4)
+            talker = spawn(talk)
+            conn, _ = server.accept()
+            with conn:
+                assert isinstance(conn, coopsock.socket) and conn.gettimeout() is None
+                assert drain(conn, 4) == b"ping"
+                conn.send(b"po")
+                conn.sendall(b"ng")
+                assert talker.get(timeout=5) == b"pong"
+                assert conn.getsockname() == client.getpeername()
+                if family != stdsocket.AF_UNIX:
+                    assert conn.getpeername() == client.getsockname()
+                client.sendall(b"into")
+                buffer = bytearray(8)
+                assert conn.recv_into(buffer) == 4 and buffer[:4] == b"into"
+                client.shutdown(stdsocket.SHUT_WR)
+                assert conn.recv(1) == b""
+
+
+def test_datagram_socket_api(family, new_address):
+    with coopsock.socket(family, stdsocket.SOCK_DGRAM) as receiver, \
+            coopsock.socket(family, stdsocket.SOCK_DGRAM) as sender:
+        assert receiver.type == stdsocket.SOCK_DGRAM
+        receiver.bind(new_address())
+        sender.bind(new_address())
+        there = receiver.getsockname()
+        events = []
+
+        def receive():
+            events.append("receiving")
+            return receiver.recvfrom(16)
+        g = spawn(receive)
+        spawn(ticker(events)).join()
+        assert sender.sendto(b"hello", there) == 5
+        data, address = g.get(timeout=5)
+        assert data == b"hello" and address == sender.getsockname()
+        assert events == ["receiving", 0, 1, 2]  # it waited, and the others ran meanwhile
+        buffer = bytearray(16)
+        spawn(sender.sendto, b"into", there)
+        assert receiver.recvfrom_into(buffer) == (4, sender.getsockname())
+        assert buffer[:4] == b"into"
+        sender.connect(there)
+        spawn(sender.sendmsg, [b"sc", b"at", b"ter"])
+        data, ancillary, flags, address = receiver.recvmsg(16)
+        assert (data, ancillary) == (b"scatter", [])
+        spawn(sender.send, b"direct")
+        assert receiver.recv(16) == b"direct"
+
+
+def test_recvmsg_and_sendmsg_pass_file_descriptors(pair):
+    a, b = pair
+    reader, writer = os.pipe()
+    try:
+        spawn(a.sendmsg, [b"fd"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, writer.to_bytes(4, sys.byteorder))])
+        data, ancillary, _, _ = b.recvmsg(2, stdsocket.CMSG_SPACE(4))
+        assert data == b"fd"
+        received = int.from_bytes(ancillary[0][2][:4], sys.byteorder)
+        os.write(received, b"!")
+        os.close(received)
+        assert os.read(reader, 1) == b"!"
+        buffer = bytearray(4)
+        spawn(a.sendall, b"ok")
+        assert b.recvmsg_into([buffer])[0] == 2 and buffer[:2] == b"ok"
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def test_makefile_reads_and_writes_cooperatively(pair):
+    a, b = pair
+
+    def read_line():
+        with a.makefile("rb") as f:
+            return f.readline()
+    reader = spawn(read_line)
+    sleep(0)
+    with b.makefile("wb") as f:
+        f.write(b"hello\n")
+        f.flush()
+    assert reader.get(timeout=5) == b"hello\n"
+
+
+def test_sendfile_sends_the_whole_file_cooperatively(tcp_pair, tmp_path):
+    client, server = tcp_pair
+    data = os.urandom(3 << 20)  # far more than the socket buffers hold
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    receiver = spawn(drain, server, len(data))
+    with open(path, "rb") as f:
+        assert client.sendfile(f) == len(data)
+    assert receiver.get(timeout=10) == data
+
+
+def test_dup_detach_fileno_and_fromfd(pair):
+    a, b = pair
+    a.settimeout(3)
+    with a.dup() as duplicate:
+        assert isinstance(duplicate, coopsock.socket)
+        assert duplicate.fileno() != a.fileno() and duplicate.gettimeout() == 3
+        duplicate.sendall(b"dup")
+        assert drain(b, 3) == b"dup"
+    with coopsock.fromfd(a.fileno(), a.family, a.type) as copy:
+        assert isinstance(copy, coopsock.socket) and copy.fileno() != a.fileno()
+        spawn(b.sendall, b"copy")
+        assert drain(copy, 4) == b"copy"
+    fd = a.fileno()
+    assert a.detach() == fd and a.fileno() == -1
+    with coopsock.socket(fileno=fd) as again:
+        assert again.family == stdsocket.AF_UNIX
+        spawn(b.sendall, b"again")
+        assert drain(again, 5) == b"again"
+
+
+def test_context_manager_repr_and_options():
+    with coopsock.socket() as sock:
+        assert repr(sock).startswith("<coopsock.socket fd=%d," % sock.fileno())
+        sock.settimeout(2.5)
+        assert "timeout=2.5" in repr(sock)
+        sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        assert sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR) != 0
+        sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+        assert sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY) != 0
+        assert sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_TYPE) == stdsocket.SOCK_STREAM
+    assert sock.fileno() == -1 and "[closed]" in repr(sock)
+
+
+def test_socketpair_with_the_default_family():
+    a, b = coopsock.socketpair()
+    with a, b:
+        assert isinstance(a, coopsock.socket) and a.family == stdsocket.AF_UNIX
+        reader = spawn(b.recv, 4)
+        sleep(0)
+        a.sendall(b"pair")
+        assert reader.get(timeout=5) == b"pair"
+
+
+def test_create_server_and_create_connection():
+    with coopsock.create_server(("127.0.0.1", 0)) as server:
+        assert isinstance(server, coopsock.socket)
+        acceptor = spawn(server.accept)
+        with coopsock.create_connection(server.getsockname(), timeout=5) as client:
+            assert isinstance(client, coopsock.socket) and client.gettimeout() == 5
+            conn, address = acceptor.get(timeout=5)
+            with conn:
+                assert address == client.getsockname()
+        port = server.getsockname()[1]
+        acceptor = spawn(server.accept)
+        with coopsock.create_connection(("localhost", port)) as client:  # a host name, resolved
+            conn, _ = acceptor.get(timeout=5)
+            conn.close()
+
+
+def test_name_resolution_helpers():
+    flags = stdsocket.NI_NUMERICHOST | stdsocket.NI_NUMERICSERV
+    assert (coopsock.getaddrinfo("127.0.0.1", 80, stdsocket.AF_INET, stdsocket.SOCK_STREAM)
+            == stdsocket.getaddrinfo("127.0.0.1", 80, stdsocket.AF_INET, stdsocket.SOCK_STREAM))
+    assert coopsock.gethostbyname("localhost") == stdsocket.gethostbyname("localhost")
+    assert coopsock.getnameinfo(("127.0.0.1", 80), flags) == ("127.0.0.1", "80")
+    with pytest.raises(coopsock.gaierror):
+        coopsock.getaddrinfo("127.0.0.1", "no-such-service-name")
+
+
+def test_wait_read_wait_write_wait_readwrite(pair):
+    a, b = pair
+    coopsock.wait_write(a.fileno(), timeout=5)  # writable at once
+    coopsock.wait_readwrite(a.fileno(), timeout=5)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="^timed out$"):
+        coopsock.wait_read(a.fileno(), timeout=0.05)
+    assert 0.045 <= time.monotonic() - started < 3
+    with pytest.raises(ValueError, match="custom"):
+        coopsock.wait_read(a.fileno(), timeout=0.01, timeout_exc=ValueError("custom"))
+    events = []
+
+    def wait():
+        events.append("waiting")
+        coopsock.wait_read(a.fileno())
+        events.append("readable")
+    g = spawn(wait)
+    spawn(ticker(events)).join()
+    b.sendall(b"x")
+    g.join(timeout=5)
+    assert events == ["waiting", 0, 1, 2, "readable"]
+
+
+# ---------------------------------------------------------------------------
+# The hard cases: blocking
+
+
+def test_other_greenlets_run_while_one_waits_in_recv(pair):
+    a, b = pair
+    events = []
+
+    def receive():
+        events.append("receiving")
+        events.append(a.recv(8))
+    g = spawn(receive)
+    spawn(ticker(events)).join()
+    b.sendall(b"late")
+    g.join(timeout=5)
+    assert events == ["receiving", 0, 1, 2, b"late"]
+
+
+def test_other_greenlets_run_while_one_waits_in_accept(listener):
+    events = []
+
+    def accept():
+        events.append("accepting")
+        conn, _ = listener.accept()
+        conn.close()
+        events.append("accepted")
+    g = spawn(accept)
+    spawn(ticker(events)).join()
+    with coopsock.create_connection(listener.getsockname()):
+        g.join(timeout=5)
+    assert events == ["accepting", 0, 1, 2, "accepted"]
+
+
+def test_other_greenlets_run_while_one_waits_in_connect(full_listener):
+    events = []
+    with coopsock.socket() as client:
+        client.settimeout(0.3)
+
+        def connect():
+            events.append("connecting")
+            try:
+                client.connect(full_listener)
+            except TimeoutError:
+                events.append("timed out")
+        g = spawn(connect)
+        spawn(ticker(events)).join()
+        g.join(timeout=5)
+    assert events == ["connecting", 0, 1, 2, "timed out"]
+
+
+def test_other_greenlets_run_while_one_waits_in_sendall_with_a_full_buffer(pair):
+    a, b = pair
+    events, data = [], b"s" * (1 << 20)
+    filled = fill(a)
+
+    def send():
+        events.append("sending")
+        a.sendall(data)
+        events.append("sent")
+    g = spawn(send)
+    spawn(ticker(events)).join()
+    assert events == ["sending", 0, 1, 2]
+    assert drain(b, filled + len(data)).endswith(data)
+    g.join(timeout=5)
+    assert events[-1] == "sent"
+
+
+# ---------------------------------------------------------------------------
+# The hard cases: timeouts
+
+
+def _blocking_call(op, pair, listener):
+    """Return (socket, call) where call blocks on socket: it has nothing to read or no room."""
+    a, _ = pair
+    if op == "accept":
+        return listener, listener.accept
+    if op in ("send", "sendall"):
+        fill(a)
+        return a, lambda: getattr(a, op)(b"x" * 65536)
+    if op == "recv_into":
+        return a, lambda: a.recv_into(bytearray(8))
+    return a, lambda: getattr(a, op)(8)
+
+
+@pytest.mark.parametrize("op", ["recv", "recv_into", "recvfrom", "send", "sendall", "accept"])
+def test_settimeout_makes_a_blocking_call_raise_timeout_error(op, pair, listener):
+    sock, call = _blocking_call(op, pair, listener)
+    sock.settimeout(0.2)
+    assert sock.gettimeout() == 0.2 and sock.getblocking()
+    started = time.monotonic()
+    with pytest.raises(stdsocket.timeout, match="^timed out$") as info:
+        call()
+    assert 0.18 <= time.monotonic() - started < 2
+    assert type(info.value) is TimeoutError
+    if op.startswith("recv"):  # the socket still works after a timeout
+        spawn(pair[1].sendall, b"after")
+        assert pair[0].recv(5) == b"after"
+
+
+def test_connect_timeout_is_one_deadline(full_listener):
+    with coopsock.socket() as client:
+        client.settimeout(0.5)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="^timed out$"):
+            client.connect(full_listener)
+        assert 0.45 <= time.monotonic() - started < 1.0
+
+
+def test_sendall_timeout_bounds_the_whole_call(tcp_pair):
+    client, server = tcp_pair
+    client.settimeout(0.5)
+    server.settimeout(0)
+    draining = [True]
+
+    def slow_reader():  # frees room now and then: every wait of sendall is shorter than 0.5 s
+        while draining:
+            try:
+                server.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            sleep(0.05)
+    reader = spawn(slow_reader)
+    started = time.monotonic()
+    try:
+        with Timeout(10, False):  # a timeout per wait would take seconds: stop it then
+            with pytest.raises(TimeoutError, match="^timed out$"):
+                client.sendall(bytes(64 << 20))
+    finally:
+        draining.clear()
+        reader.join(timeout=5)
+    assert 0.45 <= time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("op", ["recv", "send", "sendall", "accept"])
+def test_settimeout_zero_raises_blocking_io_error_like_a_nonblocking_stdlib_socket(op, pair, listener):
+    sock, call = _blocking_call(op, pair, listener)
+    sock.settimeout(0)
+    assert not sock.getblocking() and sock.gettimeout() == 0.0
+    if op == "accept":
+        with stdsocket.create_server(("127.0.0.1", 0)) as twin:
+            twin.settimeout(0)
+            expected = outcome(twin.accept)
+    else:
+        x, y = stdsocket.socketpair()
+        with x, y:
+            x.settimeout(0)
+            if op == "recv":
+                expected = outcome(lambda: x.recv(8))
+            else:
+                fill(x)
+                expected = outcome(lambda: getattr(x, op)(b"x" * 65536))
+    assert expected == (BlockingIOError, errno.EAGAIN)
+    assert outcome(call) == expected
+
+
+def test_settimeout_zero_connect_raises_blocking_io_error_like_the_stdlib(listener):
+    with coopsock.socket() as sock, stdsocket.socket() as twin:
+        sock.settimeout(0)
+        twin.settimeout(0)
+        expected = outcome(lambda: twin.connect(listener.getsockname()))
+        assert expected == (BlockingIOError, errno.EINPROGRESS)
+        assert outcome(lambda: sock.connect(listener.getsockname())) == expected
+
+
+def test_settimeout_none_blocks_until_data_arrives(pair):
+    a, b = pair
+    a.settimeout(1)
+    a.settimeout(None)
+    assert a.gettimeout() is None and a.getblocking()
+    a.setblocking(False)
+    assert a.gettimeout() == 0.0
+    a.setblocking(True)
+    assert a.gettimeout() is None
+    events = []
+    g = spawn(lambda: events.append(a.recv(4)))
+    spawn(ticker(events)).join()
+    b.sendall(b"data")
+    g.join(timeout=5)
+    assert events == [0, 1, 2, b"data"]
+
+
+def test_the_default_timeout_comes_from_getdefaulttimeout():
+    previous = stdsocket.getdefaulttimeout()
+    stdsocket.setdefaulttimeout(0.05)
+    try:
+        a, b = coopsock.socketpair(stdsocket.AF_UNIX)
+        plain = coopsock.socket()
+    finally:
+        stdsocket.setdefaulttimeout(previous)
+    with a, b, plain:
+        assert a.gettimeout() == b.gettimeout() == plain.gettimeout() == 0.05
+        with pytest.raises(TimeoutError):
+            a.recv(1)
+    with coopsock.socket() as sock:
+        assert sock.gettimeout() == previous
+
+
+# ---------------------------------------------------------------------------
+# The hard cases: closed while another greenlet waits
+
+
+@pytest.mark.parametrize("op", ["recv", "recv_into", "recvfrom", "send", "sendall", "accept"])
+def test_close_while_another_greenlet_waits(op, pair, listener):
+    sock, call = _blocking_call(op, pair, listener)
+    events = []
+
+    def wait():
+        events.append("waiting")
+        try:
+            call()
+        except OSError as exc:
+            return exc
+    waiter = spawn(wait)
+    sleep(0)
+    assert events == ["waiting"] and not waiter.ready()
+    fd = sock.fileno()
+    sock.close()
+    error = waiter.get(timeout=5)
+    assert isinstance(error, OSError), error
+    assert error.errno == errno.EBADF and CLOSED_MESSAGE in str(error)
+    with pytest.raises(OSError) as later:
+        call()
+    assert later.value.errno == errno.EBADF
+    assert_fd_number_is_reusable(fd)
+
+
+@pytest.mark.parametrize("op", ["recv", "sendall", "accept"])
+def test_shutdown_while_another_greenlet_waits(op, pair, listener):
+    sock, call = _blocking_call(op, pair, listener)
+
+    def wait():
+        try:
+            return call()
+        except OSError as exc:
+            return exc
+    waiter = spawn(wait)
+    sleep(0)
+    assert not waiter.ready()
+    sock.shutdown(stdsocket.SHUT_RDWR)
+    error = waiter.get(timeout=2)
+    assert isinstance(error, OSError), f"{op} returned {error!r} after shutdown() in another greenlet"
+    assert error.errno == errno.EBADF and CLOSED_MESSAGE in str(error)
+
+
+# ---------------------------------------------------------------------------
+# The hard cases: two greenlets waiting on one socket
+
+
+@pytest.mark.parametrize("op, direction", [("recv", "reading"), ("accept", "reading"),
+                                           ("sendall", "writing")])
+def test_a_second_waiter_gets_concurrent_object_use_error(op, direction, pair, listener):
+    sock, call = _blocking_call(op, pair, listener)
+    first = spawn(call)
+    sleep(0)
+    assert not first.ready()
+    with pytest.raises(coopsock.ConcurrentObjectUseError) as info:
+        call()
+    assert isinstance(info.value, AssertionError)
+    message = str(info.value)
+    assert direction in message and repr(sock) in message and repr(first) in message
+    # The first waiter is unaffected.
+    a, b = pair
+    if op == "recv":
+        b.sendall(b"first")
+        assert first.get(timeout=5) == b"first"
+    elif op == "accept":
+        with coopsock.create_connection(listener.getsockname()):
+            conn, _ = first.get(timeout=5)
+            conn.close()
+    else:
+        spawn(drain, b, 1 << 30)  # read everything from now on
+        first.get(timeout=5)
+
+
+def test_one_reader_and_one_writer_at_once_is_fine(pair):
+    a, b = pair
+    filled = fill(a)
+    reader = spawn(a.recv, 4)
+    writer = spawn(a.sendall, b"w" * 100_000)
+    sleep(0)
+    assert not reader.ready() and not writer.ready()
+    b.sendall(b"read")
+    assert reader.get(timeout=5) == b"read"
+    assert len(drain(b, filled + 100_000)) == filled + 100_000
+    writer.get(timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# Name resolution in a worker thread
+
+
+@pytest.fixture
+def slow_lookup(monkeypatch):
+    """Make getaddrinfo slow: it returns 127.0.0.1 only once release is set."""
+    release = threading.Event()
+    real = stdsocket.getaddrinfo
+
+    def lookup(host, port, *args, **kwargs):
+        if host == "slow.example":
+            if not release.wait(10):
+                raise RuntimeError("nobody released the lookup: the hub was blocked")
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo", lookup)
+    return release
+
+
+def test_getaddrinfo_runs_in_a_thread_and_the_hub_keeps_running(slow_lookup):
+    events = []
+
+    def tick_then_release():
+        ticker(events)()
+        slow_lookup.set()
+    spawn(tick_then_release)
+    infos = coopsock.getaddrinfo("slow.example", 80, stdsocket.AF_INET, stdsocket.SOCK_STREAM)
+    assert events == [0, 1, 2]
+    assert infos[0][4] == ("127.0.0.1", 80)
+
+
+@pytest.mark.parametrize("how", ["connect", "create_connection"])
+def test_connecting_to_a_host_name_does_not_block_the_hub(how, slow_lookup, listener):
+    events = []
+
+    def tick_then_release():
+        ticker(events)()
+        slow_lookup.set()
+    spawn(tick_then_release)
+    port = listener.getsockname()[1]
+    acceptor = spawn(listener.accept)
+    if how == "connect":
+        client = coopsock.socket()
+        client.connect(("slow.example", port))
+    else:
+        client = coopsock.create_connection(("slow.example", port))
+    with client:
+        conn, _ = acceptor.get(timeout=5)
+        conn.close()
+    assert events == [0, 1, 2]
+
+
+def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
+    # The worker can finish and send() its wake-up before the caller's Async
+    # watcher is started (a busy machine, a cached answer); libev's
+    # ev_async_start clears a send that came first. Force that interleaving.
+    sent = threading.Event()
+    base = coopsock.pyev.Async
+
+    class SentBeforeStart(base):
+        __slots__ = ()
+
+        def send(self):
+            super().send()
+            sent.set()
+
+        def start(self):
+            sent.wait(0.5)  # let the worker finish first
+            super().start()
+    monkeypatch.setattr(coopsock.pyev, "Async", SentBeforeStart)
+    monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo",
+                        lambda *args: [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))])
+    try:
+        with Timeout(5):
+            infos = coopsock.getaddrinfo("quick.example", 80)
+    except Timeout:
+        pytest.fail("getaddrinfo() never returned: the worker's wake-up was lost")
+    assert infos[0][4] == ("127.0.0.1", 80)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: the same exceptions as the stdlib socket
+
+
+BAD_CALLS = {
+    "recv(-1)": lambda s: s.recv(-1),
+    "recv('x')": lambda s: s.recv("x"),
+    "recv_into(bytes)": lambda s: s.recv_into(b"read-only"),
+    "recv_into(nbytes too big)": lambda s: s.recv_into(bytearray(2), 5),
+    "send(1)": lambda s: s.send(1),
+    "sendall(1)": lambda s: s.sendall(1),
+    "sendall('text')": lambda s: s.sendall("text"),
+    "settimeout(-1)": lambda s: s.settimeout(-1),
+    "settimeout('x')": lambda s: s.settimeout("x"),
+    "settimeout(nan)": lambda s: s.settimeout(math.nan),
+    "setsockopt(bad level)": lambda s: s.setsockopt(-1, -1, 1),
+}
+
+GOOD_KEYWORD_CALLS = {  # the stdlib accepts these keywords
+    "recv_into(buffer=, nbytes=)": lambda s: s.recv_into(buffer=bytearray(8), nbytes=2),
+    "recvfrom_into(buffer, nbytes=)": lambda s: s.recvfrom_into(bytearray(8), nbytes=2),
+}
+
+
+@pytest.mark.parametrize("name", [*BAD_CALLS, *GOOD_KEYWORD_CALLS])
+def test_bad_input_raises_what_the_stdlib_raises(name, tcp_pair):
+    call = {**BAD_CALLS, **GOOD_KEYWORD_CALLS}[name]
+    client, server = tcp_pair
+    server.sendall(b"pending data")
+    with stdsocket.create_server(("127.0.0.1", 0)) as std_listener, \
+            stdsocket.create_connection(std_listener.getsockname()) as std_client:
+        std_server, _ = std_listener.accept()
+        with std_server:
+            std_server.sendall(b"pending data")
+            expected = outcome(lambda: call(std_client))
+            assert outcome(lambda: call(client)) == expected
+
+
+BAD_ADDRESSES = [("127.0.0.1",), "127.0.0.1", ("127.0.0.1", "x"), ("127.0.0.1", "80"), ("127.0.0.1", -1),
+                 ("127.0.0.1", 70000), ("127.0.0.1", 1.5), ("127.0.0.1", None), (None, 80), (1, 2),
+                 ("", 1), ("localhost", 1), ("127.0.0.1", 1)]
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES, ids=repr)
+@pytest.mark.parametrize("method", ["connect", "connect_ex"])
+def test_connect_to_a_bad_address_raises_what_the_stdlib_raises(method, address):
+    with coopsock.socket() as sock, stdsocket.socket() as twin:
+        expected = outcome(lambda: getattr(twin, method)(address))
+        assert outcome(lambda: getattr(sock, method)(address)) == expected
+
+
+CLOSED_CALLS = {
+    "recv": lambda s: s.recv(1), "recv_into": lambda s: s.recv_into(bytearray(1)),
+    "recvfrom": lambda s: s.recvfrom(1), "send": lambda s: s.send(b"x"),
+    "sendall": lambda s: s.sendall(b"x"), "sendto": lambda s: s.sendto(b"x", ("127.0.0.1", 9)),
+    "accept": lambda s: s.accept(), "connect": lambda s: s.connect(("127.0.0.1", 9)),
+    "connect_ex": lambda s: s.connect_ex(("127.0.0.1", 9)), "bind": lambda s: s.bind(("127.0.0.1", 0)),
+    "listen": lambda s: s.listen(), "getsockname": lambda s: s.getsockname(),
+    "getpeername": lambda s: s.getpeername(), "shutdown": lambda s: s.shutdown(stdsocket.SHUT_RDWR),
+    "settimeout": lambda s: s.settimeout(1), "setblocking": lambda s: s.setblocking(False),
+    "getsockopt": lambda s: s.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR), "dup": lambda s: s.dup(),
+    "close": lambda s: s.close(),
+}
+
+
+@pytest.mark.parametrize("timeout", [None, 1.0, 0.0])
+@pytest.mark.parametrize("name", CLOSED_CALLS)
+def test_calls_on_a_closed_socket_raise_what_the_stdlib_raises(name, timeout):
+    sock, twin = coopsock.socket(), stdsocket.socket()
+    for s in (sock, twin):
+        s.settimeout(timeout)
+        s.close()
+    expected = outcome(lambda: CLOSED_CALLS[name](twin))
+    assert outcome(lambda: CLOSED_CALLS[name](sock)) == expected
+    if name in ("recv", "recv_into", "recvfrom", "send", "sendall", "sendto", "accept", "connect"):
+        assert expected == (OSError, errno.EBADF)
+
+
+@pytest.mark.parametrize("seconds", [-1, -0.5, "x", None, math.nan, math.inf, 1e300], ids=repr)
+def test_sleep_rejects_what_time_sleep_rejects(seconds):
+    expected = outcome(lambda: time.sleep(seconds))
+    assert expected[0] is not None and expected[0] != "ok"
+    assert outcome(lambda: sleep(seconds)) == expected
+
+
+# ---------------------------------------------------------------------------
+# AF_UNIX connect to a full listen queue
+
+
+def test_unix_connect_waits_for_room_in_a_full_listen_queue(short_dir):
+    path = os.path.join(short_dir, "full")
+    with coopsock.socket(stdsocket.AF_UNIX) as server, coopsock.socket(stdsocket.AF_UNIX) as first, \
+            coopsock.socket(stdsocket.AF_UNIX) as second:
+        server.bind(path)
+        server.listen(0)
+        first.connect(path)  # now the queue is full
+
+        def connect_and_send():
+            second.connect(path)
+            second.sendall(b"second")
+        g = spawn(connect_and_send)
+        sleep(0)
+        sleep(0)
+        assert not g.ready(), f"connect() returned while the listen queue was full: {g.exception!r}"
+        server.settimeout(2)
+        conn1, _ = server.accept()  # makes room
+        with conn1:
+            conn2, _ = server.accept()
+            with conn2:
+                assert drain(conn2, 6) == b"second"
+        g.get(timeout=5)
+
+
+def test_unix_connect_to_a_full_listen_queue_times_out(short_dir):
+    path = os.path.join(short_dir, "full")
+    with coopsock.socket(stdsocket.AF_UNIX) as server, coopsock.socket(stdsocket.AF_UNIX) as first, \
+            coopsock.socket(stdsocket.AF_UNIX) as second:
+        server.bind(path)
+        server.listen(0)
+        first.connect(path)
+        second.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            second.connect(path)
