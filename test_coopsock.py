@@ -44,6 +44,23 @@ def backend(request):
     coopsock.get_hub().destroy()
 
 
+@pytest.fixture(autouse=True)
+def hub_never_fails():
+    """Fail a test in which the hub itself reported an error (not a greenlet it runs)."""
+    failures, original = [], coopsock.Hub.handle_error
+
+    def handle_error(hub, where, exc):
+        if isinstance(where, coopsock.Hub):
+            failures.append(exc)
+        return original(hub, where, exc)
+    coopsock.Hub.handle_error = handle_error
+    try:
+        yield
+    finally:
+        coopsock.Hub.handle_error = original
+    assert not failures, f"the hub failed {len(failures)} time(s), first with {failures[0]!r}"
+
+
 # ---------------------------------------------------------------------------
 # Helpers and fixtures
 
@@ -338,6 +355,11 @@ def test_timer_one_shot_fires_once_and_stops(ev, loop):
     assert time.monotonic() - started >= 0.009
     assert fired == [ev.EV_TIMER]
     assert not timer.active
+    timer.stop()  # a no-op on a timer that stopped itself
+    timer.set(0.0, 0.0)  # a stopped timer can be set and started again
+    timer.start()
+    assert loop.start() is False
+    assert fired == [ev.EV_TIMER] * 2
 
 
 def test_timer_with_repeat_fires_until_stopped(ev, loop):
@@ -552,18 +574,20 @@ def test_get_hub_is_one_hub_per_thread():
     assert seen[0] is seen[1] and seen[0] is not hub
 
 
-def test_blocking_inside_the_hub_raises_blocking_switch_out_error():
+def test_blocking_inside_the_hub_raises_blocking_switch_out_error(pair):
     hub, caught = coopsock.get_hub(), []
+    watcher = hub.io(pair[0].fileno(), coopsock.EV_READ)
 
     def from_the_hub():
-        for block in (lambda: sleep(0.01), lambda: sleep(0), hub.switch):
+        for block in (lambda: hub.wait(watcher), lambda: sleep(0.01), lambda: sleep(0), hub.switch):
             try:
                 block()
             except coopsock.BlockingSwitchOutError as exc:
                 caught.append(exc)
     hub.run_callback(from_the_hub)
     sleep(0)
-    assert len(caught) == 3
+    assert len(caught) == 4
+    assert not watcher.active
     assert all(isinstance(exc, AssertionError) and "inside the hub" in str(exc) for exc in caught)
 
 
@@ -1056,6 +1080,10 @@ def test_stream_socket_api(family, new_address):
                 assert conn.recv_into(buffer) == 4 and buffer[:4] == b"into"
                 client.shutdown(stdsocket.SHUT_WR)
                 assert conn.recv(1) == b""
+            with coopsock.socket(family, stdsocket.SOCK_STREAM) as other:
+                assert other.connect_ex(server.getsockname()) == 0
+                accepted, _ = server.accept()
+                accepted.close()
 
 
 def test_datagram_socket_api(family, new_address):
@@ -1219,9 +1247,29 @@ def test_wait_read_wait_write_wait_readwrite(pair):
         events.append("readable")
     g = spawn(wait)
     spawn(ticker(events)).join()
+    started = time.monotonic()
     b.sendall(b"x")
     g.join(timeout=5)
     assert events == ["waiting", 0, 1, 2, "readable"]
+    assert time.monotonic() - started < 1
+
+
+def test_the_fast_path_does_not_switch_to_the_hub(pair, listener):
+    a, b = pair
+    ran = []
+    spawn(ran.append, "another greenlet ran")  # it would run at the first switch to the hub
+    b.sendall(b"ready")
+    assert a.recv(5) == b"ready"
+    assert a.send(b"room") == 4
+    a.sendall(b"more room")
+    with coopsock.create_connection(listener.getsockname()) as client:
+        ran.clear()
+        spawn(ran.append, "another greenlet ran")
+        conn, address = listener.accept()  # the connection is already queued
+        conn.close()
+        assert address == client.getsockname()
+    assert ran == []
+    assert drain(b, 13) == b"roommore room"
 
 
 # ---------------------------------------------------------------------------
@@ -1579,7 +1627,7 @@ def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
             sent.set()
 
         def start(self):
-            sent.wait(0.5)  # let the worker finish first
+            sent.wait(0.2)  # let the worker finish first
             super().start()
     monkeypatch.setattr(coopsock.pyev, "Async", SentBeforeStart)
     monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo",
