@@ -425,7 +425,7 @@ def _raise_nofile(wanted):
 
 @pytest.mark.stress
 def test_stress_many_concurrent_connections(hub_errors):
-    count, rounds = _size(1_000, 10_000), _size(3, 10)
+    count, rounds = _size(2_000, 10_000), _size(5, 10)
     soft, hard = _raise_nofile(count + 256)
     assert soft >= count + 64, f"RLIMIT_NOFILE is {soft}: too low to hold {count} connections"
     server = _EchoServer(backlog=4096)
@@ -484,7 +484,7 @@ def _rss_trend(samples, warmup=0.25):
 
 @pytest.mark.stress
 def test_stress_soak_keeps_rss_flat(hub_errors):
-    conns, total, interval = 100, _size(40_000, 1_000_000), _size(0.25, 3.0)
+    conns, total, interval = 100, _size(200_000, 1_000_000), _size(0.5, 3.0)
     server = _EchoServer()
     sampler = _RssSampler(interval)
     sampler.start()
@@ -585,7 +585,7 @@ def _churn_acceptor(listener, tally):
 
 @pytest.mark.stress
 def test_stress_churn_leaks_no_fd_and_no_watcher(hub_errors):
-    cycles, workers = _size(6_000, 100_000), 50
+    cycles, workers = _size(20_000, 100_000), 50
     _settle()
     fds_before, stats_before = _fd_count(), _watch_stats()
     tally = collections.Counter()
@@ -643,7 +643,7 @@ def _hub_thread(index, count, inboxes, laps, round_trips, lookups, barrier):
         return lookups
     try:
         barrier.wait(timeout=60)
-        clients = [coopsock.spawn(_echo_client, server.address, round_trips // 8, (index, n)) for n in range(8)]
+        clients = [coopsock.spawn(_echo_client, server.address, round_trips // 8, index * 100 + n) for n in range(8)]
         tasks = [coopsock.spawn(ring), coopsock.spawn(resolve)]
         coopsock.joinall(clients + tasks, timeout=600)
         for g in clients + tasks:
@@ -660,8 +660,8 @@ def _hub_thread(index, count, inboxes, laps, round_trips, lookups, barrier):
 
 @pytest.mark.stress
 def test_stress_threads_each_with_its_own_hub(hub_errors):
-    count, laps = _size(4, 8), _size(300, 5_000)
-    round_trips, lookups = _size(2_000, 50_000), _size(100, 2_000)
+    count, laps = _size(4, 8), _size(1_000, 10_000)
+    round_trips, lookups = _size(10_000, 100_000), _size(200, 2_000)
     fds_before = _fd_count()
     inboxes = [stdsocket.socketpair() for _ in range(count)]
     barrier, results = threading.Barrier(count), [None] * count
@@ -727,7 +727,7 @@ def _server_thread(ready, stop):
 
 @pytest.mark.stress
 def test_stress_fork_with_connections_open(hub_errors):
-    forks, conns, rounds = _size(3, 20), _size(20, 100), 20
+    forks, conns, rounds = _size(5, 20), _size(50, 100), 20
     ready, (stop_r, stop_w) = [], stdsocket.socketpair()
     thread = threading.Thread(target=_server_thread, args=(ready, stop_r), name="fork-server")
     thread.start()
