@@ -229,6 +229,56 @@ def proc_rss_kib(pid):
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def user_cpu_by_pid():
+    """{pid: cpu seconds} of every user-space process (kernel threads left out)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if entry == "2" or fields[1] == "2":  # kthreadd and its children
+            continue
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
+
+
+class Quiet:
+    """Noise control on a shared machine: CPU used by processes that are not ours.
+
+    wait() holds off until other processes use less than `limit` cores (for
+    at most `budget` seconds in the whole run); foreign() tells how many cores
+    they used between two snapshots.
+    """
+
+    def __init__(self, limit, budget):
+        self.limit, self.budget, self.waited = limit, budget, 0.0
+        self.own = {os.getpid()}
+
+    def foreign(self, before, after, seconds, exclude=()):
+        skip = self.own | set(exclude)
+        used = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid not in skip)
+        return max(used, 0.0) / max(seconds, 1e-3)
+
+    def wait(self):
+        said = False
+        while self.waited < self.budget:
+            before, t = user_cpu_by_pid(), time.monotonic()
+            time.sleep(0.5)
+            if self.foreign(before, user_cpu_by_pid(), time.monotonic() - t) < self.limit:
+                return
+            if not said:
+                log(f"bench: other processes are busy; waiting for a quiet machine "
+                    f"({self.budget - self.waited:.0f} s of waiting left in this run)")
+                said = True
+            time.sleep(1.5)
+            self.waited += 2.0
+
+
 class Server:
     """One echo server in a subprocess; start() waits for its "PORT n" line."""
 
@@ -309,27 +359,45 @@ def run_loadgen(pin, port, mode, conns, size, warmup, duration, busy_poll=False)
 # The cases
 
 
-def measure_pingpong(server_name, case, args, pin, logdir, tag):
+def with_retries(measure, args, quiet, tag):
+    """Run measure() -> (result, cores other processes used); retry a noisy one."""
+    for attempt in range(args.retries + 1):
+        quiet.wait()
+        result, foreign = measure()
+        result["foreign_cores"], result["attempts"] = round(foreign, 3), attempt + 1
+        if foreign <= args.noise_limit:
+            break
+        log(f"bench: {tag}: other processes used {foreign:.2f} cores meanwhile"
+            + ("; measuring again" if attempt < args.retries else "; kept, marked noisy"))
+    return result
+
+
+def measure_pingpong(server_name, case, args, pin, logdir, tag, quiet):
     kind, conns, size, _ = CASES[case]
     mode = "bulk" if kind == "bulk" else "pingpong"
-    with Server(server_name, pin, logdir, tag) as server:
-        # A throw-away run first, on its own connections: the server's code
-        # paths, its allocator and the kernel's socket caches warm up, and
-        # one-off start-up states (e.g. glibc's mmap threshold) settle.
-        if args.warmup > 0:
-            run_loadgen(pin, server.port, mode, conns, size, 0, args.warmup, args.busy_poll)
-        cpu0, faults0 = proc_stat(server.proc.pid)
-        result = run_loadgen(pin, server.port, mode, conns, size, 0, args.duration, args.busy_poll)
-        cpu1, faults1 = proc_stat(server.proc.pid)
-        server.check()
-    rt = max(result["round_trips"], 1)
-    return {
-        "rps": result["rps"], "p50_us": result["p50_us"], "p99_us": result["p99_us"],
-        "mb_per_s": result["mb_per_s"], "server_cpu": (cpu1 - cpu0) / result["duration_s"],
-        "cpu_us_per_rt": (cpu1 - cpu0) / rt * 1e6 if mode == "pingpong" else None,
-        "faults_per_rt": (faults1 - faults0) / rt if mode == "pingpong" else None,
-        "info": server.info,
-    }
+
+    def measure():
+        with Server(server_name, pin, logdir, tag) as server:
+            # A throw-away run first, on its own connections: the server's code
+            # paths, its allocator and the kernel's socket caches warm up, and
+            # one-off start-up states (e.g. glibc's mmap threshold) settle.
+            if args.warmup > 0:
+                run_loadgen(pin, server.port, mode, conns, size, 0, args.warmup, args.busy_poll)
+            others0, t0 = user_cpu_by_pid(), time.monotonic()
+            cpu0, faults0 = proc_stat(server.proc.pid)
+            result = run_loadgen(pin, server.port, mode, conns, size, 0, args.duration, args.busy_poll)
+            cpu1, faults1 = proc_stat(server.proc.pid)
+            foreign = quiet.foreign(others0, user_cpu_by_pid(), time.monotonic() - t0, {server.proc.pid})
+            server.check()
+        rt = max(result["round_trips"], 1)
+        return {
+            "rps": result["rps"], "p50_us": result["p50_us"], "p99_us": result["p99_us"],
+            "mb_per_s": result["mb_per_s"], "server_cpu": (cpu1 - cpu0) / result["duration_s"],
+            "cpu_us_per_rt": (cpu1 - cpu0) / rt * 1e6 if mode == "pingpong" else None,
+            "faults_per_rt": (faults1 - faults0) / rt if mode == "pingpong" else None,
+            "info": server.info,
+        }, foreign
+    return with_retries(measure, args, quiet, tag)
 
 
 def measure_memory(server_name, case, args, pin, logdir, tag):
@@ -365,17 +433,22 @@ def measure_memory(server_name, case, args, pin, logdir, tag):
             "setup_s": result.get("setup_s"), "info": server.info}
 
 
-def measure_micro(lib_name, args, pin, logdir):
+def measure_micro(lib_name, args, pin, logdir, quiet=None):
     lib, env = MICRO_LIBS[lib_name]
     cmd = pin.server() + [sys.executable, os.path.join(HERE, "micro.py"), lib, "--time", str(args.micro_time)]
-    proc = subprocess.run(cmd, env=dict(os.environ, PYTHONWARNINGS="ignore", **env), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise BenchError(f"micro.py {lib} failed: {proc.stderr.strip()[-600:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def measure():
+        others0, t0 = user_cpu_by_pid(), time.monotonic()
+        proc = subprocess.run(cmd, env=dict(os.environ, PYTHONWARNINGS="ignore", **env), cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        foreign = quiet.foreign(others0, user_cpu_by_pid(), time.monotonic() - t0) if quiet else 0.0
+        if proc.returncode != 0:
+            raise BenchError(f"micro.py {lib} failed: {proc.stderr.strip()[-600:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1]), foreign
+    return with_retries(measure, args, quiet, f"micro-{lib_name}") if quiet else measure()[0]
 
 
-def run_cases(args, servers, pin, logdir):
+def run_cases(args, servers, pin, logdir, quiet):
     """Measure every case; return {case: {server: [result or {"error": msg}]}}."""
     results = {}
     for case in args.cases:
@@ -388,11 +461,12 @@ def run_cases(args, servers, pin, logdir):
                 t = time.monotonic()
                 try:
                     if kind == "micro":
-                        r = measure_micro(name, args, pin, logdir)
+                        r = measure_micro(name, args, pin, logdir, quiet)
                     elif kind == "memory":
+                        quiet.wait()
                         r = measure_memory(name, case, args, pin, logdir, tag)
                     else:
-                        r = measure_pingpong(name, case, args, pin, logdir, tag)
+                        r = measure_pingpong(name, case, args, pin, logdir, tag, quiet)
                 except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                     r = {"error": str(exc)}
                 results[case][name].append(r)
@@ -557,6 +631,16 @@ def write_report(data, outdir):
           "- Server CPU us/rt: the server process's user+system CPU time during the measured run per round trip.",
           "", "Servers:", ""]
     md += [f"- `{name}`: {label}" for name, label in info["servers"].items()]
+    limit = meta.get("noise_limit")
+    if limit is not None:
+        runs = [r for per in results.values() for rs in per.values() for r in rs if "foreign_cores" in r]
+        noisy = [r for r in runs if r["foreign_cores"] > limit]
+        again = sum(r["attempts"] > 1 for r in runs)
+        md += ["", f"Noise: before each measurement the harness waits for other processes to use less than "
+               f"{limit / 2:g} cores (it waited {meta.get('quiet_waited_s', 0):.0f} s in all), and measures "
+               f"again when they used more than {limit:g} cores meanwhile ({again} of {len(runs)} measurements "
+               f"were repeated). {len(noisy)} measurements stayed noisy after the retries"
+               + ("; their servers are marked * in the tables." if noisy else ".")]
 
     md += ["", "## Targets (from issue 4)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
     md += target_lines(results)
@@ -564,6 +648,10 @@ def write_report(data, outdir):
     for case, per_server in results.items():
         kind, conns, size, title = CASES[case]
         md += ["", f"## {title} (`{case}`)", ""]
+
+        def shown(name):
+            noisy = limit is not None and any(r.get("foreign_cores", 0) > limit for r in per_server[name])
+            return name + (" *" if noisy else "")
         if kind == "pingpong":
             md += ["| server | round trips/s | min-max | x gevent | p50 us | x gevent | p99 us "
                    "| server CPU us/rt | x gevent |",
@@ -573,7 +661,7 @@ def write_report(data, outdir):
                 p50, _, p50r = cell(per_server, name, "p50_us")
                 p99 = cell(per_server, name, "p99_us")[0]
                 cpu, _, cpur = cell(per_server, name, "cpu_us_per_rt")
-                md.append(f"| {name} | {med} | {rng} | {rat} | {p50} | {p50r} | {p99} | {cpu} | {cpur} |")
+                md.append(f"| {shown(name)} | {med} | {rng} | {rat} | {p50} | {p50r} | {p99} | {cpu} | {cpur} |")
             floor = stats(per_server.get("c-epoll", []), "p50_us")
             if case == "pp64-1" and floor:
                 md += ["", f"At one connection the C reference server's p50 is {fmt(floor[0])} us: most of each "
@@ -583,21 +671,21 @@ def write_report(data, outdir):
             md += ["| server | MB/s echoed | min-max | x gevent | server CPU (cores) |", "|---|---:|---:|---:|---:|"]
             for name in per_server:
                 med, rng, rat = cell(per_server, name, "mb_per_s")
-                md.append(f"| {name} | {med} | {rng} | {rat} | {cell(per_server, name, 'server_cpu')[0]} |")
+                md.append(f"| {shown(name)} | {med} | {rng} | {rat} | {cell(per_server, name, 'server_cpu')[0]} |")
         elif kind == "memory":
             md += ["| server | KiB per idle connection | min-max | x gevent | RSS before, MiB | RSS with conns, MiB |",
                    "|---|---:|---:|---:|---:|---:|"]
             for name, runs in per_server.items():
                 med, rng, rat = cell(per_server, name, "kib_per_conn")
                 r0, r1 = stats(runs, "rss0_kib"), stats(runs, "rss1_kib")
-                md.append(f"| {name} | {med} | {rng} | {rat} | {fmt(r0[0] / 1024) if r0 else '-'} | "
+                md.append(f"| {shown(name)} | {med} | {rng} | {rat} | {fmt(r0[0] / 1024) if r0 else '-'} | "
                           f"{fmt(r1[0] / 1024) if r1 else '-'} |")
         else:
             md += ["| operation | library | median | min-max | x gevent |", "|---|---|---:|---:|---:|"]
             for key, label, unit, _ in MICRO_OPS:
                 for name in per_server:
                     med, rng, rat = cell(per_server, name, key)
-                    md.append(f"| {label} ({unit}) | {name} | {med} | {rng} | {rat} |")
+                    md.append(f"| {label} ({unit}) | {shown(name)} | {med} | {rng} | {rat} |")
         errs = [(name, e) for name, runs in per_server.items() for e in errors_of(runs)]
         if errs:
             md += ["", "Failed measurements:", ""] + [f"- {name}: {e[:300]}" for name, e in errs]
@@ -706,6 +794,11 @@ def parse_args(argv):
                     "(default: bench/ for a full run, bench/out/ otherwise)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--busy-poll", action="store_true", help="the load generator polls epoll without sleeping")
+    ap.add_argument("--noise-limit", type=float, default=0.2,
+                    help="re-measure when other processes used more than this many cores meanwhile (default 0.2)")
+    ap.add_argument("--retries", type=int, default=2, help="re-measurements of a noisy measurement (default 2)")
+    ap.add_argument("--quiet-budget", type=float, default=600,
+                    help="seconds the whole run may wait for other processes to calm down (default 600)")
     ap.add_argument("--no-install", action="store_true", help="do not pip-install missing peers")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="rebuild RESULTS.md and the chart from a results.json")
     args = ap.parse_args(argv)
@@ -772,8 +865,10 @@ def main(argv=None):
     log(f"bench: {command}: cases {', '.join(args.cases)}; servers {', '.join(servers)}; "
         f"{args.repeats} repeats of {args.warmup:g}+{args.duration:g} s; {pin.note}")
     t = time.monotonic()
-    results = run_cases(args, servers, pin, logdir)
+    quiet = Quiet(args.noise_limit / 2, args.quiet_budget)
+    results = run_cases(args, servers, pin, logdir, quiet)
     meta = {"command": command, "elapsed_s": time.monotonic() - t, "pinning": pin.note,
+            "noise_limit": args.noise_limit, "quiet_waited_s": quiet.waited,
             "repeats": args.repeats, "duration": args.duration, "warmup": args.warmup,
             "idle_conns": args.idle_conns, "machine": machine_info(servers, snapshot)}
     data = {"meta": meta, "results": results}
