@@ -173,6 +173,13 @@ def _tcp_pair(host=LOOPBACK):
     return server, client
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _report_examples():
+    yield
+    if EXAMPLES:
+        print("\nhypothesis examples run: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(EXAMPLES.items())))
+
+
 @pytest.fixture
 def tcp_pair():
     server, client = _tcp_pair()
@@ -253,9 +260,9 @@ def _echo_client(address, round_trips, seed, max_size=4096):
     return round_trips
 
 
-def _child_env(backend):
+def _child_env(loop):
     path = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, COOPSOCK_LOOP=backend, PYTHONPATH=path, PYTHONFAULTHANDLER="1")
+    return dict(os.environ, COOPSOCK_LOOP=loop, PYTHONPATH=path, PYTHONFAULTHANDLER="1")
 
 
 _CHILD_PRELUDE = """\
@@ -280,12 +287,12 @@ def stats():
 """
 
 
-def _run_child(code, backend, timeout=60, prelude=True):
-    """Run code in a new interpreter on `backend`, faulthandler on; return the CompletedProcess."""
+def _run_child(code, loop, timeout=60, prelude=True):
+    """Run code in a new interpreter on the `loop` backend, faulthandler on; return the CompletedProcess."""
     source = (_CHILD_PRELUDE if prelude else "") + textwrap.dedent(code)
     try:
-        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", source], cwd=HERE,
-                              env=_child_env(coopsock.BACKEND), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", source], cwd=HERE, env=_child_env(loop),
+                              capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         pytest.fail(f"the child hung (killed after {timeout} s); its output ended with:\n{out[-3000:]}")
@@ -307,7 +314,7 @@ class _Child:
     """A child process whose stdout this hub reads without blocking the hub."""
 
     def __init__(self, args):
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, cwd=HERE)
         self._buffer = b""
@@ -860,10 +867,9 @@ def test_trickling_peer_is_reclaimed_by_a_timeout(tcp_pair):
     trickler = coopsock.spawn(trickle)
     server.settimeout(0.2)  # never fires: a byte comes every 20 ms
     started, received = time.monotonic(), 0
-    with pytest.raises(coopsock.Timeout):
-        with coopsock.Timeout(0.3):
-            while True:
-                received += len(server.recv(100))
+    with pytest.raises(coopsock.Timeout), coopsock.Timeout(0.3):
+        while True:
+            received += len(server.recv(100))
     assert 0.25 <= time.monotonic() - started < 5 and received > 0
     trickler.kill()
 
@@ -906,9 +912,8 @@ def test_abandoned_wait_releases_the_watcher(tcp_pair, direction, how):
         waiter.kill(timeout=10)
         assert waiter.ready() and waiter.exception is None
     else:
-        with pytest.raises(coopsock.Timeout):
-            with coopsock.Timeout(0.05):
-                wait()
+        with pytest.raises(coopsock.Timeout), coopsock.Timeout(0.05):
+            wait()
     _settle()
     assert _watch_stats() == before
     # The next waiter on the same socket and direction works, with no ConcurrentObjectUseError.
@@ -1204,7 +1209,7 @@ def _negative(value):
 @SLOW_SETTINGS
 @given(seconds=_SECONDS)
 def test_sleep_raises_like_time_sleep(seconds):
-    EXAMPLES["sleep"] += 1
+    EXAMPLES[f"sleep ({coopsock.BACKEND})"] += 1
     expected = _stdlib_verdict(time.sleep, seconds)
     got = _coop_verdict(coopsock.sleep, seconds)
     allowed = _beyond_the_limit(seconds) or {expected}
@@ -1218,7 +1223,7 @@ def test_timeout_accepts_what_time_sleep_accepts(seconds):
     # so Timeout takes what it takes and rejects the rest with the same
     # exception. Two documented exceptions: None never fires, and a negative
     # number fires at once (as in gevent) where time.sleep raises ValueError.
-    EXAMPLES["Timeout"] += 1
+    EXAMPLES[f"Timeout ({coopsock.BACKEND})"] += 1
     if seconds is None or _negative(seconds):
         expected = "ok"
     else:
@@ -1356,11 +1361,11 @@ def refused_port():
     holder.close()
 
 
-@SLOW_SETTINGS
+@settings(SLOW_SETTINGS, max_examples=500)
 @given(state=st.sampled_from(_STATES), timeout=st.sampled_from([None, 0.0, 0.05]),
        method=st.sampled_from(_METHODS), recipes=st.lists(_ARGUMENT, max_size=4))
 def test_socket_methods_raise_like_the_stdlib(refused_port, state, timeout, method, recipes):
-    EXAMPLES["socket methods"] += 1
+    EXAMPLES[f"socket methods ({coopsock.BACKEND})"] += 1
     expected = {_socket_verdict(stdsocket, state, timeout, method, recipes, refused_port)}
     if timeout:
         expected.add(_socket_verdict(stdsocket, state, timeout, method, recipes, refused_port, timeout))
@@ -1413,7 +1418,7 @@ def _constructor_verdict(lib, name, recipes):
 @SLOW_SETTINGS
 @given(name=st.sampled_from(["socket", "socketpair", "fromfd"]), data=st.data())
 def test_constructors_raise_like_the_stdlib(name, data):
-    EXAMPLES["constructors"] += 1
+    EXAMPLES[f"constructors ({coopsock.BACKEND})"] += 1
     if name == "socket":  # socket(family, type, proto, fileno)
         recipes = data.draw(st.tuples(st.sampled_from(_FAMILIES), st.sampled_from(_TYPES), st.sampled_from([-1, 0, 6]),
                                       st.sampled_from(_FDS)))
@@ -1590,7 +1595,8 @@ def test_wait_read_and_wait_write_follow_select_in_a_child():
     print("OK")
     """
     proc = _run_child(code, coopsock.BACKEND, timeout=240)
-    print(f"\nwait_read/wait_write [{coopsock.BACKEND}]: {proc.stdout.splitlines()[-2:-1]}")
+    count = re.search(r"^examples: (\d+)$", proc.stdout, re.MULTILINE)
+    EXAMPLES[f"wait_read/wait_write (in a child, {coopsock.BACKEND})"] += int(count[1]) if count else 0
     _assert_clean_exit(proc)
 
 
