@@ -46,7 +46,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import coopsock
@@ -1207,6 +1207,7 @@ def _negative(value):
 
 
 @SLOW_SETTINGS
+@example(seconds=_Index(0))
 @given(seconds=_SECONDS)
 def test_sleep_raises_like_time_sleep(seconds):
     EXAMPLES[f"sleep ({coopsock.BACKEND})"] += 1
@@ -1362,6 +1363,13 @@ def refused_port():
 
 
 @settings(SLOW_SETTINGS, max_examples=500)
+# Examples hypothesis has found, kept so that every run tries them.
+@example(state="TCP, new", timeout=None, method="setblocking", recipes=[("value", None)])
+@example(state="TCP, connected, data waiting", timeout=None, method="connect",
+         recipes=[("address", "127.0.0.1", "refused")])
+@example(state="TCP, new", timeout=None, method="connect", recipes=[("address", "127.0.0.1", -1)])
+@example(state="TCP, new", timeout=None, method="connect", recipes=[("address", "localhost", "refused as text")])
+@example(state="TCP, new", timeout=0.05, method="connect", recipes=[("address", "", "refused")])
 @given(state=st.sampled_from(_STATES), timeout=st.sampled_from([None, 0.0, 0.05]),
        method=st.sampled_from(_METHODS), recipes=st.lists(_ARGUMENT, max_size=4))
 def test_socket_methods_raise_like_the_stdlib(refused_port, state, timeout, method, recipes):
