@@ -879,9 +879,13 @@ def test_demo_idle_timeout_reclaims_a_silent_peer():
                              "--idle-timeout", "0.3", "--loop", coopsock.BACKEND],
                             cwd=HERE, env=_child_env(coopsock.BACKEND), stderr=subprocess.PIPE, text=True)
     try:
-        banner = demo.stderr.readline()
-        port = re.search(r"listening on [\d.]+:(\d+)", banner)
-        assert port, f"unexpected banner: {banner!r}"
+        banner = ""
+        for _ in range(10):
+            banner += demo.stderr.readline()
+            port = re.search(r"listening on [\d.]+:(\d+)", banner)
+            if port:
+                break
+        assert port, f"no 'listening on' in what the demo said: {banner!r}"
         with stdsocket.create_connection((LOOPBACK, int(port[1])), timeout=10) as silent:
             started = time.monotonic()
             assert silent.recv(1) == b""  # closed by the server
@@ -1082,6 +1086,31 @@ def test_exception_in_watcher_callbacks_is_reported_and_the_hub_runs_on(capsys):
     sock.close()
     for message in ("first watcher failure", "second watcher failure", "io watcher failure"):
         assert message in err, f"{message!r} was not reported; stderr:\n{err}"
+
+
+def test_a_destroyed_hub_leaves_no_fd_behind():
+    # Every thread that used coopsock ends with its hub destroyed (this suite's
+    # fixture does it after each test too): the loop's fds must go with it, at
+    # once, without waiting for the garbage collector to find them unclosed.
+    _settle()
+    before = _fd_count()
+
+    def use_a_hub():
+        hub = coopsock.get_hub()
+        with coopsock.Timeout(30):  # a deadline left pending, as a cancelled one is
+            coopsock.sleep(0.001)
+        plain, sock = _unix_pair()
+        reader = coopsock.spawn(sock.recv, 1)
+        plain.sendall(b"x")
+        assert reader.get(timeout=10) == b"x"
+        plain.close()
+        sock.close()
+        hub.destroy()
+    for _ in range(3):
+        thread = threading.Thread(target=use_a_hub)
+        thread.start()
+        thread.join(30)
+    assert _fd_count() == before, "a destroyed hub left its fds open"
 
 
 # ---------------------------------------------------------------------------
