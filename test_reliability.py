@@ -17,6 +17,8 @@ test_coopsock). The file follows issue 5 in three groups:
 Anything that can abort the interpreter (libev asserts on bad file
 descriptors) runs in a child interpreter with faulthandler on, and the test
 checks its exit status: a crash fails the test instead of ending the run.
+
+Linux only: leaks are counted in /proc/self/fd and memory in /proc/self/status.
 """
 
 import collections
@@ -287,9 +289,9 @@ def stats():
 """
 
 
-def _run_child(code, loop, timeout=60, prelude=True):
+def _run_child(code, loop, timeout=60):
     """Run code in a new interpreter on the `loop` backend, faulthandler on; return the CompletedProcess."""
-    source = (_CHILD_PRELUDE if prelude else "") + textwrap.dedent(code)
+    source = _CHILD_PRELUDE + textwrap.dedent(code)
     try:
         return subprocess.run([sys.executable, "-X", "faulthandler", "-c", source], cwd=HERE, env=_child_env(loop),
                               capture_output=True, text=True, timeout=timeout, check=False)
