@@ -161,8 +161,8 @@ def _coop(sock):
 
 
 def _unix_pair():
-    # Not coopsock.socketpair(): its default arguments are broken (see
-    # test_constructors_raise_like_the_stdlib), and these tests are about other things.
+    # Made by the stdlib, so that these tests do not hang on coopsock.socketpair(),
+    # which test_constructors_raise_like_the_stdlib checks.
     return tuple(_coop(s) for s in stdsocket.socketpair())
 
 
