@@ -127,9 +127,12 @@ def _watch_stats():
     run_callback calls.
     """
     stats = coopsock.get_hub().stats()
-    counts = {key: stats.get(key) for key in _STATS_KEYS}
-    assert all(isinstance(n, int) for n in counts.values()), f"Hub.stats() must count {_STATS_KEYS}: {stats}"
-    return counts
+    return {key: stats.get(key) for key in _STATS_KEYS}
+
+
+def _assert_counted(*counts):
+    for stats in counts:
+        assert all(isinstance(n, int) for n in stats.values()), f"Hub.stats() must count {_STATS_KEYS}: {stats}"
 
 
 def _settle():
@@ -625,6 +628,7 @@ def test_stress_churn_leaks_no_fd_and_no_watcher(hub_errors):
     assert all(g.successful() for g in crew + acceptors) and hub_errors == []
     assert done == cycles
     assert fds_after == fds_before
+    _assert_counted(stats_before, stats_after)
     assert stats_after == stats_before
 
 
@@ -907,6 +911,7 @@ def test_abandoned_wait_releases_the_watcher(tcp_pair, direction, how):
     server, client = tcp_pair
     _settle()
     before = _watch_stats()
+    _assert_counted(before)
     if direction == "recv":
         def wait():
             return server.recv(100)
