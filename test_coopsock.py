@@ -536,6 +536,7 @@ def test_popen_wait_gets_the_real_exit_code_while_a_hub_runs():
 
 def test_a_dropped_loop_closes_what_it_opened(ev):
     sleep(0)
+    gc.collect()  # what earlier tests dropped is not this test's business
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         loop = ev.Loop()
@@ -1596,10 +1597,12 @@ def test_connecting_to_a_host_name_does_not_block_the_hub(how, slow_lookup, list
 
 
 def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
-    # The worker can finish and send() its wake-up before the caller's Async
-    # watcher is started (a busy machine, a cached answer); libev's
-    # ev_async_start clears a send that came first. Force that interleaving.
-    sent = threading.Event()
+    # The worker can finish and send() its wake-up just before the caller's
+    # Async watcher is started (a busy machine, a cached answer); libev's
+    # ev_async_start clears a send that came first. Force that interleaving:
+    # the lookup returns only once the watcher is being started, and the
+    # start completes only after the worker has sent.
+    starting, sent = threading.Event(), threading.Event()
     base = coopsock.pyev.Async
 
     class SentBeforeStart(base):
@@ -1610,11 +1613,15 @@ def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
             sent.set()
 
         def start(self):
-            sent.wait(0.2)  # let the worker finish first
+            starting.set()
+            sent.wait(0.2)
             super().start()
+
+    def quick_lookup(*args):
+        starting.wait(0.2)
+        return [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
     monkeypatch.setattr(coopsock.pyev, "Async", SentBeforeStart)
-    monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo",
-                        lambda *args: [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))])
+    monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo", quick_lookup)
     try:
         with Timeout(5):
             infos = coopsock.getaddrinfo("quick.example", 80)
