@@ -554,23 +554,28 @@ class _SelLoop:
 
     def _open_selector(self):
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = _stdsocket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r, self._wake_w = _nonblocking_pipe()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._changed.update(dict.fromkeys(self._ios, True))
         self._registered = {}
 
+    def _close_selector(self):
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
     def reset(self):
         """Rebuild the selector in a forked child (it shares the parent's otherwise)."""
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._close_selector()
         self._open_selector()
+
+    def __del__(self):
+        if getattr(self, "_selector", None) is not None:
+            self._close_selector()
 
     def _wake(self):  # from any thread
         try:
-            self._wake_w.send(b"\0")
+            os.write(self._wake_w, b"\0")
         except OSError:
             pass  # the pipe is full (a wake-up is pending anyway) or closed
 
@@ -612,7 +617,7 @@ class _SelLoop:
 
     def _drain_wakeups(self):
         try:
-            while self._wake_r.recv(4096):
+            while os.read(self._wake_r, 4096):
                 pass
         except OSError:
             pass
@@ -630,8 +635,8 @@ class _SelLoop:
             if watcher._repeat:
                 watcher._entry = entry = [max(when + watcher._repeat, now), self._next_sequence(), watcher]
                 heappush(timers, entry)
-            else:
-                watcher._entry = None  # a one-shot timer stops itself as it fires
+            else:  # a one-shot timer stops itself as it fires
+                watcher._entry, watcher._active = None, False
                 self._refs -= 1
             watcher.feed(EV_TIMER)
 
@@ -824,22 +829,8 @@ class _SelTimer(_SelWatcher):
             self._after = self._repeat
             self.start()
 
-    active = property(lambda self: self._entry is not None)  # a one-shot timer stops as it fires
     repeat = property(lambda self: self._repeat)
     remaining = property(lambda self: self._entry[0] - self.loop._now if self._entry else 0.0)
-
-    def start(self):
-        if self._entry is None:
-            self._active = True
-            self.loop._refs += 1
-            self._add()
-
-    def stop(self):
-        self._fed = False
-        if self._entry is not None:
-            self._active = False
-            self.loop._refs -= 1
-            self._remove()
 
 
 class _SelAsync(_SelWatcher):
@@ -1006,33 +997,37 @@ class Hub(greenlet):
         # thread's poll; Python writes to its wakeup fd then, which wakes us
         # (asyncio does the same). Leave it alone if someone else set it.
         import signal
-        pair = _stdsocket.socketpair()
-        for sock in pair:
-            sock.setblocking(False)
+        pipe = _nonblocking_pipe()
         try:
-            if signal.set_wakeup_fd(pair[1].fileno(), warn_on_full_buffer=False) == -1:
-                watcher = self.ev.Io(pair[0].fileno(), EV_READ, self.loop, _drain_signal_wakeup, pair[0])
-                watcher.start()
-                self.loop.unref()  # it must not keep the loop alive: see LoopExit
-                self._signal_wakeup = (watcher, pair)
-                return
-            signal.set_wakeup_fd(-1)  # not ours: put the other one back
+            previous = signal.set_wakeup_fd(pipe[1], warn_on_full_buffer=False)
         except ValueError:
-            pass
-        for sock in pair:
-            sock.close()
+            previous = None
+        if previous == -1:
+            watcher = self.ev.Io(pipe[0], EV_READ, self.loop, _drain_pipe, pipe[0])
+            watcher.start()
+            self.loop.unref()  # it must not keep the loop alive: see LoopExit
+            self._signal_wakeup = (watcher, pipe)
+            return
+        if previous is not None:
+            signal.set_wakeup_fd(previous)  # not ours: put the other one back
+        os.close(pipe[0])
+        os.close(pipe[1])
 
     def _stop_signal_wakeup(self):
         if self._signal_wakeup:
             import signal
-            watcher, pair = self._signal_wakeup
+            watcher, pipe = self._signal_wakeup
             self._signal_wakeup = None
             self.loop.ref()
             watcher.stop()
-            if signal.set_wakeup_fd(-1) != pair[1].fileno():
-                signal.set_wakeup_fd(-1)
-            for sock in pair:
-                sock.close()
+            try:
+                previous = signal.set_wakeup_fd(-1)
+                if previous != pipe[1]:
+                    signal.set_wakeup_fd(previous)  # someone replaced ours: leave theirs
+            except ValueError:
+                pass  # not the main thread any more (after fork in a thread)
+            os.close(pipe[0])
+            os.close(pipe[1])
 
     # -- parking and waking -------------------------------------------------
 
@@ -1149,6 +1144,8 @@ class Hub(greenlet):
                             func(*callback.args)
                     if self._timers or self._clock_when is not None:
                         self._run_due_timers()
+                    if sys.unraisablehook is not _unraisable_hook:
+                        _wrap_unraisablehook()
                     self._in_loop = True
                     alive = loop.start(EVRUN_NOWAIT if callbacks else EVRUN_ONCE)
                     self._in_loop = False
@@ -1223,34 +1220,48 @@ class _Callback:
     pending = property(lambda self: self.func is not None)
 
 
-def _drain_signal_wakeup(watcher, revents):
+def _nonblocking_pipe():
+    pipe = os.pipe()
+    for fd in pipe:
+        os.set_blocking(fd, False)
+    return pipe
+
+
+def _drain_pipe(watcher, revents):
     try:
-        while watcher.data.recv(512):
+        while os.read(watcher.data, 4096):
             pass
     except OSError:
         pass
 
 
 def _install_process_hooks():
-    if _MAIN_HOOKS_INSTALLED:
+    if not _MAIN_HOOKS_INSTALLED:
+        _MAIN_HOOKS_INSTALLED.append(True)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_previous_unraisablehook = None
+
+
+def _unraisable_hook(unraisable):
+    # An exception raised in a watcher callback cannot cross libev (nor a
+    # ctypes callback, nor real pyev): it arrives here. While this thread's
+    # hub runs its loop, hand it to the hub to raise, so that a Ctrl-C that
+    # lands inside a callback is never swallowed. The hub puts this hook back
+    # in front of whatever hook is current before each poll.
+    hub = getattr(_local, "hub", None)
+    if hub is not None and hub._in_loop and isinstance(unraisable.exc_value, BaseException):
+        if hub._loop_error is None:
+            hub._loop_error = unraisable.exc_value
         return
-    _MAIN_HOOKS_INSTALLED.append(True)
-    previous_hook = sys.unraisablehook
+    previous = _previous_unraisablehook
+    (sys.__unraisablehook__ if previous in (None, _unraisable_hook) else previous)(unraisable)
 
-    def unraisable_hook(unraisable):
-        # An exception raised in a watcher callback cannot cross libev (nor a
-        # ctypes callback, nor real pyev): it arrives here. While this
-        # thread's hub runs its loop, hand it to the hub to raise, so that a
-        # Ctrl-C that lands inside a callback is never swallowed.
-        hub = getattr(_local, "hub", None)
-        if hub is not None and hub._in_loop and isinstance(unraisable.exc_value, BaseException):
-            if hub._loop_error is None:
-                hub._loop_error = unraisable.exc_value
-            return
-        previous_hook(unraisable)
 
-    sys.unraisablehook = unraisable_hook
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def _wrap_unraisablehook():
+    global _previous_unraisablehook
+    _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisable_hook
 
 
 def _after_fork_in_child():
@@ -1594,6 +1605,22 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
 # socket, so the hot path creates no objects) and retries.
 
 _CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
+_CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
+
+
+class _Cancelled:
+    """Takes a waiter's place in watcher.data once its socket is closed: waking it raises EBADF."""
+
+    __slots__ = ("greenlet",)
+
+    def __init__(self, waiter):
+        self.greenlet = waiter
+
+    def switch(self):
+        self.greenlet.throw(OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
+
+    def __repr__(self):
+        return repr(self.greenlet)
 
 
 class socket(_stdsocket.socket):
@@ -1646,10 +1673,11 @@ class socket(_stdsocket.socket):
         if deadline is None:
             hub.wait(watcher)
         else:
-            with Timeout(deadline - _monotonic(), TimeoutError("timed out")):
+            remaining = deadline - _monotonic()
+            if remaining <= 0:  # checked here: a watcher that keeps firing would outrun the Timeout
+                raise TimeoutError("timed out")
+            with Timeout(remaining, TimeoutError("timed out")):
                 hub.wait(watcher)
-        if _socket.socket.fileno(self) == -1:
-            raise OSError(_errno.EBADF, _CLOSED_WHILE_WAITING)
 
     def _make_watcher(self, hub, events):
         if self._hub is not hub:  # first wait, or the socket moved to another thread
@@ -1661,15 +1689,21 @@ class socket(_stdsocket.socket):
             self._write_watcher = watcher
         return watcher
 
-    def _cancel_waits(self):
+    def _cancel_waits(self, read=True, write=True):
         # Stop the watchers before the fd closes (libev must not see a closed
-        # fd), and wake their waiters on the next pass; they raise EBADF.
-        for watcher in (self._read_watcher, self._write_watcher):
+        # fd), and wake their waiters on the next pass with EBADF. The waiter
+        # is swapped for a _Cancelled in watcher.data, so that whichever comes
+        # first, the watcher firing or the callback, raises in it.
+        for watcher in (self._read_watcher if read else None, self._write_watcher if write else None):
             if watcher is not None:
                 watcher.stop()
-                if watcher.data is not None:
-                    self._hub.run_callback(_wake_if_waiting, watcher, watcher.data)
-        self._read_watcher = self._write_watcher = None
+                if watcher.data is not None and not isinstance(watcher.data, _Cancelled):
+                    watcher.data = cancelled = _Cancelled(watcher.data)
+                    self._hub.run_callback(_wake_if_waiting, watcher, cancelled)
+        if read:
+            self._read_watcher = None
+        if write:
+            self._write_watcher = None
 
     def _real_close(self, _ss=_socket.socket):
         self._cancel_waits()
@@ -1683,7 +1717,7 @@ class socket(_stdsocket.socket):
     def shutdown(self, how):
         """Shut down one or both directions; greenlets waiting on them get EBADF (as in gevent)."""
         super().shutdown(how)
-        self._cancel_waits()
+        self._cancel_waits(read=how != SHUT_WR, write=how != SHUT_RD)  # noqa: F821
 
     # -- the blocking calls ---------------------------------------------------
 
@@ -1692,20 +1726,20 @@ class socket(_stdsocket.socket):
         fd, address = self._retry(_socket.socket._accept, EV_READ)
         return socket(self.family, self.type, self.proto, fileno=fd), address
 
-    def _retry(self, call, events, *args):
+    def _retry(self, call, events, *args, **kwargs):
         try:
-            return call(self, *args)
+            return call(self, *args, **kwargs)
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
-        return self._wait_and_retry(call, events, *args)
+        return self._wait_and_retry(call, events, *args, **kwargs)
 
-    def _wait_and_retry(self, call, events, *args):
+    def _wait_and_retry(self, call, events, *args, **kwargs):
         deadline = self._deadline()
         while True:
             self._wait(events, deadline)
             try:
-                return call(self, *args)
+                return call(self, *args, **kwargs)
             except BlockingIOError:
                 pass
 
@@ -1748,19 +1782,19 @@ class socket(_stdsocket.socket):
 
         The timeout bounds the whole connection attempt.
         """
-        address = self._resolve(address)
-        try:
-            _socket.socket.connect(self, address)
-            return
-        except BlockingIOError:  # EINPROGRESS
-            if self._timeout == 0.0:
-                raise
-        except InterruptedError:
-            pass
-        self._wait(EV_WRITE, self._deadline())
-        err = self.getsockopt(SOL_SOCKET, SO_ERROR)  # noqa: F821 (from the stdlib's names)
-        if err:
-            raise OSError(err, os.strerror(err))
+        address, deadline = self._resolve(address), None
+        while True:
+            # A TCP connect is "in progress" until writable, then a second
+            # connect says how it went; an AF_UNIX one says EAGAIN while the
+            # listener's queue is full, and is simply tried again.
+            err = _socket.socket.connect_ex(self, address)
+            if err in (0, _errno.EISCONN):
+                return
+            if err not in _CONNECT_AGAIN or self._timeout == 0.0:
+                raise OSError(err, os.strerror(err))
+            if deadline is None:
+                deadline = self._deadline()
+            self._wait(EV_WRITE, deadline)
 
     def connect_ex(self, address):
         """Like connect(), but return an errno instead of raising OSError (0 on success)."""
@@ -1781,10 +1815,12 @@ class socket(_stdsocket.socket):
                 and self.family in (AF_INET, AF_INET6)):  # noqa: F821
             return address
         host, port = address[0], address[1]
+        if not isinstance(port, int) or host in ("", "<broadcast>"):
+            return address  # the OS call raises what the stdlib raises
         try:
-            _socket.getaddrinfo(host, port, self.family, 0, 0, AI_NUMERICHOST)  # noqa: F821
+            _socket.inet_pton(self.family, host)
             return address
-        except (gaierror, TypeError, OverflowError, UnicodeError):
+        except (OSError, ValueError):
             pass
         infos = getaddrinfo(host, port, self.family, self.type, self.proto)
         return infos[0][4][:2] + tuple(address[2:]) if self.family == AF_INET6 else infos[0][4]  # noqa: F821
@@ -1801,8 +1837,8 @@ class socket(_stdsocket.socket):
 def _cooperative(name, events):
     call = getattr(_socket.socket, name)
 
-    def method(self, *args):
-        return self._retry(call, events, *args)
+    def method(self, *args, **kwargs):
+        return self._retry(call, events, *args, **kwargs)
     method.__name__ = method.__qualname__ = name
     method.__doc__ = call.__doc__
     return method
@@ -1825,7 +1861,7 @@ def _wake_if_waiting(watcher, waiter):
 
 def socketpair(family=None, type=_stdsocket.SOCK_STREAM, proto=0):
     """Return a pair of connected cooperative sockets (AF_UNIX where available)."""
-    pair = _stdsocket.socketpair(*([] if family is None else [family]), type, proto)
+    pair = _stdsocket.socketpair(family, type, proto)
     return tuple(socket(s.family, s.type, s.proto, s.detach()) for s in pair)
 
 

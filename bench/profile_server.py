@@ -155,9 +155,11 @@ def loadgen(port, conns, size, duration):
 
 
 def cpu_seconds(pid):
+    """(user, system) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def stop(proc):
@@ -227,11 +229,32 @@ def parse_pyspy_raw(path):
     return stacks
 
 
-def frame_label(frame):
-    # "name (path/file.py:123)" -> "name (file.py)"; native frames have no path
+def frame_label(frame, line=False):
+    # "name (path/file.py:123)" -> "name (file.py)" or "name (file.py:123)"; native frames have no path
     name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    return f"{name} ({os.path.basename(where).split(':')[0]})" if where else name
+    where = os.path.basename(where.rstrip(")"))
+    return f"{name} ({where if line else where.split(':')[0]})" if where else name
+
+
+def syscall_counts(pid, port, args, tmp):
+    """strace -c on the running server: system calls per round trip (strace slows it down)."""
+    out = os.path.join(tmp, "strace.txt")
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    result = loadgen(port, args.conns, args.size, min(args.duration, 3.0))
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    rts = result["round_trips"]
+    print(f"\nSystem calls per round trip (strace -c, {rts:,} round trips at {result['rps']:,.0f} rt/s "
+          f"under strace; the slower server batches more per epoll_wait):\n")
+    with open(out) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls, errors = int(parts[3]), int(parts[4]) if len(parts) == 6 else 0
+                if calls / rts >= 0.01:
+                    print(f"  {parts[-1]:16} {calls / rts:7.3f}/rt" + (f"  ({errors / rts:.3f}/rt failed)" if errors else ""))
 
 
 def sampling_pass(args, tmp):
@@ -239,11 +262,15 @@ def sampling_pass(args, tmp):
     proc, port = start_server("plain", args.backend, "")
     try:
         loadgen(port, args.conns, args.size, 1.0)  # warm-up
-        cpu0 = cpu_seconds(proc.pid)
+        (user0, sys0) = cpu_seconds(proc.pid)
         plain = loadgen(port, args.conns, args.size, args.duration)
-        cpu_per_rt = (cpu_seconds(proc.pid) - cpu0) / plain["round_trips"] * 1e6
-        print(f"\n## Unprofiled: {plain['rps']:,.0f} rt/s, p50 {plain['p50_us']:.0f} us, "
-              f"server CPU {cpu_per_rt:.2f} us per round trip")
+        (user1, sys1) = cpu_seconds(proc.pid)
+        rts = plain["round_trips"]
+        print(f"\n## Unprofiled: {plain['rps']:,.0f} rt/s, p50 {plain['p50_us']:.0f} us, server CPU "
+              f"{(user1 - user0 + sys1 - sys0) / rts * 1e6:.2f} us per round trip: user "
+              f"{(user1 - user0) / rts * 1e6:.2f}, system (kernel) {(sys1 - sys0) / rts * 1e6:.2f}")
+        if shutil.which("strace") and "syscalls" not in args.skip:
+            syscall_counts(proc.pid, port, args, tmp)
         if not pyspy:
             print("\n(py-spy is not installed: pip install py-spy for the sampling pass)")
             return
@@ -276,6 +303,14 @@ def sampling_pass(args, tmp):
     print("Innermost frame (own time), share of samples:\n")
     for label, count in leaf.most_common(args.top):
         print(f"  {count / total * 100:5.1f}%  {label}")
+    lines = collections.Counter()
+    for frames, count in stacks:
+        py = [f for f in frames if ".py:" in f]
+        if py:
+            lines[frame_label(py[-1], line=True)] += count
+    print("\nInnermost Python line (the C calls it makes included), share of samples:\n")
+    for label, count in lines.most_common(args.top):
+        print(f"  {count / total * 100:5.1f}%  {label}")
     print("\ncoopsock functions including callees, share of samples:\n")
     for label, count in inclusive.most_common():
         if "coopsock" in label and count / total >= 0.01:
@@ -293,7 +328,7 @@ def main():
     ap.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     ap.add_argument("--native", action="store_true", help="py-spy --native: keep C frames (pauses the server)")
     ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--skip", default="", help="comma-separated passes to skip: counting, sampling")
+    ap.add_argument("--skip", default="", help="comma-separated passes to skip: counting, sampling, syscalls")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     import run
