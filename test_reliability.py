@@ -178,6 +178,34 @@ def _tcp_pair(host=LOOPBACK):
     return server, client
 
 
+class _Hung(SystemExit):
+    """Raised by a watchdog signal; a SystemExit so that a hub hands it on to the main greenlet."""
+
+
+@pytest.fixture(autouse=True)
+def _watchdog(request):
+    """Turn a hang into a failure: past the test's time limit, raise _Hung in the main thread.
+
+    faulthandler_timeout only prints where a test hangs; this one ends it, so
+    that a hub that spins or waits forever costs minutes, not the CI run.
+    """
+    limit = _size(300, 1200) if request.node.get_closest_marker("stress") else 180
+    main, armed = threading.main_thread().ident, [True]
+
+    def on_signal(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise _Hung(f"still running after {limit} s")
+    previous = signal.signal(signal.SIGUSR2, on_signal)
+    timer = threading.Timer(limit, lambda: armed[0] and signal.pthread_kill(main, signal.SIGUSR2))
+    timer.daemon = True
+    timer.start()
+    yield
+    armed[0] = False
+    timer.cancel()
+    signal.signal(signal.SIGUSR2, previous)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_examples():
     yield
@@ -200,8 +228,9 @@ def hub_errors(monkeypatch):
     report = coopsock.Hub.handle_error
 
     def record(hub, where, exc):
-        errors.append((where, exc))
-        report(hub, where, exc)
+        if len(errors) < 100:  # a hub that fails on every pass must not eat the memory
+            errors.append((where, exc))
+            report(hub, where, exc)
     monkeypatch.setattr(coopsock.Hub, "handle_error", record)
     return errors
 
@@ -1578,10 +1607,6 @@ def _wait_expected(argument, timeout, always_ready):
     return timeout_verdicts or {"ok"}
 
 
-class _Hung(SystemExit):
-    """Raised by a watchdog SIGALRM; a SystemExit so that the hub hands it to the main greenlet."""
-
-
 def _coop_wait_verdict(func, argument, timeout):
     def on_alarm(signum, frame):
         raise _Hung
@@ -1632,13 +1657,13 @@ def _wait_property(kind, timeout, write, data):
 def test_wait_read_and_wait_write_follow_select_in_a_child():
     code = """
     import faulthandler
-    faulthandler.dump_traceback_later(200, exit=True)
+    faulthandler.dump_traceback_later(140, exit=True)
     import test_reliability
     test_reliability._wait_property()
     print("examples:", test_reliability.EXAMPLES["wait_read/wait_write"])
     print("OK")
     """
-    proc = _run_child(code, coopsock.BACKEND, timeout=240)
+    proc = _run_child(code, coopsock.BACKEND, timeout=150)
     count = re.search(r"^examples: (\d+)$", proc.stdout, re.MULTILINE)
     EXAMPLES[f"wait_read/wait_write (in a child, {coopsock.BACKEND})"] += int(count[1]) if count else 0
     _assert_clean_exit(proc)
