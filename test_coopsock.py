@@ -64,7 +64,7 @@ def hub_never_fails():
 def hang_guard():
     """Turn a main greenlet parked for good (a lost wake-up) into a failure, not a stuck run."""
     guard = Timeout.start_new(20, AssertionError("the main greenlet waited 20 s: a lost wake-up?"), ref=False)
-    yield
+    yield guard
     guard.cancel()
 
 
@@ -1039,6 +1039,48 @@ def test_timeout_with_ref_false_does_not_keep_the_loop_alive():
         sleep(5)
     with pytest.raises(Timeout), Timeout(0.01):  # ref=True keeps the loop alive on its own
         coopsock.get_hub().switch()
+
+
+def test_an_expired_ref_false_timeout_leaves_the_loop_reference_count_alone(pair, hang_guard):
+    hang_guard.cancel()  # no other timer may be pending: it would hide the miscount
+    a, b = pair
+    with pytest.raises(Timeout), Timeout(0.01, ref=False):
+        a.recv(1)
+    sender = threading.Timer(0.1, b.sendall, (b"x",))  # only another thread can end this wait
+    sender.start()
+    try:
+        assert a.recv(1) == b"x"  # not LoopExit: the watcher on a is active and referenced
+    finally:
+        sender.join()
+
+
+def test_sleep_lasts_at_least_the_given_time_and_sleepers_wake_in_deadline_order():
+    for seconds in (0.001, 0.01, 0.05):
+        started = time.monotonic()
+        sleep(seconds)
+        assert seconds <= time.monotonic() - started < seconds + 1
+    woken = []
+
+    def sleeper(seconds):
+        sleep(seconds)
+        woken.append(seconds)
+    coopsock.joinall([spawn(sleeper, seconds) for seconds in (0.03, 0.01, 0.02, 0.0)])
+    assert woken == [0.0, 0.01, 0.02, 0.03]
+
+
+def test_many_cancelled_timeouts_do_not_disturb_the_others(hang_guard):
+    hang_guard.cancel()
+    timeouts = [Timeout.start_new(0.5 + i / 1000) for i in range(1000)]
+    sleep(0)  # the hub has seen them
+    for timeout in timeouts:
+        timeout.cancel()
+    with pytest.raises(Timeout) as info, Timeout(0.02) as survivor:
+        sleep(5)
+    assert info.value is survivor
+    started = time.monotonic()
+    with pytest.raises(LoopExit):  # the cancelled ones keep nothing alive
+        coopsock.get_hub().switch()
+    assert time.monotonic() - started < 0.4
 
 
 # ---------------------------------------------------------------------------
