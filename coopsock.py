@@ -313,7 +313,7 @@ class _EvLoop:
         fds, self._changed_fds = set(self._changed_fds), []
         for fd in fds:
             try:
-                os.fstat(fd)
+                os.get_inheritable(fd)  # fcntl(F_GETFD): the cheapest "is it open?"
             except OSError:
                 for watcher in [w for w in list(_ev_watchers.values())
                                 if isinstance(w, _EvIo) and w.loop is self and w.fd == fd]:
@@ -413,7 +413,7 @@ class _EvIo(_EvWatcher):
     def set(self, fd, events):
         self._check_inactive()
         fd = _fileno(fd)
-        os.fstat(fd)  # an fd that is not open would make libev abort or allocate without bound
+        os.get_inheritable(fd)  # an fd that is not open would make libev abort or allocate without bound
         if not events or events & ~(EV_READ | EV_WRITE):
             raise _EvError("illegal event mask: use EV_READ, EV_WRITE or both")
         self._struct.fd, self._struct.events = fd, events | EV__IOFDSET  # as ev_io_set does

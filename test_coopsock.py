@@ -671,6 +671,21 @@ def test_kill_a_running_greenlet():
     h.join(timeout=5)
     assert isinstance(h.exception, ValueError) and not h.successful()
 
+    def stubborn():
+        while True:
+            try:
+                sleep(10)
+            except GreenletExit:
+                pass
+    s = spawn(stubborn)
+    sleep(0)
+    started = time.monotonic()
+    s.kill(timeout=0.05)  # gives up waiting after the timeout
+    assert 0.04 <= time.monotonic() - started < 2 and not s.dead
+    s.kill(SystemError, block=False)
+    s.join(timeout=5)
+    assert s.dead and isinstance(s.exception, SystemError)
+
 
 @pytest.mark.parametrize("start", ["spawn", "spawn_later"])
 def test_kill_before_the_greenlet_starts(start):
@@ -722,6 +737,11 @@ def test_joinall_with_raise_error_raises_as_soon_as_one_fails():
         coopsock.joinall([slow, spawn(fail)], raise_error=True)
     assert not slow.ready()
     slow.kill()
+
+
+def test_sleep_without_argument_and_joinall_of_nothing():
+    sleep()
+    assert coopsock.joinall([]) == []
 
 
 def test_sleep_zero_lets_the_other_greenlets_run():
@@ -780,6 +800,10 @@ def test_keyboard_interrupt_in_a_greenlet_is_raised_in_the_main_greenlet(exc):
         sleep(5)
     assert time.monotonic() - started < 2
     assert g.dead
+    coopsock.get_hub().run_callback(interrupted)  # raised in a hub callback, too
+    with pytest.raises(exc, match="from a greenlet"):
+        sleep(5)
+    assert time.monotonic() - started < 2
     assert spawn(lambda: "still running").get(timeout=5) == "still running"
 
 
@@ -1193,6 +1217,11 @@ def test_sendfile_sends_the_whole_file_cooperatively(tcp_pair, tmp_path):
     with open(path, "rb") as f:
         assert client.sendfile(f) == len(data)
     assert receiver.get(timeout=10) == data
+    receiver = spawn(drain, server, 1000)
+    with open(path, "rb") as f:
+        assert client.sendfile(f, offset=10, count=1000) == 1000
+        assert f.tell() == 1010
+    assert receiver.get(timeout=10) == data[10:1010]
 
 
 def test_dup_detach_fileno_and_fromfd(pair):
@@ -1551,6 +1580,31 @@ def test_shutdown_while_another_greenlet_waits(op, pair, listener):
     assert error.errno == errno.EBADF and CLOSED_MESSAGE in str(error)
 
 
+def test_close_while_another_greenlet_waits_in_connect(full_listener):
+    client = coopsock.socket()
+    connector = spawn(outcome, lambda: client.connect(full_listener))
+    sleep(0)
+    assert not connector.ready()  # the listener's queue is full: connect waits
+    client.close()
+    assert connector.get(timeout=5) == (OSError, errno.EBADF)
+
+
+def test_shutdown_wakes_only_the_directions_it_shuts(pair):
+    a, b = pair
+    filled = fill(a)
+    reader, writer = spawn(a.recv, 4), spawn(a.sendall, b"w" * 1000)
+    sleep(0)
+    a.shutdown(stdsocket.SHUT_WR)  # the writer gets EBADF, the reader keeps waiting
+    with pytest.raises(OSError) as info:
+        writer.get(timeout=5)
+    assert info.value.errno == errno.EBADF
+    sleep(0)
+    assert not reader.ready()
+    b.sendall(b"read")
+    assert reader.get(timeout=5) == b"read"
+    assert len(drain(b, filled)) == filled
+
+
 # ---------------------------------------------------------------------------
 # The hard cases: two greenlets waiting on one socket
 
@@ -1599,16 +1653,16 @@ def test_one_reader_and_one_writer_at_once_is_fine(pair):
 
 @pytest.fixture
 def slow_lookup(monkeypatch):
-    """Make getaddrinfo slow: it returns 127.0.0.1 only once release is set."""
+    """Make getaddrinfo slow: "slow.example" is the loopback address, once release is set."""
     release = threading.Event()
     real = stdsocket.getaddrinfo
 
-    def lookup(host, port, *args, **kwargs):
+    def lookup(host, port, family=0, *args, **kwargs):
         if host == "slow.example":
             if not release.wait(10):
                 raise RuntimeError("nobody released the lookup: the hub was blocked")
-            host = "127.0.0.1"
-        return real(host, port, *args, **kwargs)
+            host = "::1" if family == stdsocket.AF_INET6 else "127.0.0.1"
+        return real(host, port, family, *args, **kwargs)
     monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo", lookup)
     return release
 
@@ -1643,7 +1697,23 @@ def test_connecting_to_a_host_name_does_not_block_the_hub(how, slow_lookup, list
     with client:
         conn, _ = acceptor.get(timeout=5)
         conn.close()
+        assert client.getpeername() == ("127.0.0.1", port)
     assert events == [0, 1, 2]
+
+
+def test_connecting_an_ipv6_socket_to_a_host_name(slow_lookup):
+    if IPV6_MISSING:
+        pytest.skip(IPV6_MISSING)
+    slow_lookup.set()
+    with coopsock.socket(stdsocket.AF_INET6) as server, coopsock.socket(stdsocket.AF_INET6) as client:
+        server.bind(("::1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        acceptor = spawn(server.accept)
+        client.connect(("slow.example", port))
+        conn, _ = acceptor.get(timeout=5)
+        conn.close()
+        assert client.getpeername()[:2] == ("::1", port)
 
 
 def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
@@ -1696,6 +1766,9 @@ BAD_CALLS = {
     "settimeout('x')": lambda s: s.settimeout("x"),
     "settimeout(nan)": lambda s: s.settimeout(math.nan),
     "setsockopt(bad level)": lambda s: s.setsockopt(-1, -1, 1),
+    "accept() on a connected socket": lambda s: s.accept(),
+    "sendto() on a connected socket": lambda s: s.sendto(b"x", ("127.0.0.1", 9)),
+    "recvfrom_into(nbytes too big)": lambda s: s.recvfrom_into(bytearray(2), 5),
 }
 
 GOOD_KEYWORD_CALLS = {  # the stdlib accepts these keywords
