@@ -448,11 +448,34 @@ def test_set_while_active_raises_the_backend_error(ev, loop, pair):
         timer.set(1.0, 0.0)
     with pytest.raises(ev.Error, match="active"):
         io.set(a.fileno(), ev.EV_WRITE)
+    with pytest.raises(ev.Error, match="active"):
+        timer.priority = 1
     timer.stop()
     io.stop()
     timer.set(1.0, 0.0)
     io.set(a.fileno(), ev.EV_WRITE)
     assert io.events == ev.EV_WRITE
+    timer.priority = 1
+    assert timer.priority == 1
+
+
+def test_callback_replaced_while_active_feed_and_invoke(ev, loop, pair):
+    a, b = pair
+    calls = []
+    io = ev.Io(a.fileno(), ev.EV_READ, loop, lambda w, revents: calls.append(("old", revents)))
+    io.start()
+    io.callback = lambda w, revents: calls.append(("new", revents))
+    b.sendall(b"x")
+    loop.start(ev.EVRUN_NOWAIT)
+    io.stop()
+    assert calls == [("new", ev.EV_READ)]
+    timer = ev.Timer(10.0, 0.0, loop, lambda w, revents: calls.append(("timer", revents)))
+    timer.feed(ev.EV_TIMER)  # as if it had fired, although it is not started
+    assert timer.pending and not timer.active
+    loop.start(ev.EVRUN_NOWAIT)
+    assert calls[-1] == ("timer", ev.EV_TIMER) and not timer.pending
+    timer.invoke(ev.EV_TIMER)
+    assert calls[-2:] == [("timer", ev.EV_TIMER)] * 2  # invoke calls the callback at once
 
 
 def test_double_start_and_double_stop_are_no_ops(ev, loop, pair):
@@ -833,6 +856,7 @@ def test_hubs_in_several_threads_at_once():
                 reader = spawn(a.recv, 16)
                 sleep(0.01)
                 b.sendall(b"thread %d" % i)
+                assert coopsock.getaddrinfo("127.0.0.1", i)[0][4] == ("127.0.0.1", i)  # an Async wakes this hub
                 results[i] = (hub, coopsock.get_hub(), reader.get(timeout=5))
         except BaseException as exc:  # noqa: B036 (report anything to the main thread)
             results[i] = exc
@@ -854,7 +878,8 @@ def test_hubs_in_several_threads_at_once():
 
 def test_the_hub_works_in_a_forked_child(pair):
     a, b = pair
-    sleep(0.001)  # the parent's hub and loop exist before the fork
+    coopsock.getaddrinfo("127.0.0.1", 80)  # the parent's lookup threads exist before the fork
+    sleep(0.001)  # and so do its hub and loop
     with warnings.catch_warnings():  # Python 3.12+ warns when forking a process with threads
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
@@ -863,11 +888,13 @@ def test_the_hub_works_in_a_forked_child(pair):
         try:
             sleep(0.01)
             x, y = coopsock.socketpair(stdsocket.AF_UNIX)
-            with x, y:
+            with x, y, Timeout(5):
                 reader = spawn(x.recv, 5)
                 sleep(0)
                 y.sendall(b"child")
                 code = 0 if reader.get(timeout=5) == b"child" else 2
+                if coopsock.getaddrinfo("127.0.0.1", 80)[0][4] != ("127.0.0.1", 80):  # a new worker pool
+                    code = 3
         except BaseException:  # noqa: B036
             import traceback
             traceback.print_exc()
