@@ -1081,7 +1081,12 @@ class Hub(greenlet):
 
     def _run_due_timers(self):
         """Move due timers to the callbacks; set the clock for the next one."""
-        timers, now = self._timers, _monotonic()
+        timers, now, clock, loop = self._timers, _monotonic(), self._clock, self.loop
+        if self._clock_when is not None and not clock.active:  # it fired, and stopped itself
+            self._clock_when = None
+            if not self._clock_ref:  # libev counted that stop against the loop: even it out
+                loop.ref()
+                self._clock_ref = True
         while timers:
             when, _, callback = timers[0]
             if callback.func is None:
@@ -1094,18 +1099,17 @@ class Hub(greenlet):
                 self._callbacks.append(callback)
             else:
                 break
-        clock, loop = self._clock, self.loop
         # Set the clock only when the next deadline is earlier than the one it
         # is set for: a clock that fires early just sets itself again.
-        if timers and (self._clock_when is None or timers[0][0] < self._clock_when or not clock.active):
+        if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
             self._stop_clock()
             self._clock_when = timers[0][0]
             clock.set(max(self._clock_when - now, 0.0), 0.0)
             loop.update()  # loop.now() goes stale while greenlets run
             clock.start()
-        elif not timers and clock.active:
+        elif not timers and self._clock_when is not None:
             self._stop_clock()
-        if clock.active and self._clock_ref != (self._timer_refs > 0):
+        if self._clock_when is not None and self._clock_ref != (self._timer_refs > 0):
             self._clock_ref = not self._clock_ref
             (loop.ref if self._clock_ref else loop.unref)()
 
