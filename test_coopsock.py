@@ -494,6 +494,31 @@ def test_double_start_and_double_stop_are_no_ops(ev, loop, pair):
         assert loop.start(ev.EVRUN_NOWAIT) is False, f"{watcher!r} still keeps the loop alive"
 
 
+def test_signal_watcher_fires_when_the_signal_arrives(backend):
+    # In a child: stopping a signal watcher need not restore Python's handler.
+    result = run_python("""
+        import os, signal, coopsock
+        ev = coopsock.pyev
+        loop = ev.Loop()
+        got = []
+
+        def on_signal(watcher, revents):
+            got.append(revents)
+            watcher.stop()
+            guard.stop()
+        guard = ev.Timer(10.0, 0.0, loop, lambda w, revents: (got.append("guard"), usr1.stop()))
+        usr1 = ev.Signal(signal.SIGUSR1, loop, on_signal)
+        assert usr1.signum == signal.SIGUSR1
+        guard.start()
+        usr1.start()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        loop.start()
+        print(got)
+    """, loop=backend)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str([0x400])  # EV_SIGNAL, not the guard
+
+
 def test_a_callback_that_raises_is_reported_and_the_loop_carries_on(ev, loop, monkeypatch):
     reports, ran = [], []
     monkeypatch.setattr(sys, "unraisablehook", reports.append)
