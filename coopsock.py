@@ -716,14 +716,14 @@ class _SelLoop:
 class _SelWatcher:
     """The part every watcher of the selectors stand-in shares."""
 
-    __slots__ = ("loop", "callback", "data", "priority", "_active", "_fed", "__weakref__")
+    __slots__ = ("loop", "callback", "data", "_priority", "_active", "_fed", "__weakref__")
     _registry = None  # the name of the loop's list of active watchers of this kind
 
     def __init__(self, loop, callback, data=None, priority=0):
         if not isinstance(loop, _SelLoop):
             raise TypeError(f"loop must be a Loop, not {type(loop).__name__}")
-        self.loop, self.callback, self.data, self.priority = loop, callback, data, priority
         self._active = self._fed = False
+        self.loop, self.callback, self.data, self.priority = loop, callback, data, priority
 
     def start(self):
         if not self._active:
@@ -757,6 +757,15 @@ class _SelWatcher:
 
     active = property(lambda self: self._active)
     pending = property(lambda self: self._fed)
+
+    @property
+    def priority(self):
+        return self._priority
+
+    @priority.setter
+    def priority(self, value):
+        self._check_inactive()
+        self._priority = max(-2, min(2, value))
 
 
 class _SelIo(_SelWatcher):
