@@ -1370,6 +1370,15 @@ def test_wait_read_wait_write_wait_readwrite(pair):
     assert time.monotonic() - started < 1
 
 
+def test_waiting_on_an_fd_that_is_not_open_raises_ebadf():
+    with stdsocket.socket() as sock:
+        fd = sock.fileno()
+    for wait in (coopsock.wait_read, coopsock.wait_write, coopsock.wait_readwrite):
+        with pytest.raises(OSError) as info:  # as select() says, not "ready"
+            wait(fd, timeout=1)
+        assert info.value.errno == errno.EBADF
+
+
 def test_the_fast_path_does_not_switch_to_the_hub(pair, listener):
     a, b = pair
     ran = []
