@@ -1147,10 +1147,8 @@ class Hub(greenlet):
         while True:
             try:
                 while True:
-                    budget = 256  # then poll, so that a sleep(0) loop cannot starve I/O
-                    while callbacks and budget:
-                        budget -= 1
-                        callback = callbacks.popleft()
+                    for _ in range(len(callbacks)):  # only those queued before this pass:
+                        callback = callbacks.popleft()  # a sleep(0) loop must let I/O in
                         func = callback.func
                         if func is not None:
                             callback.func = None
@@ -1196,9 +1194,11 @@ class Hub(greenlet):
             print(f"{where!r} failed with {type(exc).__name__}", file=sys.stderr)
 
     def stats(self):
-        """Return counts for tests and debugging: active watchers (None on real pyev), callbacks."""
+        """Return counts for tests and debugging: active watchers (None on real pyev), pending
+        timers (run_later, Timeout, sleep) and callbacks."""
         count = getattr(self.loop, "_active_watchers", None)
         return {"backend": self.ev.__name__, "active_watchers": count() if count else None,
+                "timers": len(self._timers) - self._stopped_timers,
                 "callbacks": sum(c.func is not None for c in self._callbacks)}
 
     def destroy(self):

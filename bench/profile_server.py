@@ -14,8 +14,9 @@ two passes:
    each one's own time.
 2. Sampling, unprofiled, with py-spy (if installed: pip install py-spy): the
    share of samples by innermost Python function and by coopsock function
-   including callees. With --native, C frames (libffi, libev, the kernel
-   calls) are kept as well.
+   including callees; and, with perf (if it works here), the CPU share by
+   library (kernel, libpython, libffi/_ctypes, libev...) and symbol; and,
+   with strace, system calls per round trip.
 
 Also prints the unprofiled server's CPU time per round trip, the figure that
 RESULTS.md reports as "server CPU us/rt".
@@ -236,6 +237,32 @@ def frame_label(frame, line=False):
     return f"{name} ({where if line else where.split(':')[0]})" if where else name
 
 
+def perf_split(pid, port, args, tmp):
+    """perf record -e cpu-clock on the server: CPU share by library and by symbol (kernel included)."""
+    data = os.path.join(tmp, "perf.data")
+    seconds = min(args.duration, 4.0)
+    rec = subprocess.Popen(pin(1) + ["perf", "record", "-q", "-e", "cpu-clock", "-F", "2000", "-p", str(pid),
+                                     "-o", data, "--", "sleep", str(seconds)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    result = loadgen(port, args.conns, args.size, seconds + 0.5)
+    _, err = rec.communicate(timeout=60)
+    if rec.returncode != 0:
+        print(f"\n(perf record failed: {err.strip()[-300:]})")
+        return
+
+    def report(sort, top):
+        out = subprocess.run(["perf", "report", "-i", data, "--sort", sort, "--stdio", "-q"],
+                             capture_output=True, text=True).stdout
+        return [line.strip() for line in out.splitlines() if line.strip() and not line.startswith("#")][:top]
+    print(f"\nCPU by library (perf record -e cpu-clock, {result['rps']:,.0f} rt/s meanwhile):\n")
+    for line in report("dso", 12):
+        print("  " + line)
+    print("\nCPU by symbol:\n")
+    for line in report("dso,sym", args.top):
+        print("  " + line)
+
+
 def syscall_counts(pid, port, args, tmp):
     """strace -c on the running server: system calls per round trip (strace slows it down)."""
     out = os.path.join(tmp, "strace.txt")
@@ -269,6 +296,8 @@ def sampling_pass(args, tmp):
         print(f"\n## Unprofiled: {plain['rps']:,.0f} rt/s, p50 {plain['p50_us']:.0f} us, server CPU "
               f"{(user1 - user0 + sys1 - sys0) / rts * 1e6:.2f} us per round trip: user "
               f"{(user1 - user0) / rts * 1e6:.2f}, system (kernel) {(sys1 - sys0) / rts * 1e6:.2f}")
+        if shutil.which("perf") and "perf" not in args.skip:
+            perf_split(proc.pid, port, args, tmp)
         if shutil.which("strace") and "syscalls" not in args.skip:
             syscall_counts(proc.pid, port, args, tmp)
         if not pyspy:
@@ -326,16 +355,22 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
-    ap.add_argument("--native", action="store_true", help="py-spy --native: keep C frames (pauses the server)")
+    ap.add_argument("--native", action="store_true",
+                    help="py-spy --native: keep C frames (it pauses the server, which skews the shares)")
     ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--skip", default="", help="comma-separated passes to skip: counting, sampling, syscalls")
+    ap.add_argument("--skip", default="", help="comma-separated passes to skip: counting, sampling, perf, syscalls")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     import run
     run.build(LOADGEN)
     run.raise_nofile(4 * args.conns + 256)
+    import hashlib
+    with open(os.path.join(REPO, "coopsock.py"), "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()[:12]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     print(f"# coopsock server profile: backend {args.backend}, {args.conns} connections, {args.size}-byte "
-          f"ping-pong, {args.duration:g} s per pass")
+          f"ping-pong, {args.duration:g} s per pass; coopsock.py sha256 {sha}... (HEAD {commit})")
     with tempfile.TemporaryDirectory() as tmp:
         if "counting" not in args.skip:
             counting_pass(args, tmp)
