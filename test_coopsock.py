@@ -590,16 +590,23 @@ def test_popen_wait_gets_the_real_exit_code_while_a_hub_runs():
         assert child.wait(timeout=10) == 7
 
 
-def test_a_dropped_loop_closes_what_it_opened(ev):
-    sleep(0)
+def test_a_dropped_loop_and_a_destroyed_hub_close_what_they_opened(ev):
+    def use_a_hub():
+        sleep(0.001)
+        coopsock.get_hub().destroy()
     gc.collect()  # what earlier tests dropped is not this test's business
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         loop = ev.Loop()
         del loop
-        coopsock.get_hub().destroy()
+        thread = threading.Thread(target=use_a_hub)  # a hub nothing else holds on to
+        thread.start()
+        thread.join(10)
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
 
 
 # ---------------------------------------------------------------------------
