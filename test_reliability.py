@@ -525,7 +525,7 @@ def _rss_trend(samples, warmup=0.25):
 
 @pytest.mark.stress
 def test_stress_soak_keeps_rss_flat(hub_errors):
-    conns, total, interval = 100, _size(200_000, 1_000_000), _size(0.5, 3.0)
+    conns, total, interval = 100, _size(200_000, 1_000_000), _size(0.5, 2.0)
     server = _EchoServer()
     sampler = _RssSampler(interval)
     sampler.start()
