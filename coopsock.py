@@ -70,6 +70,7 @@ import _socket
 import errno as _errno
 import os
 import socket as _stdsocket
+import stat as _stat
 import threading
 import time as _time
 import traceback
@@ -136,6 +137,13 @@ def _fileno(fd):
     return fd
 
 
+def _check_timer(after, repeat):
+    if not repeat >= 0:  # NaN too: libev asserts on it
+        raise ValueError(f"repeat must be >= 0, not {repeat}")
+    if after != after:
+        raise ValueError("after must be a number of seconds, not NaN")
+
+
 def _report_callback_error(exc, watcher):
     """Report an exception from a watcher callback as libev's bindings do: unraisable."""
     # The default sys.unraisablehook takes only its own struct type, which
@@ -191,7 +199,13 @@ def _ev_trampoline(loop_ptr, watcher_ptr, revents):
     watcher = _ev_watchers[watcher_ptr]
     if not watcher._struct.active:  # libev stopped it before the call (a one-shot timer, an fd error)
         del _ev_watchers[watcher_ptr]
-    watcher.callback(watcher, revents)
+    try:
+        watcher.callback(watcher, revents)
+    except BaseException as exc:
+        if not watcher.loop.debug:
+            raise  # reported as unraisable, as pyev does
+        watcher.loop._debug_error = exc  # pyev's debug mode: stop the loop, raise from start()
+        _ev_lib.ev_break(loop_ptr, EVBREAK_ALL)
 
 
 @_ct.CFUNCTYPE(None, _ct.c_char_p)
@@ -265,6 +279,17 @@ def _probe_libev(lib):
         raise ImportError("libev's struct layout is not the one coopsock knows")
 
 
+def _closed_loop():
+    raise _EvError("this loop is closed: its hub was destroyed")
+
+
+def _is_epoll(fd):
+    try:
+        return "eventpoll" in os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+
+
 def _ev_version():
     return _ev_lib.ev_version_major(), _ev_lib.ev_version_minor()
 
@@ -289,20 +314,38 @@ class _EvLoop:
         self.data, self.debug = data, debug
         self._changed_fds = []  # fds whose io watchers changed since the last poll
         self._async_started = False
+        self._runner = self._debug_error = None
 
-    def __del__(self):
-        if getattr(self, "_ptr", None) and _ev_lib is not None:
+    def _close(self):
+        """Destroy the libev loop now (closing its fds); its watchers become inactive."""
+        if self._ptr:
+            for watcher in [w for w in list(_ev_watchers.values()) if w.loop is self]:
+                watcher._struct.active = watcher._struct.pending = 0
+                _ev_watchers.pop(watcher._ptr, None)
             _ev_lib.ev_loop_destroy(self._ptr)
+            self._ptr = None
+
+    __del__ = _close
 
     def start(self, flags=0):
-        lib, ptr = _ev_lib, self._ptr
+        ptr, me, runner = self._ptr, threading.get_ident(), self._runner
+        if not ptr or runner not in (None, me):  # libev aborts on a loop run by two threads at once
+            raise _EvError("this loop is closed" if not ptr else
+                           "this loop is running in another thread: use one loop (one hub) per thread")
         if self._changed_fds:
             self._kill_closed_fds()
-        alive = lib.ev_run(ptr, flags)
+        self._runner = me
+        try:
+            alive = _ev_lib.ev_run(ptr, flags)
+        finally:
+            self._runner = runner
         if _ev_syserrors:
-            message = _ev_syserrors.pop(threading.get_ident(), None)
+            message = _ev_syserrors.pop(me, None)
             if message:
                 raise _EvError(f"libev: {message}")
+        if self._debug_error is not None:
+            error, self._debug_error = self._debug_error, None
+            raise error
         return bool(alive)
 
     def _kill_closed_fds(self):
@@ -364,7 +407,7 @@ class _EvWatcher:
 
     def start(self):
         if not self._struct.active:
-            self._start(self.loop._ptr, self._ptr)
+            self._start(self.loop._ptr or _closed_loop(), self._ptr)
             _ev_watchers[self._ptr] = self
 
     def stop(self):
@@ -374,7 +417,7 @@ class _EvWatcher:
             _ev_watchers.pop(self._ptr, None)
 
     def feed(self, revents):
-        _ev_lib.ev_feed_event(self.loop._ptr, self._ptr, revents)
+        _ev_lib.ev_feed_event(self.loop._ptr or _closed_loop(), self._ptr, revents)
         _ev_watchers[self._ptr] = self
 
     def invoke(self, revents):
@@ -413,7 +456,10 @@ class _EvIo(_EvWatcher):
     def set(self, fd, events):
         self._check_inactive()
         fd = _fileno(fd)
-        os.get_inheritable(fd)  # an fd that is not open would make libev abort or allocate without bound
+        # libev aborts on an fd that epoll refuses: one not open (or so large
+        # that libev's fd table would grow without bound), or an epoll fd.
+        if not _stat.S_IFMT(os.fstat(fd).st_mode) and _is_epoll(fd):
+            raise _EvError(f"cannot watch fd {fd}: it is an epoll instance")
         if not events or events & ~(EV_READ | EV_WRITE):
             raise _EvError("illegal event mask: use EV_READ, EV_WRITE or both")
         self._struct.fd, self._struct.events = fd, events | EV__IOFDSET  # as ev_io_set does
@@ -421,7 +467,7 @@ class _EvIo(_EvWatcher):
     def start(self):
         if not self._struct.active:
             self.loop._changed_fds.append(self._struct.fd)
-            _ev_lib.ev_io_start(self.loop._ptr, self._ptr)
+            _ev_lib.ev_io_start(self.loop._ptr or _closed_loop(), self._ptr)
             _ev_watchers[self._ptr] = self
 
     def stop(self):
@@ -447,8 +493,7 @@ class _EvTimer(_EvWatcher):
 
     def set(self, after, repeat):
         self._check_inactive()
-        if repeat < 0:
-            raise ValueError("repeat must be >= 0")
+        _check_timer(after, repeat)
         self._struct.at, self._struct.repeat = after, repeat  # as ev_timer_set does
 
     def reset(self):
@@ -540,6 +585,7 @@ class _SelLoop:
                  timeout_interval=0.0, debug=False):
         self.data, self.debug = data, debug
         self.depth = self.iteration = 0
+        self._runner = None         # the thread in start(), if any
         self._refs = 0              # active watchers, less unref() calls, as libev counts them
         self._break = False
         self._ios = {}              # {fd: [active io watchers]}
@@ -571,7 +617,7 @@ class _SelLoop:
 
     def __del__(self):
         if getattr(self, "_selector", None) is not None:
-            self._close_selector()
+            self._close()
 
     def _wake(self):  # from any thread
         try:
@@ -579,9 +625,19 @@ class _SelLoop:
         except OSError:
             pass  # the pipe is full (a wake-up is pending anyway) or closed
 
+    def _close(self):
+        if self._selector is not None:
+            self._close_selector()
+            self._selector = None
+
     def start(self, flags=0):
+        if self._selector is None:
+            raise _SelError("this loop is closed: its hub was destroyed")
+        me, runner = threading.get_ident(), self._runner
+        if runner not in (None, me):
+            raise _SelError("this loop is running in another thread: use one loop (one hub) per thread")
         self.depth += 1
-        self._break = False
+        self._break, self._runner = False, me
         try:
             while True:
                 self._run_once(flags)
@@ -589,6 +645,7 @@ class _SelLoop:
                     return self._refs > 0
         finally:
             self.depth -= 1
+            self._runner = runner
 
     def _run_once(self, flags):
         self.iteration += 1
@@ -599,7 +656,7 @@ class _SelLoop:
         if flags & EVRUN_NOWAIT or self._idles or self._refs <= 0:
             timeout = 0
         elif self._timers:
-            timeout = max(0.0, self._timers[0][0] - _monotonic())
+            timeout = min(max(0.0, self._timers[0][0] - _monotonic()), 3600.0)  # select() has a limit
         ready = self._selector.select(timeout)
         self._now = _monotonic()
         for key, mask in ready:
@@ -814,8 +871,7 @@ class _SelTimer(_SelWatcher):
 
     def set(self, after, repeat):
         self._check_inactive()
-        if repeat < 0:
-            raise ValueError("repeat must be >= 0")
+        _check_timer(after, repeat)
         self._after, self._repeat = float(after), float(repeat)
 
     def _add(self):
@@ -971,7 +1027,26 @@ def get_hub():
         return _local.hub
     except AttributeError:
         _local.hub = hub = Hub()
+        _local.closer = _LoopCloser(hub)
         return hub
+
+
+class _LoopCloser:
+    """Sits beside the hub in the thread-local: when the thread ends, it closes the loop's fds.
+
+    (The hub itself lives on in a reference cycle with its suspended frame.)
+    """
+
+    __slots__ = ("hub",)
+
+    def __init__(self, hub):
+        self.hub = hub
+
+    def __del__(self):
+        try:
+            self.hub._close_loop()
+        except Exception:  # noqa: S110 - interpreter shutdown: nothing left to release
+            pass
 
 
 class Hub(greenlet):
@@ -995,7 +1070,7 @@ class Hub(greenlet):
         self._clock_when = None        # when the clock is set to fire (None: stopped)
         self._clock_ref = True         # False while the clock is unref'd
         self._in_loop = False
-        self._loop_error = None        # what a watcher callback raised inside the loop
+        self._loop_errors = []         # what watcher callbacks raised inside the loop
         self._signal_wakeup = None
         _install_process_hooks()
         if threading.current_thread() is threading.main_thread():
@@ -1160,9 +1235,11 @@ class Hub(greenlet):
                     self._in_loop = True
                     alive = loop.start(EVRUN_NOWAIT if callbacks else EVRUN_ONCE)
                     self._in_loop = False
-                    if self._loop_error is not None:
-                        error, self._loop_error = self._loop_error, None
-                        raise error
+                    if self._loop_errors:
+                        errors, self._loop_errors = self._loop_errors, []
+                        for error in errors[1:]:
+                            self.handle_error(self, error)
+                        raise errors[0]
                     if fired:  # the woken may start watchers: the next pass decides
                         while fired:
                             waiter = popleft().data
@@ -1202,12 +1279,23 @@ class Hub(greenlet):
                 "callbacks": sum(c.func is not None for c in self._callbacks)}
 
     def destroy(self):
-        """End this hub; the thread gets a new one on next use. Parked greenlets stay parked."""
-        self._stop_signal_wakeup()
+        """End this hub and close its loop; the thread gets a new hub on next use.
+
+        Greenlets parked on it stay parked for good.
+        """
+        self._close_loop()
         if getattr(_local, "hub", None) is self:
-            del _local.hub
+            del _local.hub, _local.closer
         if self and getcurrent() is self.parent:
             greenlet.throw(self, GreenletExit)
+
+    def _close_loop(self):
+        self._stop_signal_wakeup()
+        if self._clock_when is not None:
+            self._stop_clock()
+        close = getattr(self.loop, "_close", None)  # real pyev closes its loop when collected
+        if close is not None:
+            close()
 
     def __repr__(self):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
@@ -1265,8 +1353,7 @@ def _unraisable_hook(unraisable):
     # in front of whatever hook is current before each poll.
     hub = getattr(_local, "hub", None)
     if hub is not None and hub._in_loop and isinstance(unraisable.exc_value, BaseException):
-        if hub._loop_error is None:
-            hub._loop_error = unraisable.exc_value
+        hub._loop_errors.append(unraisable.exc_value)
         return
     previous = _previous_unraisablehook
     (sys.__unraisablehook__ if previous in (None, _unraisable_hook) else previous)(unraisable)
@@ -1471,10 +1558,13 @@ def sleep(seconds=0):
     hub, current = get_hub(), getcurrent()
     if current is hub:
         raise BlockingSwitchOutError("cannot sleep inside the hub: sleep in a spawned greenlet")
-    if not (seconds == 0 and type(seconds) in (int, float)):  # 0 is the hot case
-        if (seconds < 0) if isinstance(seconds, (int, float)) else _delay(seconds) < 0:
+    if type(seconds) not in (int, float) or not 0 <= seconds <= 9.2e9:  # the checks time.sleep() makes
+        seconds = seconds if isinstance(seconds, float) else _index(seconds)
+        if seconds != seconds:
+            raise ValueError("Invalid value NaN (not a number)")
+        if seconds < 0:
             raise ValueError("sleep length must be non-negative")
-        if _delay(seconds) > 9.2e9:
+        if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
     if seconds:
         waking = hub.run_later(seconds, current.switch)
@@ -1661,7 +1751,8 @@ class socket(_stdsocket.socket):
 
     def setblocking(self, flag):
         """setblocking(True) is settimeout(None); setblocking(False) is settimeout(0)."""
-        self.settimeout(None if flag else 0.0)
+        _socket.socket.setblocking(self, flag)  # validates as the stdlib does
+        self.settimeout(_socket.socket.gettimeout(self))
 
     def getblocking(self):
         """Return False only if the socket is non-blocking (timeout 0)."""
@@ -1880,7 +1971,7 @@ def socketpair(family=None, type=_stdsocket.SOCK_STREAM, proto=0):
 
 def fromfd(fd, family, type, proto=0):
     """Return a cooperative socket on a duplicate of fd."""
-    return socket(family, type, proto, os.dup(fd))
+    return socket(family, type, proto, _socket.dup(fd))
 
 
 def create_server(address, *, family=_stdsocket.AF_INET, backlog=None, reuse_port=False,
