@@ -250,9 +250,10 @@ def user_cpu_by_pid():
 class Quiet:
     """Noise control on a shared machine: CPU used by processes that are not ours.
 
-    wait() holds off until other processes use less than `limit` cores (for
-    at most `budget` seconds in the whole run); foreign() tells how many cores
-    they used between two snapshots.
+    wait() holds off until other processes use less than `limit` cores;
+    foreign() tells how many cores they used between two snapshots. Waiting and
+    re-measuring share one budget of seconds for the whole run; once it is
+    spent, the run goes on and marks noisy measurements in the report.
     """
 
     def __init__(self, limit, budget):
@@ -363,12 +364,17 @@ def with_retries(measure, args, quiet, tag):
     """Run measure() -> (result, cores other processes used); retry a noisy one."""
     for attempt in range(args.retries + 1):
         quiet.wait()
+        t = time.monotonic()
         result, foreign = measure()
         result["foreign_cores"], result["attempts"] = round(foreign, 3), attempt + 1
         if foreign <= args.noise_limit:
             break
+        again = attempt < args.retries and quiet.waited < quiet.budget
         log(f"bench: {tag}: other processes used {foreign:.2f} cores meanwhile"
-            + ("; measuring again" if attempt < args.retries else "; kept, marked noisy"))
+            + ("; measuring again" if again else "; kept, marked noisy"))
+        if not again:
+            break
+        quiet.waited += time.monotonic() - t  # a re-measurement spends the same budget as waiting
     return result
 
 
