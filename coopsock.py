@@ -459,7 +459,7 @@ class _EvIo(_EvWatcher):
         # libev aborts on an fd that epoll refuses: one not open (or so large
         # that libev's fd table would grow without bound), or an epoll fd.
         if not _stat.S_IFMT(os.fstat(fd).st_mode) and _is_epoll(fd):
-            raise _EvError(f"cannot watch fd {fd}: it is an epoll instance")
+            raise OSError(_errno.EINVAL, f"cannot watch fd {fd} with libev: it is an epoll instance")
         if not events or events & ~(EV_READ | EV_WRITE):
             raise _EvError("illegal event mask: use EV_READ, EV_WRITE or both")
         self._struct.fd, self._struct.events = fd, events | EV__IOFDSET  # as ev_io_set does
@@ -527,6 +527,11 @@ class _EvSignal(_EvWatcher):
         if owner is not self.loop:
             raise _EvError(f"signal {self._struct.signum} is already watched by another loop")
         super().start()
+
+    def stop(self):
+        super().stop()
+        if _ev_signal_loops.get(self._struct.signum) is self.loop:
+            del _ev_signal_loops[self._struct.signum]
 
     signum = property(lambda self: self._struct.signum)
 
@@ -836,6 +841,7 @@ class _SelIo(_SelWatcher):
     def set(self, fd, events):
         self._check_inactive()
         fd = _fileno(fd)
+        os.get_inheritable(fd)  # OSError(EBADF) for an fd that is not open, as libev's binding
         if not events or events & ~(EV_READ | EV_WRITE):
             raise _SelError("illegal event mask: use EV_READ, EV_WRITE or both")
         self._fd, self._events, self._was_set = fd, events, True
@@ -933,6 +939,11 @@ class _SelSignal(_SelWatcher):
 
     def _add(self):
         import signal
+        owner = _ev_signal_loops.setdefault(self._signum, self.loop)
+        if owner is not self.loop:
+            self._active = False
+            self.loop._refs -= 1
+            raise _SelError(f"signal {self._signum} is already watched by another loop")
         try:
             self._previous = signal.signal(self._signum, self._on_signal)
         except ValueError as exc:
@@ -947,6 +958,7 @@ class _SelSignal(_SelWatcher):
     def _remove(self):
         import signal
         signal.signal(self._signum, self._previous)
+        _ev_signal_loops.pop(self._signum, None)
 
     signum = property(lambda self: self._signum)
 
@@ -1867,9 +1879,15 @@ class socket(_stdsocket.socket):
 
     def sendall(self, data, flags=0):
         """Send all of data; the timeout bounds the whole call, not each piece."""
+        try:  # usually all of it goes at once; and this checks data as the stdlib does
+            sent = _socket.socket.send(self, data, flags)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+            sent = 0
         with memoryview(data) as view, view.cast("B") as view:
-            sent, total, deadline = 0, len(view), None
-            while True:
+            deadline = None
+            while sent < len(view):
                 try:
                     sent += _socket.socket.send(self, view[sent:], flags)
                 except BlockingIOError:
@@ -1878,26 +1896,24 @@ class socket(_stdsocket.socket):
                     if deadline is None:
                         deadline = self._deadline()
                     self._wait(EV_WRITE, deadline)
-                if sent >= total:
-                    return
 
     def connect(self, address):
         """Connect to address; a host name is resolved without blocking the hub.
 
         The timeout bounds the whole connection attempt.
         """
-        address, deadline = self._resolve(address), None
+        address, deadline, waited = self._resolve(address), None, False
         while True:
             # A TCP connect is "in progress" until writable, then a second
             # connect says how it went; an AF_UNIX one says EAGAIN while the
             # listener's queue is full, and is simply tried again.
             err = _socket.socket.connect_ex(self, address)
-            if err in (0, _errno.EISCONN):
+            if err == 0 or (err == _errno.EISCONN and waited):  # EISCONN: our own attempt made it
                 return
             if err not in _CONNECT_AGAIN or self._timeout == 0.0:
                 raise OSError(err, os.strerror(err))
-            if deadline is None:
-                deadline = self._deadline()
+            if not waited:
+                deadline, waited = self._deadline(), True
             self._wait(EV_WRITE, deadline)
 
     def connect_ex(self, address):
@@ -2059,6 +2075,10 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | E
 
     timeout_exc defaults to TimeoutError("timed out"), as a socket's timeout raises.
     """
+    if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
+        value = timeout if isinstance(timeout, float) else _index(timeout)  # TypeError, as select's
+        if not value >= 0:
+            raise ValueError("timeout must be non-negative")
     hub = get_hub()
     watcher = hub.io(fileno, events)
     if timeout is None:
