@@ -131,7 +131,10 @@ class _Namespace:
 
 
 def _fileno(fd):
-    fd = fd if isinstance(fd, int) else fd.fileno()
+    if not isinstance(fd, int):
+        if not hasattr(fd, "fileno"):
+            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd).__name__}")
+        fd = fd.fileno()
     if fd < 0:
         raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
     return fd
@@ -364,30 +367,30 @@ class _EvLoop:
                     watcher.feed(EV_ERROR | EV_READ | EV_WRITE)
 
     def stop(self, how=EVBREAK_ONE):
-        _ev_lib.ev_break(self._ptr, how)
+        _ev_lib.ev_break(self._ptr or _closed_loop(), how)
 
     def now(self):
-        return _ev_lib.ev_now(self._ptr)
+        return _ev_lib.ev_now(self._ptr or _closed_loop())
 
     def update(self):
-        _ev_lib.ev_now_update(self._ptr)
+        _ev_lib.ev_now_update(self._ptr or _closed_loop())
 
     def ref(self):
-        _ev_lib.ev_ref(self._ptr)
+        _ev_lib.ev_ref(self._ptr or _closed_loop())
 
     def unref(self):
-        _ev_lib.ev_unref(self._ptr)
+        _ev_lib.ev_unref(self._ptr or _closed_loop())
 
     def reset(self):
-        _ev_lib.ev_loop_fork(self._ptr)
+        _ev_lib.ev_loop_fork(self._ptr or _closed_loop())
 
     def _active_watchers(self):
         return sum(1 for w in list(_ev_watchers.values()) if w.loop is self and w._struct.active)
 
-    backend = property(lambda self: _ev_lib.ev_backend(self._ptr))
-    pending = property(lambda self: _ev_lib.ev_pending_count(self._ptr))
-    depth = property(lambda self: _ev_lib.ev_depth(self._ptr))
-    iteration = property(lambda self: _ev_lib.ev_iteration(self._ptr))
+    backend = property(lambda self: _ev_lib.ev_backend(self._ptr or _closed_loop()))
+    pending = property(lambda self: _ev_lib.ev_pending_count(self._ptr or _closed_loop()))
+    depth = property(lambda self: _ev_lib.ev_depth(self._ptr or _closed_loop()))
+    iteration = property(lambda self: _ev_lib.ev_iteration(self._ptr or _closed_loop()))
 
 
 class _EvWatcher:
@@ -617,6 +620,8 @@ class _SelLoop:
 
     def reset(self):
         """Rebuild the selector in a forked child (it shares the parent's otherwise)."""
+        if self._selector is None:
+            raise _SelError("this loop is closed: its hub was destroyed")
         self._close_selector()
         self._open_selector()
 
@@ -745,7 +750,7 @@ class _SelLoop:
                 try:
                     self._selector.register(fd, want)
                     self._registered[fd] = want
-                except (OSError, ValueError):  # closed behind the watcher's back: fail its watchers
+                except Exception:  # closed behind the watcher's back, or the loop's own: fail its watchers
                     for watcher in list(self._ios.get(fd, ())):
                         watcher.stop()
                         watcher.feed(EV_ERROR | EV_READ | EV_WRITE)
