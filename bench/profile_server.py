@@ -37,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 LOADGEN = os.path.join(HERE, "loadgen")
 SERVER = os.path.join(HERE, "servers", "coopsock_server.py")
+COOPSOCK_DIR = None  # --coopsock: the directory of the coopsock.py to profile
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +137,9 @@ def pin(cpu):
 
 def start_server(mode, backend, outfile):
     env = dict(os.environ, COOPSOCK_LOOP=backend, PYTHONWARNINGS="ignore")
-    env.pop("COOPSOCK_PATH", None)  # profile the working tree's coopsock.py
+    env.pop("COOPSOCK_PATH", None)  # the working tree's coopsock.py, unless --coopsock says otherwise
+    if COOPSOCK_DIR:
+        env["COOPSOCK_PATH"] = COOPSOCK_DIR
     proc = subprocess.Popen(pin(0) + [sys.executable, os.path.abspath(__file__), "--serve", mode, outfile],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -358,14 +361,18 @@ def main():
     ap.add_argument("--native", action="store_true",
                     help="py-spy --native: keep C frames (it pauses the server, which skews the shares)")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--coopsock", metavar="DIR", help="profile DIR/coopsock.py (e.g. bench/out/coopsock-snapshot, "
+                    "the copy the last run.py measured) instead of the working tree's")
     ap.add_argument("--skip", default="", help="comma-separated passes to skip: counting, sampling, perf, syscalls")
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     import run
     run.build(LOADGEN)
     run.raise_nofile(4 * args.conns + 256)
+    global COOPSOCK_DIR
+    COOPSOCK_DIR = os.path.abspath(args.coopsock) if args.coopsock else None
     import hashlib
-    with open(os.path.join(REPO, "coopsock.py"), "rb") as f:
+    with open(os.path.join(COOPSOCK_DIR or REPO, "coopsock.py"), "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()[:12]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
