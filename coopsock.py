@@ -406,7 +406,8 @@ class _EvWatcher:
         self._struct = self._Struct(cb=_EV_TRAMPOLINE)
         self._ptr = _ct.addressof(self._struct)
         self.loop, self.callback, self.data = loop, callback, data
-        self.priority = priority
+        if priority:  # the struct starts at 0
+            self.priority = priority
 
     def start(self):
         if not self._struct.active:
