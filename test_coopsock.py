@@ -2049,12 +2049,11 @@ def test_demo_refuses_connections_beyond_max_connections(backend):
                 pass
             first.close()
             time.sleep(0.05)  # waiting on another process's bookkeeping: nothing to join
-        with first:
-            with stdsocket.create_connection(("127.0.0.1", port), timeout=10) as second:
-                try:
-                    assert second.recv(1) == b""  # closed at once...
-                except ConnectionResetError:
-                    pass  # ...or reset: either way it is not served
+        with first, stdsocket.create_connection(("127.0.0.1", port), timeout=10) as second:
+            try:
+                assert second.recv(1) == b""  # closed at once...
+            except ConnectionResetError:
+                pass  # ...or reset: either way it is not served
     finally:
         code, err = _stop_demo(proc, __import__("signal").SIGTERM)
     assert code == 0 and "--max-connections 1 reached" in err
