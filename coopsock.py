@@ -74,9 +74,9 @@ import stat as _stat
 import threading
 import time as _time
 import traceback
-import types
 from collections import deque
 from operator import index as _index
+from weakref import ref as _weakref
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
@@ -109,74 +109,70 @@ class ConcurrentObjectUseError(AssertionError):
 # ---------------------------------------------------------------------------
 # The loop layer: pyev, or a stand-in with the same names
 #
-# The hub below uses only the part of pyev's API listed in pyev-api.md. The two
-# stand-ins provide exactly those names; each is a group of classes picked by
-# _load_backend() at import time.
+# The contract. The hub uses these pyev names and nothing else, with pyev's
+# semantics, so that a user's real pyev drops in; each stand-in implements
+# exactly these:
+#
+#   Loop()                         a new loop of its own (the default loop reaps children)
+#   loop.start(EVRUN_ONCE)         one pass: block until a watcher fires, call its callback
+#   loop.start(EVRUN_NOWAIT)       one pass without blocking
+#   loop.update()                  refresh the cached time that timers count from
+#   loop.reset()                   in a forked child, before the loop is used again
+#   Io(fd, EV_READ or EV_WRITE, loop, callback)       fd: an int the hub has checked
+#   Timer(after, 0.0, loop, callback), timer.set(after, 0.0)   one-shot; set while stopped
+#   Async(loop, callback), async.send()               send() from any thread wakes the loop
+#   w.start(), w.stop()            both idempotent; w.active; w.data (the hub's)
+#   callback(watcher, revents)     the hub's is the C builtin dict.__setitem__, see the hub
+#   Error                          the backend's exception
+#
+# What real pyev does that the hub must allow for: it has no Loop.close (a
+# loop's fds go when it is collected); it frees an active watcher without
+# stopping it (libev then walks freed memory); it checks nothing (a closed fd
+# or an epoll fd makes libev abort, a failed system call is a fatal error).
+# So the hub checks every fd, keeps each started watcher referenced until it
+# is stopped, stops it before its fd closes, and never lets libev run out of
+# fds. A stand-in may add a private _close() that frees the loop's fds at once.
 
-EV_READ, EV_WRITE, EV__IOFDSET = 0x01, 0x02, 0x80
-EV_TIMER, EV_SIGNAL, EV_IDLE = 0x100, 0x400, 0x2000
-EV_PREPARE, EV_CHECK, EV_ASYNC, EV_ERROR = 0x4000, 0x8000, 0x80000, -0x80000000
-EVRUN_NOWAIT, EVRUN_ONCE, EVBREAK_ONE, EVBREAK_ALL = 1, 2, 1, 2
-EVFLAG_AUTO, EVFLAG_NOENV, EVFLAG_FORKCHECK = 0, 0x01000000, 0x02000000
-EVBACKEND_SELECT, EVBACKEND_POLL, EVBACKEND_EPOLL, EVBACKEND_KQUEUE = 1, 2, 4, 8
-_CONSTANTS = {name: value for name, value in globals().items() if name.startswith(("EV_", "EVRUN", "EVBREAK", "EVFLAG", "EVBACKEND"))}
+EV_READ, EV_WRITE, EV__IOFDSET, EV_TIMER, EV_ASYNC = 0x01, 0x02, 0x80, 0x100, 0x80000
+EVRUN_NOWAIT, EVRUN_ONCE = 1, 2
 
 
 class _Namespace:
-    """A stand-in for the pyev module: the same names, as attributes."""
+    """A stand-in for the pyev module: the contract's names, as attributes."""
 
     def __init__(self, name, **names):
         self.__name__ = name
-        self.__dict__.update(_CONSTANTS, **names)
-
-
-def _fileno(fd):
-    if not isinstance(fd, int):
-        if not hasattr(fd, "fileno"):
-            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd).__name__}")
-        fd = fd.fileno()
-    if fd < 0:
-        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-    return fd
+        self.__dict__.update(names, EV_READ=EV_READ, EV_WRITE=EV_WRITE, EV_TIMER=EV_TIMER,
+                             EV_ASYNC=EV_ASYNC, EVRUN_NOWAIT=EVRUN_NOWAIT, EVRUN_ONCE=EVRUN_ONCE)
 
 
 def _check_timer(after, repeat):
-    if not repeat >= 0:  # NaN too: libev asserts on it
-        raise ValueError(f"repeat must be >= 0, not {repeat}")
-    if after != after:
-        raise ValueError("after must be a number of seconds, not NaN")
-
-
-def _report_callback_error(exc, watcher):
-    """Report an exception from a watcher callback as libev's bindings do: unraisable."""
-    # The default sys.unraisablehook takes only its own struct type, which
-    # Python code cannot build; the hub installs a hook that takes any object.
-    args = types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
-                                 err_msg="Exception ignored in watcher callback", object=watcher.callback)
-    try:
-        sys.unraisablehook(args)
-    except TypeError:
-        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if not repeat == 0.0:
+        raise ValueError(f"the stand-ins have one-shot timers only: repeat must be 0, not {repeat}")
+    if not after >= 0.0:  # NaN too: libev would never fire it sensibly
+        raise ValueError(f"after must be a number of seconds >= 0, not {after}")
 
 
 # --- libev through ctypes --------------------------------------------------
 #
-# libev's watchers are C structs the caller owns; libev keeps pointers to them
-# while they are active or pending. So every such struct stays referenced from
-# _ev_watchers until it is stopped, one module-level trampoline serves every
-# callback, and the macros libev does not export (ev_io_set, ev_is_active...)
-# are done here on the struct fields. The layout is libev 4's default build
-# (priorities enabled, EV_COMMON = "void *data"), checked by _probe_libev().
+# libev's watchers are C structs the caller owns, and libev keeps pointers to
+# them while they are active: each stays in its loop's _active dict from just
+# before it starts until just after it stops. libev calls back through a
+# ctypes thunk made of a C builtin, the bound list.insert of the loop's
+# _fired list, so that no Python code, and so no Python signal handler, runs
+# inside ev_run: a callback cannot lose an exception there. The thunk is
+# declared with libev's first two arguments, (loop, watcher), and ignores the
+# third (revents), which every C calling convention allows: insert(loop
+# address, watcher address) appends the watcher, the index being past the
+# end. start() then calls each fired watcher's callback in Python.
 
 import ctypes as _ct
 
-_ev_lib = None          # the CDLL, once loaded
-_ev_watchers = {}       # {struct address: watcher} for every active or pending watcher
-_ev_syserrors = {}      # {thread id: message} from libev's syserr callback
-_ev_signal_loops = {}   # {signum: loop}: libev aborts if one signal is on two loops
+_ev_lib = None      # the CDLL, once loaded
+_ev_errors = {}     # {thread id: message} from libev's syserr callback
 
 
-class _ev_watcher(_ct.Structure):
+class _ev_watcher(_ct.Structure):  # libev 4's EV_WATCHER with priorities and "void *data"
     _fields_ = [("active", _ct.c_int), ("pending", _ct.c_int), ("priority", _ct.c_int),
                 ("data", _ct.c_void_p), ("cb", _ct.c_void_p)]
 
@@ -189,47 +185,24 @@ class _ev_timer(_ev_watcher):
     _fields_ = [("at", _ct.c_double), ("repeat", _ct.c_double)]
 
 
-class _ev_signal(_ev_watcher):
-    _fields_ = [("next", _ct.c_void_p), ("signum", _ct.c_int)]
-
-
 class _ev_async(_ev_watcher):
     _fields_ = [("sent", _ct.c_int)]
 
 
-@_ct.CFUNCTYPE(None, _ct.c_void_p, _ct.c_void_p, _ct.c_int)
-def _ev_trampoline(loop_ptr, watcher_ptr, revents):
-    watcher = _ev_watchers[watcher_ptr]
-    if not watcher._struct.active:  # libev stopped it before the call (a one-shot timer, an fd error)
-        del _ev_watchers[watcher_ptr]
-    try:
-        watcher.callback(watcher, revents)
-    except BaseException as exc:
-        if not watcher.loop.debug:
-            raise  # reported as unraisable, as pyev does
-        watcher.loop._debug_error = exc  # pyev's debug mode: stop the loop, raise from start()
-        _ev_lib.ev_break(loop_ptr, EVBREAK_ALL)
+_EV_RECORD = _ct.CFUNCTYPE(None, _ct.c_ssize_t, _ct.c_void_p)
 
 
 @_ct.CFUNCTYPE(None, _ct.c_char_p)
 def _ev_syserr(message):
-    # Without this hook libev calls abort() on a failed system call.
-    _ev_syserrors[threading.get_ident()] = message.decode(errors="replace")
+    # Without this hook libev aborts on a failed system call; start() raises it.
+    _ev_errors[threading.get_ident()] = message.decode(errors="replace")
 
 
-_EV_TRAMPOLINE = _ct.cast(_ev_trampoline, _ct.c_void_p).value
-_EV_SIGNATURES = {  # name: (restype, argtypes); "p" is a pointer, "i" an int
-    "ev_version_major": (_ct.c_int, ""), "ev_version_minor": (_ct.c_int, ""),
-    "ev_loop_new": (_ct.c_void_p, "u"), "ev_loop_destroy": (None, "p"), "ev_loop_fork": (None, "p"),
-    "ev_run": (_ct.c_int, "pi"), "ev_break": (None, "pi"), "ev_now": (_ct.c_double, "p"),
-    "ev_now_update": (None, "p"), "ev_time": (_ct.c_double, ""), "ev_ref": (None, "p"),
-    "ev_unref": (None, "p"), "ev_backend": (_ct.c_uint, "p"), "ev_iteration": (_ct.c_uint, "p"),
-    "ev_depth": (_ct.c_uint, "p"), "ev_pending_count": (_ct.c_uint, "p"),
-    "ev_set_syserr_cb": (None, "p"), "ev_feed_event": (None, "ppi"), "ev_invoke": (None, "ppi"),
-    "ev_timer_again": (None, "pp"), "ev_timer_remaining": (_ct.c_double, "pp"),
-    "ev_async_send": (None, "pp"),
-    **{f"ev_{kind}_{verb}": (None, "pp") for kind in ("io", "timer", "signal", "idle", "prepare",
-                                                     "check", "async") for verb in ("start", "stop")},
+_EV_SIGNATURES = {  # name: (restype, argtypes); "p" a pointer, "i" an int, "u" unsigned
+    "ev_version_major": (_ct.c_int, ""), "ev_loop_new": (_ct.c_void_p, "u"),
+    "ev_loop_destroy": (None, "p"), "ev_loop_fork": (None, "p"), "ev_run": (_ct.c_int, "pi"),
+    "ev_now_update": (None, "p"), "ev_set_syserr_cb": (None, "p"), "ev_async_send": (None, "pp"),
+    **{f"ev_{kind}_{verb}": (None, "pp") for kind in ("io", "timer", "async") for verb in ("start", "stop")},
 }
 
 
@@ -250,249 +223,144 @@ def _load_libev():
             raise ImportError("libev is not installed: install libev4 (Debian/Ubuntu) or libev (Homebrew)")
         kinds = {"p": _ct.c_void_p, "i": _ct.c_int, "u": _ct.c_uint}
         for fname, (restype, args) in _EV_SIGNATURES.items():
-            try:
-                func = getattr(lib, fname)
-            except AttributeError:
-                raise ImportError(f"{lib._name} lacks {fname}: it is not libev 4") from None
+            func = getattr(lib, fname, None)
+            if func is None:
+                raise ImportError(f"{lib._name} lacks {fname}: it is not libev 4")
             func.restype, func.argtypes = restype, [kinds[a] for a in args]
         if lib.ev_version_major() != 4:
             raise ImportError(f"{lib._name} is libev {lib.ev_version_major()}, not libev 4")
-        _probe_libev(lib)
-        for cls, kind in _EV_KINDS:
+        for cls, kind in ((_EvIo, "io"), (_EvTimer, "timer"), (_EvAsync, "async")):
             cls._start, cls._stop = getattr(lib, f"ev_{kind}_start"), getattr(lib, f"ev_{kind}_stop")
         lib.ev_set_syserr_cb(_ct.cast(_ev_syserr, _ct.c_void_p))
         _ev_lib = lib
-    return _Namespace("libev", Loop=_EvLoop, Io=_EvIo, Timer=_EvTimer, Signal=_EvSignal,
-                      Idle=_EvIdle, Prepare=_EvPrepare, Check=_EvCheck, Async=_EvAsync, Error=_EvError,
-                      time=_ev_lib.ev_time, version=_ev_version, abi_version=_ev_version)
+        _probe_libev()
+    return _Namespace("libev", Loop=_EvLoop, Io=_EvIo, Timer=_EvTimer, Async=_EvAsync, Error=_EvError)
 
 
-def _probe_libev(lib):
-    """Check the struct layout on a scratch loop, touching no file descriptor."""
-    loop = lib.ev_loop_new(0)
-    if not loop:
-        raise ImportError("ev_loop_new() failed")
-    timer = _ev_timer(priority=1, data=0x5EED, cb=_EV_TRAMPOLINE, at=1000.0, repeat=0.0)
-    lib.ev_timer_start(loop, _ct.addressof(timer))
-    started = timer.active > 0 and timer.at > 1000.0  # libev made "at" absolute
-    lib.ev_timer_stop(loop, _ct.addressof(timer))
-    lib.ev_loop_destroy(loop)
-    if not (started and timer.active == 0 and abs(timer.at - 1000.0) < 1.0
-            and timer.data == 0x5EED and timer.cb == _EV_TRAMPOLINE and timer.priority == 1):
+def _probe_libev():
+    """Check the struct layout and the callback on a scratch loop, touching no fd."""
+    loop, fired = _EvLoop(), []
+    timer = _EvTimer(0.0, 0.0, loop, lambda watcher, revents: fired.append(watcher))
+    timer.start()
+    layout_ok = timer._struct.active > 0 and timer._struct.cb == loop._cb
+    loop.start(EVRUN_NOWAIT)
+    loop._close()
+    if not (layout_ok and fired == [timer]):
         raise ImportError("libev's struct layout is not the one coopsock knows")
-
-
-def _closed_loop():
-    raise _EvError("this loop is closed: its hub was destroyed")
-
-
-def _is_epoll(fd):
-    try:
-        return "eventpoll" in os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return False
-
-
-def _ev_version():
-    return _ev_lib.ev_version_major(), _ev_lib.ev_version_minor()
 
 
 class _EvError(Exception):
     """pyev.Error: a libev call failed or a watcher was misused."""
 
 
+def _ev_closed():
+    raise _EvError("this loop is closed (its hub was destroyed): use get_hub() for a new one")
+
+
 class _EvLoop:
-    """pyev.Loop on a loop of its own (ev_loop_new, never ev_default_loop).
+    """pyev.Loop on a loop of its own (ev_loop_new)."""
 
-    The default loop reaps children on SIGCHLD, which makes Popen.wait() see 0.
-    """
-
-    default = False
-
-    def __init__(self, flags=EVFLAG_AUTO, callback=None, data=None, io_interval=0.0,
-                 timeout_interval=0.0, debug=False):
-        self._ptr = _ev_lib.ev_loop_new(flags)
+    def __init__(self):
+        self._ptr = _ev_lib.ev_loop_new(0)
         if not self._ptr:
-            raise _EvError(f"ev_loop_new({flags:#x}) failed: no usable backend")
-        self.data, self.debug = data, debug
-        self._changed_fds = []  # fds whose io watchers changed since the last poll
-        self._async_started = False
-        self._runner = self._debug_error = None
+            raise _EvError("ev_loop_new() failed: no usable backend")
+        self._fired = []   # addresses of the watchers libev called back in this pass
+        self._record = _EV_RECORD(self._fired.insert)
+        self._cb = _ct.cast(self._record, _ct.c_void_p).value
+        self._active = {}  # {struct address: watcher} for every watcher libev may point at
+
+    def start(self, flags=0):
+        alive = _ev_lib.ev_run(self._ptr or _ev_closed(), flags)
+        if _ev_errors:
+            message = _ev_errors.pop(threading.get_ident(), None)
+            if message:
+                raise _EvError(f"libev: {message}")
+        fired = self._fired
+        if fired:
+            active = self._active  # it keeps what libev stopped itself (a fired timer) until stop()
+            for address in fired:  # an interrupted pass leaves the rest for the next: a spurious wake-up
+                watcher = active.get(address)
+                if watcher is not None:
+                    watcher.callback(watcher, watcher._revents)
+            fired.clear()
+        return bool(alive)
+
+    def update(self):
+        _ev_lib.ev_now_update(self._ptr or _ev_closed())
+
+    def reset(self):
+        _ev_lib.ev_loop_fork(self._ptr or _ev_closed())
 
     def _close(self):
-        """Destroy the libev loop now (closing its fds); its watchers become inactive."""
+        """Destroy the libev loop now, closing its fds; its watchers become inactive."""
         if self._ptr:
-            for watcher in [w for w in list(_ev_watchers.values()) if w.loop is self]:
+            for watcher in self._active.values():
                 watcher._struct.active = watcher._struct.pending = 0
-                _ev_watchers.pop(watcher._ptr, None)
+            self._active.clear()
             _ev_lib.ev_loop_destroy(self._ptr)
             self._ptr = None
 
     __del__ = _close
 
-    def start(self, flags=0):
-        ptr, me, runner = self._ptr, threading.get_ident(), self._runner
-        if not ptr or runner not in (None, me):  # libev aborts on a loop run by two threads at once
-            raise _EvError("this loop is closed" if not ptr else
-                           "this loop is running in another thread: use one loop (one hub) per thread")
-        if self._changed_fds:
-            self._kill_closed_fds()
-        self._runner = me
-        try:
-            alive = _ev_lib.ev_run(ptr, flags)
-        finally:
-            self._runner = runner
-        if _ev_syserrors:
-            message = _ev_syserrors.pop(me, None)
-            if message:
-                raise _EvError(f"libev: {message}")
-        if self._debug_error is not None:
-            error, self._debug_error = self._debug_error, None
-            raise error
-        return bool(alive)
-
-    def _kill_closed_fds(self):
-        # Debian's libev asserts, and so aborts the process, when epoll_ctl
-        # says EBADF: an io watcher left started on an fd closed behind its
-        # back. Check each changed fd before libev does, and treat a closed
-        # one as libev's fd_kill would: stop its watchers and report EV_ERROR.
-        fds, self._changed_fds = set(self._changed_fds), []
-        for fd in fds:
-            try:
-                os.get_inheritable(fd)  # fcntl(F_GETFD): the cheapest "is it open?"
-            except OSError:
-                for watcher in [w for w in list(_ev_watchers.values())
-                                if isinstance(w, _EvIo) and w.loop is self and w.fd == fd]:
-                    watcher.stop()
-                    watcher.feed(EV_ERROR | EV_READ | EV_WRITE)
-
-    def stop(self, how=EVBREAK_ONE):
-        _ev_lib.ev_break(self._ptr or _closed_loop(), how)
-
-    def now(self):
-        return _ev_lib.ev_now(self._ptr or _closed_loop())
-
-    def update(self):
-        _ev_lib.ev_now_update(self._ptr or _closed_loop())
-
-    def ref(self):
-        _ev_lib.ev_ref(self._ptr or _closed_loop())
-
-    def unref(self):
-        _ev_lib.ev_unref(self._ptr or _closed_loop())
-
-    def reset(self):
-        _ev_lib.ev_loop_fork(self._ptr or _closed_loop())
-
-    def _active_watchers(self):
-        return sum(1 for w in list(_ev_watchers.values()) if w.loop is self and w._struct.active)
-
-    backend = property(lambda self: _ev_lib.ev_backend(self._ptr or _closed_loop()))
-    pending = property(lambda self: _ev_lib.ev_pending_count(self._ptr or _closed_loop()))
-    depth = property(lambda self: _ev_lib.ev_depth(self._ptr or _closed_loop()))
-    iteration = property(lambda self: _ev_lib.ev_iteration(self._ptr or _closed_loop()))
-
 
 class _EvWatcher:
-    """The part every pyev watcher shares: start, stop, callback, data."""
+    """start, stop, active, data: what every watcher of the contract has."""
 
-    __slots__ = ("_struct", "_ptr", "loop", "callback", "data", "__weakref__")
-    _Struct = _ev_watcher
+    __slots__ = ("_struct", "_address", "loop", "callback", "data", "_revents")
     _start = _stop = None  # the libev functions, set on each subclass
 
-    def __init__(self, loop, callback, data=None, priority=0):
+    def __init__(self, loop, callback):
         if not isinstance(loop, _EvLoop):
             raise TypeError(f"loop must be a Loop, not {type(loop).__name__}")
-        self._struct = self._Struct(cb=_EV_TRAMPOLINE)
-        self._ptr = _ct.addressof(self._struct)
-        self.loop, self.callback, self.data = loop, callback, data
-        if priority:  # the struct starts at 0
-            self.priority = priority
+        self._struct = self._Struct(cb=loop._cb)
+        self._address = _ct.addressof(self._struct)
+        self.loop, self.callback, self.data = loop, callback, None
 
     def start(self):
         if not self._struct.active:
-            self._start(self.loop._ptr or _closed_loop(), self._ptr)
-            _ev_watchers[self._ptr] = self
+            loop = self.loop
+            loop._active[self._address] = self  # first: libev holds the struct from the next call on
+            self._start(loop._ptr or _ev_closed(), self._address)
 
     def stop(self):
-        struct = self._struct
-        if struct.active or struct.pending:
-            self._stop(self.loop._ptr, self._ptr)  # also clears a pending event
-            _ev_watchers.pop(self._ptr, None)
-
-    def feed(self, revents):
-        _ev_lib.ev_feed_event(self.loop._ptr or _closed_loop(), self._ptr, revents)
-        _ev_watchers[self._ptr] = self
-
-    def invoke(self, revents):
-        self.callback(self, revents)
+        if self._struct.active:  # inactive on a closed loop
+            self._stop(self.loop._ptr, self._address)
+        self.loop._active.pop(self._address, None)
 
     def _check_inactive(self):
         if self._struct.active:
             raise _EvError("cannot set a watcher while it is active: stop it first")
 
     active = property(lambda self: bool(self._struct.active))
-    pending = property(lambda self: bool(self._struct.pending))
-
-    @property
-    def priority(self):
-        return self._struct.priority
-
-    @priority.setter
-    def priority(self, value):
-        self._check_inactive()
-        self._struct.priority = max(-2, min(2, value))
-
-    def __repr__(self):
-        return f"<{type(self).__name__} active={self.active} at {self._ptr:#x}>"
 
 
 class _EvIo(_EvWatcher):
-    """pyev.Io: wakes when fd is readable (EV_READ) and/or writable (EV_WRITE)."""
+    """pyev.Io: fires while fd is readable (EV_READ) or writable (EV_WRITE)."""
 
     __slots__ = ()
     _Struct = _ev_io
 
-    def __init__(self, fd, events, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
+    def __init__(self, fd, events, loop, callback):
+        super().__init__(loop, callback)
         self.set(fd, events)
 
     def set(self, fd, events):
         self._check_inactive()
-        fd = _fileno(fd)
-        # libev aborts on an fd that epoll refuses: one not open (or so large
-        # that libev's fd table would grow without bound), or an epoll fd.
-        if not _stat.S_IFMT(os.fstat(fd).st_mode) and _is_epoll(fd):
-            raise OSError(_errno.EINVAL, f"cannot watch fd {fd} with libev: it is an epoll instance")
-        if not events or events & ~(EV_READ | EV_WRITE):
+        if _index(fd) < 0:
+            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+        if events not in (EV_READ, EV_WRITE, EV_READ | EV_WRITE):
             raise _EvError("illegal event mask: use EV_READ, EV_WRITE or both")
-        self._struct.fd, self._struct.events = fd, events | EV__IOFDSET  # as ev_io_set does
-
-    def start(self):
-        if not self._struct.active:
-            self.loop._changed_fds.append(self._struct.fd)
-            _ev_lib.ev_io_start(self.loop._ptr or _closed_loop(), self._ptr)
-            _ev_watchers[self._ptr] = self
-
-    def stop(self):
-        struct = self._struct
-        if struct.active or struct.pending:
-            self.loop._changed_fds.append(struct.fd)
-            _ev_lib.ev_io_stop(self.loop._ptr, self._ptr)
-            _ev_watchers.pop(self._ptr, None)
-
-    fd = property(lambda self: self._struct.fd)
-    events = property(lambda self: self._struct.events & (EV_READ | EV_WRITE))
+        self._struct.fd, self._struct.events, self._revents = fd, events | EV__IOFDSET, events  # as ev_io_set
 
 
 class _EvTimer(_EvWatcher):
-    """pyev.Timer: fires `after` seconds from loop.now(), then every `repeat` (0: once)."""
+    """pyev.Timer, one-shot: fires `after` seconds from the loop's cached time."""
 
     __slots__ = ()
-    _Struct = _ev_timer
+    _Struct, _revents = _ev_timer, EV_TIMER
 
-    def __init__(self, after, repeat, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
+    def __init__(self, after, repeat, loop, callback):
+        super().__init__(loop, callback)
         self.set(after, repeat)
 
     def set(self, after, repeat):
@@ -500,82 +368,29 @@ class _EvTimer(_EvWatcher):
         _check_timer(after, repeat)
         self._struct.at, self._struct.repeat = after, repeat  # as ev_timer_set does
 
-    def reset(self):
-        _ev_lib.ev_timer_again(self.loop._ptr, self._ptr)
-        if self._struct.active:
-            _ev_watchers[self._ptr] = self
-
-    repeat = property(lambda self: self._struct.repeat)
-    remaining = property(lambda self: _ev_lib.ev_timer_remaining(self.loop._ptr, self._ptr))
-
-
-class _EvSignal(_EvWatcher):
-    """pyev.Signal: fires when the process receives `signum` (libev's own handler)."""
-
-    __slots__ = ()
-    _Struct = _ev_signal
-
-    def __init__(self, signum, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
-        self.set(signum)
-
-    def set(self, signum):
-        self._check_inactive()
-        if not 0 < signum < 65:
-            raise ValueError(f"illegal signal number {signum}")
-        self._struct.signum = signum
-
-    def start(self):
-        # libev aborts when one signal is watched from two loops.
-        owner = _ev_signal_loops.setdefault(self._struct.signum, self.loop)
-        if owner is not self.loop:
-            raise _EvError(f"signal {self._struct.signum} is already watched by another loop")
-        super().start()
-
-    def stop(self):
-        super().stop()
-        if _ev_signal_loops.get(self._struct.signum) is self.loop:
-            del _ev_signal_loops[self._struct.signum]
-
-    signum = property(lambda self: self._struct.signum)
-
 
 class _EvAsync(_EvWatcher):
     """pyev.Async: send() from any thread wakes the loop and fires the callback."""
 
     __slots__ = ()
-    _Struct = _ev_async
+    _Struct, _revents = _ev_async, EV_ASYNC
 
-    def start(self):
-        self.loop._async_started = True
-        super().start()
+    def __init__(self, loop, callback):
+        super().__init__(loop, callback)
 
     def send(self):
-        # Before any Async started on the loop, libev has no wake-up pipe and
-        # asserts (aborts) on the next poll; and there is no one to wake anyway.
-        if self.loop._async_started:
-            _ev_lib.ev_async_send(self.loop._ptr, self._ptr)
-
-    sent = property(lambda self: bool(self._struct.sent))
-
-
-def _ev_watcher_class(name, doc):
-    return type(name, (_EvWatcher,), {"__slots__": (), "__doc__": doc})
-
-
-_EvIdle = _ev_watcher_class("_EvIdle", "pyev.Idle: fires on loop passes with nothing else to do.")
-_EvPrepare = _ev_watcher_class("_EvPrepare", "pyev.Prepare: fires before each poll.")
-_EvCheck = _ev_watcher_class("_EvCheck", "pyev.Check: fires after each poll.")
-_EV_KINDS = ((_EvIo, "io"), (_EvTimer, "timer"), (_EvSignal, "signal"), (_EvAsync, "async"),
-             (_EvIdle, "idle"), (_EvPrepare, "prepare"), (_EvCheck, "check"))
+        if not self._struct.active:  # libev asserts: before the first start it has no wake-up fd
+            raise _EvError("start the Async before send(); a closed loop has none active")
+        _ev_lib.ev_async_send(self.loop._ptr, self._address)
 
 
 # --- the pure-Python stand-in on selectors ---------------------------------
 #
-# The same watcher semantics as libev, for machines without it: level-triggered
-# io, timers relative to the cached loop time, prepare -> poll -> check with
-# idle watchers only on passes with nothing else to do, and an Async that
-# another thread wakes through a socketpair.
+# The same semantics for machines without libev: level-triggered io, one-shot
+# timers relative to the cached loop time, and an Async that another thread
+# wakes through a pipe. Every change of state is ordered so that a signal
+# handler raising between any two bytecodes leaves at worst a spurious
+# wake-up, never a lost one.
 
 import selectors
 from heapq import heapify, heappop, heappush
@@ -585,404 +400,222 @@ class _SelError(Exception):
     """pyev.Error for the selectors stand-in."""
 
 
+def _sel_closed():
+    raise _SelError("this loop is closed (its hub was destroyed): use get_hub() for a new one")
+
+
 class _SelLoop:
     """pyev.Loop in pure Python on the best selector the OS has."""
 
-    default = False
-
-    def __init__(self, flags=EVFLAG_AUTO, callback=None, data=None, io_interval=0.0,
-                 timeout_interval=0.0, debug=False):
-        self.data, self.debug = data, debug
-        self.depth = self.iteration = 0
-        self._runner = None         # the thread in start(), if any
-        self._refs = 0              # active watchers, less unref() calls, as libev counts them
-        self._break = False
-        self._ios = {}              # {fd: [active io watchers]}
-        self._changed = {}          # {fd: True if a watcher was (re)set on it} since the last poll
-        self._registered = {}       # {fd: events the selector watches}
-        self._timers = []           # heap of [when, sequence, watcher or None once stopped]
+    def __init__(self):
+        self._selector = None
+        self._ios = {}         # {fd: {active io watcher: None}}
+        self._dirty = set()    # fds whose registration with the selector is out of date
+        self._timers = []      # heap of [when, sequence, watcher, or None once stopped]
+        self._asyncs = {}      # {active async watcher: None}
         self._sequence = 0
-        self._prepares, self._checks, self._idles, self._asyncs = [], [], [], []
-        self._pending = deque()     # (watcher, revents) to invoke in this pass
+        self._open()
+
+    def _open(self):
+        selector = selectors.DefaultSelector()
+        try:
+            self._wake_r, self._wake_w = _nonblocking_pipe()
+        except OSError:
+            selector.close()
+            raise
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        self._selector, self._registered = selector, {}  # {fd: events the selector watches}
+        self._dirty.update(self._ios)
         self._now = _monotonic()
-        self._open_selector()
 
-    def _open_selector(self):
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = _nonblocking_pipe()
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._changed.update(dict.fromkeys(self._ios, True))
-        self._registered = {}
+    def start(self, flags=0):
+        selector = self._selector or _sel_closed()
+        for fd in list(self._dirty):
+            self._register(selector, fd)
+        timers, timeout = self._timers, None
+        if flags & EVRUN_NOWAIT:
+            timeout = 0
+        elif timers:
+            timeout = min(max(0.0, timers[0][0] - _monotonic()), 86400.0)
+        ready = selector.select(timeout)
+        self._now = now = _monotonic()
+        fired = []
+        for key, mask in ready:
+            if key.fd == self._wake_r:
+                _drain(self._wake_r)
+                fired += [w for w in self._asyncs if w._sent]
+            else:
+                fired += [w for w in self._ios.get(key.fd, ()) if w._revents & mask]
+        while timers and timers[0][0] <= now:
+            watcher = timers[0][2]
+            if watcher is not None:
+                fired.append(watcher)
+                watcher.stop()  # a one-shot timer stops as it fires
+            else:
+                heappop(timers)
+        for watcher in fired:
+            if type(watcher) is _SelAsync:
+                watcher._sent = False
+            watcher.callback(watcher, watcher._revents)
+        return True
 
-    def _close_selector(self):
-        self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+    def _register(self, selector, fd):
+        events = 0
+        for watcher in self._ios.get(fd, ()):
+            events |= watcher._revents
+        try:
+            if fd in self._registered:
+                selector.modify(fd, events)
+            else:
+                selector.register(fd, events)
+            self._registered[fd] = events
+        except (OSError, ValueError):  # closed behind the watchers' backs: fail them, as libev does
+            for watcher in list(self._ios.get(fd, ())):
+                watcher.stop()
+                watcher.callback(watcher, watcher._revents)
+        self._dirty.discard(fd)
+
+    def _unregister(self, fd):
+        if self._registered.pop(fd, None) is not None:
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass  # closed already: the kernel forgot it
+
+    def update(self):
+        self._now = _monotonic()
 
     def reset(self):
         """Rebuild the selector in a forked child (it shares the parent's otherwise)."""
-        if self._selector is None:
-            raise _SelError("this loop is closed: its hub was destroyed")
-        self._close_selector()
-        self._open_selector()
+        self._selector or _sel_closed()
+        self._close()
+        self._open()
+
+    def _close(self):
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def __del__(self):
         if getattr(self, "_selector", None) is not None:
             self._close()
 
-    def _wake(self):  # from any thread
-        try:
-            os.write(self._wake_w, b"\0")
-        except OSError:
-            pass  # the pipe is full (a wake-up is pending anyway) or closed
-
-    def _close(self):
-        if self._selector is not None:
-            self._close_selector()
-            self._selector = None
-
-    def start(self, flags=0):
-        if self._selector is None:
-            raise _SelError("this loop is closed: its hub was destroyed")
-        me, runner = threading.get_ident(), self._runner
-        if runner not in (None, me):
-            raise _SelError("this loop is running in another thread: use one loop (one hub) per thread")
-        self.depth += 1
-        self._break, self._runner = False, me
-        try:
-            while True:
-                self._run_once(flags)
-                if flags or self._break or self._refs <= 0:
-                    return self._refs > 0
-        finally:
-            self.depth -= 1
-            self._runner = runner
-
-    def _run_once(self, flags):
-        self.iteration += 1
-        self._queue(self._prepares, EV_PREPARE)
-        self._invoke_pending()
-        self._update_registrations()
-        timeout = None
-        if flags & EVRUN_NOWAIT or self._idles or self._refs <= 0:
-            timeout = 0
-        elif self._timers:
-            timeout = min(max(0.0, self._timers[0][0] - _monotonic()), 3600.0)  # select() has a limit
-        ready = self._selector.select(timeout)
-        self._now = _monotonic()
-        for key, mask in ready:
-            if key.fileobj is self._wake_r:
-                self._drain_wakeups()
-                continue
-            for watcher in self._ios.get(key.fd, ()):
-                if watcher._events & mask:
-                    watcher.feed(watcher._events & mask)
-        self._expire_timers()
-        if not self._pending:
-            self._queue(self._idles, EV_IDLE)
-        self._queue(self._checks, EV_CHECK)
-        self._invoke_pending()
-
-    def _drain_wakeups(self):
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except OSError:
-            pass
-        for watcher in self._asyncs:
-            if watcher._sent:
-                watcher._sent = False
-                watcher.feed(EV_ASYNC)
-
-    def _expire_timers(self):
-        timers, now = self._timers, self._now
-        while timers and timers[0][0] <= now:
-            when, _, watcher = heappop(timers)
-            if watcher is None:
-                continue  # stopped
-            if watcher._repeat:
-                watcher._entry = entry = [max(when + watcher._repeat, now), self._next_sequence(), watcher]
-                heappush(timers, entry)
-            else:  # a one-shot timer stops itself as it fires
-                watcher._entry, watcher._active = None, False
-                self._refs -= 1
-            watcher.feed(EV_TIMER)
-
-    def _next_sequence(self):
-        self._sequence += 1
-        return self._sequence
-
-    def _queue(self, watchers, revents):
-        for watcher in watchers:
-            watcher.feed(revents)
-
-    def _invoke_pending(self):
-        pending = self._pending
-        while pending:
-            watcher, revents = pending.popleft()
-            if watcher._fed:  # stop() clears a pending event, as in libev
-                watcher._fed = False
-                try:
-                    watcher.callback(watcher, revents)
-                except BaseException as exc:
-                    if self.debug:
-                        raise
-                    _report_callback_error(exc, watcher)
-
-    def _update_registrations(self):
-        # Like libev, touch the kernel only for fds whose watchers changed
-        # since the last poll, and re-register an fd whose watcher was (re)set:
-        # its number may now name a new file that the OS knows nothing about.
-        changed, self._changed = self._changed, {}
-        for fd, was_set in changed.items():
-            want = 0
-            for watcher in self._ios.get(fd, ()):
-                want |= watcher._events
-            have = self._registered.get(fd, 0)
-            if want == have and not was_set:
-                continue
-            if have:
-                try:
-                    self._selector.unregister(fd)
-                except (KeyError, ValueError, OSError):
-                    pass
-                del self._registered[fd]
-            if want:
-                try:
-                    self._selector.register(fd, want)
-                    self._registered[fd] = want
-                except Exception:  # closed behind the watcher's back, or the loop's own: fail its watchers
-                    for watcher in list(self._ios.get(fd, ())):
-                        watcher.stop()
-                        watcher.feed(EV_ERROR | EV_READ | EV_WRITE)
-
-    def stop(self, how=EVBREAK_ONE):
-        self._break = True
-
-    def now(self):
-        return self._now
-
-    def update(self):
-        self._now = _monotonic()
-
-    def _active_watchers(self):
-        return (sum(map(len, self._ios.values())) + sum(e[2] is not None for e in self._timers)
-                + sum(w._active for w in self._prepares + self._checks + self._idles + self._asyncs))
-
-    def ref(self):
-        self._refs += 1
-
-    def unref(self):
-        self._refs -= 1
-
-    backend = property(lambda self: {"EpollSelector": EVBACKEND_EPOLL, "KqueueSelector": EVBACKEND_KQUEUE,
-                                     "PollSelector": EVBACKEND_POLL}.get(type(self._selector).__name__,
-                                                                         EVBACKEND_SELECT))
-    pending = property(lambda self: len(self._pending))
-
 
 class _SelWatcher:
-    """The part every watcher of the selectors stand-in shares."""
+    __slots__ = ("loop", "callback", "data", "active", "_revents")
 
-    __slots__ = ("loop", "callback", "data", "_priority", "_active", "_fed", "__weakref__")
-    _registry = None  # the name of the loop's list of active watchers of this kind
-
-    def __init__(self, loop, callback, data=None, priority=0):
+    def __init__(self, loop, callback):
         if not isinstance(loop, _SelLoop):
             raise TypeError(f"loop must be a Loop, not {type(loop).__name__}")
-        self._active = self._fed = False
-        self.loop, self.callback, self.data, self.priority = loop, callback, data, priority
+        self.loop, self.callback, self.data, self.active = loop, callback, None, False
 
     def start(self):
-        if not self._active:
-            self._active = True
-            self.loop._refs += 1
-            self._add()
+        if not self.active:
+            self.loop._selector or _sel_closed()
+            self._add()  # first, and idempotent: an interrupted start is redone, never half-done
+            self.active = True
 
     def stop(self):
-        self._fed = False
-        if self._active:
-            self._active = False
-            self.loop._refs -= 1
+        if self.active:
+            self.active = False
             self._remove()
 
-    def _add(self):
-        getattr(self.loop, self._registry).append(self)
-
-    def _remove(self):
-        getattr(self.loop, self._registry).remove(self)
-
-    def feed(self, revents):
-        self._fed = True
-        self.loop._pending.append((self, revents))
-
-    def invoke(self, revents):
-        self.callback(self, revents)
-
     def _check_inactive(self):
-        if self._active:
+        if self.active:
             raise _SelError("cannot set a watcher while it is active: stop it first")
-
-    active = property(lambda self: self._active)
-    pending = property(lambda self: self._fed)
-
-    @property
-    def priority(self):
-        return self._priority
-
-    @priority.setter
-    def priority(self, value):
-        self._check_inactive()
-        self._priority = max(-2, min(2, value))
 
 
 class _SelIo(_SelWatcher):
-    __slots__ = ("_fd", "_events", "_was_set")
+    __slots__ = ("_fd",)
     __doc__ = _EvIo.__doc__
 
-    def __init__(self, fd, events, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
+    def __init__(self, fd, events, loop, callback):
+        super().__init__(loop, callback)
         self.set(fd, events)
 
     def set(self, fd, events):
         self._check_inactive()
-        fd = _fileno(fd)
-        os.get_inheritable(fd)  # OSError(EBADF) for an fd that is not open, as libev's binding
-        if not events or events & ~(EV_READ | EV_WRITE):
+        if _index(fd) < 0:
+            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+        if events not in (EV_READ, EV_WRITE, EV_READ | EV_WRITE):
             raise _SelError("illegal event mask: use EV_READ, EV_WRITE or both")
-        self._fd, self._events, self._was_set = fd, events, True
+        self._fd, self._revents = fd, events
 
     def _add(self):
-        self.loop._ios.setdefault(self._fd, []).append(self)
-        self._mark_changed()
+        self.loop._ios.setdefault(self._fd, {})[self] = None
+        self.loop._dirty.add(self._fd)
 
     def _remove(self):
-        watchers = self.loop._ios[self._fd]
-        watchers.remove(self)
-        if not watchers:
-            del self.loop._ios[self._fd]
-        self._mark_changed()
-
-    def _mark_changed(self):
-        changed = self.loop._changed
-        changed[self._fd] = changed.get(self._fd, False) or self._was_set
-        self._was_set = False
-
-    fd = property(lambda self: self._fd)
-    events = property(lambda self: self._events)
+        loop, fd = self.loop, self._fd
+        watchers = loop._ios.get(fd, {})
+        watchers.pop(self, None)
+        if watchers:
+            loop._dirty.add(fd)
+        else:  # now, not at the next poll: a new file may take this fd number meanwhile
+            loop._ios.pop(fd, None)
+            loop._dirty.discard(fd)
+            if loop._selector is not None:
+                loop._unregister(fd)
 
 
 class _SelTimer(_SelWatcher):
-    __slots__ = ("_after", "_repeat", "_entry")
+    __slots__ = ("_after", "_entry")
     __doc__ = _EvTimer.__doc__
 
-    def __init__(self, after, repeat, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
-        self._entry = None
+    def __init__(self, after, repeat, loop, callback):
+        super().__init__(loop, callback)
+        self._revents, self._entry = EV_TIMER, None
         self.set(after, repeat)
 
     def set(self, after, repeat):
         self._check_inactive()
         _check_timer(after, repeat)
-        self._after, self._repeat = float(after), float(repeat)
+        self._after = after
 
     def _add(self):
         loop = self.loop
-        self._entry = [loop._now + self._after, loop._next_sequence(), self]
-        heappush(loop._timers, self._entry)
+        if self._entry is None:
+            loop._sequence += 1
+            self._entry = entry = [loop._now + self._after, loop._sequence, self]
+            heappush(loop._timers, entry)
+            if len(loop._timers) > 1024:  # stopped entries pile up until their time comes
+                loop._timers = [e for e in loop._timers if e[2] is not None]
+                heapify(loop._timers)
 
     def _remove(self):
-        loop = self.loop
-        self._after = self._entry[0] - loop._now  # as libev keeps the time left
-        self._entry[2] = self._entry = None
-        if len(loop._timers) > 64 and sum(e[2] is None for e in loop._timers) * 2 > len(loop._timers):
-            loop._timers = [e for e in loop._timers if e[2] is not None]  # drop stopped entries
-            heapify(loop._timers)
-
-    def reset(self):
-        if self._active:
-            self.stop()
-        if self._repeat:
-            self._after = self._repeat
-            self.start()
-
-    repeat = property(lambda self: self._repeat)
-    remaining = property(lambda self: self._entry[0] - self.loop._now if self._entry else 0.0)
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            entry[2] = None
 
 
 class _SelAsync(_SelWatcher):
     __slots__ = ("_sent",)
     __doc__ = _EvAsync.__doc__
-    _registry = "_asyncs"
 
-    def __init__(self, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
-        self._sent = False
-
-    def _add(self):
-        self._sent = False  # as libev's ev_async_start does
-        super()._add()
-
-    def send(self):
-        self._sent = True
-        self.loop._wake()
-
-    sent = property(lambda self: self._sent)
-
-
-class _SelSignal(_SelWatcher):
-    """pyev.Signal on Python's signal module (so it works in the main thread only)."""
-
-    __slots__ = ("_signum", "_previous")
-
-    def __init__(self, signum, loop, callback, data=None, priority=0):
-        super().__init__(loop, callback, data, priority)
-        self.set(signum)
-
-    def set(self, signum):
-        self._check_inactive()
-        self._signum = signum
+    def __init__(self, loop, callback):
+        super().__init__(loop, callback)
+        self._revents, self._sent = EV_ASYNC, False
 
     def _add(self):
-        import signal
-        owner = _ev_signal_loops.setdefault(self._signum, self.loop)
-        if owner is not self.loop:
-            self._active = False
-            self.loop._refs -= 1
-            raise _SelError(f"signal {self._signum} is already watched by another loop")
-        try:
-            self._previous = signal.signal(self._signum, self._on_signal)
-        except ValueError as exc:
-            self._active = False
-            self.loop._refs -= 1
-            raise _SelError(f"cannot watch signal {self._signum}: {exc}") from None
-
-    def _on_signal(self, signum, frame):
-        self.feed(EV_SIGNAL)
-        self.loop._wake()
+        self.loop._asyncs[self] = None
 
     def _remove(self):
-        import signal
-        signal.signal(self._signum, self._previous)
-        _ev_signal_loops.pop(self._signum, None)
+        self.loop._asyncs.pop(self, None)
 
-    signum = property(lambda self: self._signum)
-
-
-def _sel_watcher_class(registry, doc):
-    return type(f"_Sel{registry[1:-1].title()}", (_SelWatcher,),
-                {"__slots__": (), "__doc__": doc, "_registry": registry})
-
-
-_SelIdle = _sel_watcher_class("_idles", _EvIdle.__doc__)
-_SelPrepare = _sel_watcher_class("_prepares", _EvPrepare.__doc__)
-_SelCheck = _sel_watcher_class("_checks", _EvCheck.__doc__)
+    def send(self):
+        if not self.active or self.loop._selector is None:
+            raise _SelError("start the Async before send(); a closed loop has none active")
+        self._sent = True
+        try:
+            os.write(self.loop._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending anyway
 
 
 def _load_selectors():
-    return _Namespace("selectors", Loop=_SelLoop, Io=_SelIo, Timer=_SelTimer, Signal=_SelSignal,
-                      Idle=_SelIdle, Prepare=_SelPrepare, Check=_SelCheck, Async=_SelAsync,
-                      Error=_SelError, time=_time.time, version=lambda: (4, 33), abi_version=lambda: (4, 33))
+    return _Namespace("selectors", Loop=_SelLoop, Io=_SelIo, Timer=_SelTimer, Async=_SelAsync, Error=_SelError)
 
 
 # --- choosing the backend ---------------------------------------------------
@@ -1029,14 +662,21 @@ def _use_backend(name):
 # ---------------------------------------------------------------------------
 # The hub
 #
-# Speed comes from the shape of the hub's loop more than from the backend:
-# watcher callbacks run inside libev (a C callback), where switching greenlets
-# is slow and an exception cannot propagate. So a callback only appends the
-# watcher to self._fired; the hub runs the loop one pass at a time and, back
-# in its own Python code, switches to each fired watcher's waiter.
+# Watcher callbacks run inside the loop (inside C), where switching greenlets
+# is slow and an exception cannot propagate. So every watcher's callback is
+# the C builtin `_fired.__setitem__`, which records the watcher and runs no
+# Python code: no signal handler can run inside the loop, and whatever a
+# signal handler raises comes out of loop.start() itself. Back in its own
+# Python code the hub wakes the waiter of each fired watcher.
+#
+# The hub owns the fds it waits on, so it keeps their table ({fd: _Fd}): who
+# waits for each direction, and the watcher of each. A socket's watchers stay
+# started between waits (a wait is "set the waiter, switch"); one that fires
+# with nobody waiting is stopped. The socket tells the hub before it closes.
 
 _local = threading.local()
-_MAIN_HOOKS_INSTALLED = []  # one-shot guard for the process-wide hooks
+_CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
+_NOT_FROM_HUB = "cannot block inside the hub: call blocking functions from a spawned greenlet, not a hub callback"
 
 
 def get_hub():
@@ -1050,7 +690,7 @@ def get_hub():
 
 
 class _LoopCloser:
-    """Sits beside the hub in the thread-local: when the thread ends, it closes the loop's fds.
+    """Sits beside the hub in the thread-local: when the thread ends, it closes the loop.
 
     (The hub itself lives on in a reference cycle with its suspended frame.)
     """
@@ -1067,6 +707,28 @@ class _LoopCloser:
             pass
 
 
+class _Fd:
+    """What a hub knows of one fd: the greenlet waiting and the watcher, per direction."""
+
+    __slots__ = ("fd", "waiters", "watchers", "owner")
+
+    def __init__(self, fd, owner):
+        self.fd, self.owner = fd, owner  # owner: a weak reference to the socket, None for a raw fd
+        self.waiters, self.watchers = [None, None], [None, None]  # [reading, writing]
+
+
+class _Drain:
+    """Stands as the waiter of the signal wake-up pipe: waking it empties the pipe."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def switch(self):
+        _drain(self.fd)
+
+
 class Hub(greenlet):
     """The greenlet that runs this thread's event loop and wakes parked greenlets."""
 
@@ -1075,24 +737,36 @@ class Hub(greenlet):
         while root.parent is not None:
             root = root.parent
         super().__init__(parent=root)  # the thread's main greenlet gets LoopExit and Ctrl-C
+        # libev makes its wake-up fd when the first Async starts, and retries
+        # pipe() for ever (pyev: aborts) if no fd is free: fail here with EMFILE.
+        for fd in os.pipe():
+            os.close(fd)
         self.ev = pyev
         self.loop = pyev.Loop()
-        self._fired = fired = deque()  # watchers that fired in the last loop pass
-        self._fire = lambda watcher, revents, append=fired.append: append(watcher)
+        self._fired = {}               # {watcher: revents} recorded by the loop in one pass
+        self._record = self._fired.__setitem__
+        self._fds = {}                 # {fd: _Fd}
+        self._waiting = 0              # greenlets parked on an fd or on a worker thread
         self._callbacks = deque()      # _Callback handles, run in order on the next pass
-        self._timers = []              # heap of (when, sequence, _Callback) from run_later()
+        self._timers = []              # heap of (when, sequence, _Callback)
         self._timer_sequence = 0
-        self._timer_refs = 0           # timers that keep the loop alive (ref=True, not stopped)
-        self._stopped_timers = 0       # stopped entries still in the heap
-        self._clock = self.ev.Timer(0.0, 0.0, self.loop, self._fire)  # wakes the poll for _timers
+        self._timer_refs = 0           # pending timers that keep the hub alive (ref=True)
+        self._clock = pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
         self._clock_when = None        # when the clock is set to fire (None: stopped)
-        self._clock_ref = True         # False while the clock is unref'd
-        self._in_loop = False
-        self._loop_errors = []         # what watcher callbacks raised inside the loop
+        self._incoming = deque()       # (func, args) handed over by other threads
+        self._thread = threading.get_ident()
+        self._wake_lock = threading.Lock()  # no thread wakes the loop while destroy() closes it
+        self._wakeup = pyev.Async(self.loop, self._record)
+        self._destroyed = False
         self._signal_wakeup = None
+        self._wakeup.start()
         _install_process_hooks()
         if threading.current_thread() is threading.main_thread():
-            self._watch_signal_wakeup()
+            try:
+                self._watch_signal_wakeup()
+            except OSError:
+                self._wakeup.stop()  # pyev would free it active
+                raise
 
     def _watch_signal_wakeup(self):
         # A signal delivered to another thread does not interrupt this
@@ -1105,10 +779,10 @@ class Hub(greenlet):
         except ValueError:
             previous = None
         if previous == -1:
-            watcher = self.ev.Io(pipe[0], EV_READ, self.loop, _drain_pipe, pipe[0])
-            watcher.start()
-            self.loop.unref()  # it must not keep the loop alive: see LoopExit
-            self._signal_wakeup = (watcher, pipe)
+            entry = _Fd(pipe[0], None)
+            entry.waiters[0] = _Drain(pipe[0])
+            self._watch(entry, 0).start()
+            self._signal_wakeup = (entry, pipe)
             return
         if previous is not None:
             signal.set_wakeup_fd(previous)  # not ours: put the other one back
@@ -1118,10 +792,9 @@ class Hub(greenlet):
     def _stop_signal_wakeup(self):
         if self._signal_wakeup:
             import signal
-            watcher, pipe = self._signal_wakeup
+            entry, pipe = self._signal_wakeup
             self._signal_wakeup = None
-            self.loop.ref()
-            watcher.stop()
+            entry.watchers[0].stop()
             try:
                 previous = signal.set_wakeup_fd(-1)
                 if previous != pipe[1]:
@@ -1133,149 +806,198 @@ class Hub(greenlet):
 
     # -- parking and waking -------------------------------------------------
 
-    def wait(self, watcher):
-        """Park the current greenlet until `watcher` fires; return what woke it.
+    def wait(self, entry, events, deadline=None):
+        """Park the current greenlet until entry's fd is ready for events (EV_READ, EV_WRITE, both).
 
-        Starts the watcher, switches to the hub, and stops the watcher however
-        the wait ends (a Timeout, a kill). Raises ConcurrentObjectUseError if
-        another greenlet already waits on this watcher.
+        The one primitive that parks a greenlet on I/O. Raises TimeoutError
+        past `deadline` (a time.monotonic() value), OSError(EBADF) if the fd
+        is closed meanwhile, ConcurrentObjectUseError if another greenlet
+        waits on the fd for the same direction.
         """
         current = getcurrent()
         if current is self:
-            raise BlockingSwitchOutError("cannot block inside the hub: call blocking "
-                                         "functions from a spawned greenlet, not from a hub callback")
-        if watcher.data is not None:
-            raise ConcurrentObjectUseError(f"{watcher!r} is already waited on by {watcher.data!r}")
-        watcher.data = current
-        watcher.start()
+            raise BlockingSwitchOutError(_NOT_FROM_HUB)
+        waiters, watchers = entry.waiters, entry.watchers
+        for i in (events - 1,) if events != 3 else (0, 1):
+            other = waiters[i]
+            if other is not None and other is not current and not other.dead:
+                raise ConcurrentObjectUseError(
+                    f"This fd ({entry.fd}) is already used by another greenlet for "
+                    f"{('reading', 'writing')[i]}: {other!r} waits on it; use one greenlet per "
+                    f"direction, or a lock")
+            (watchers[i] or self._watch(entry, i)).start()
+        timer = None
+        if deadline is not None:
+            if deadline <= _monotonic():  # a watcher that keeps firing would outrun the timer
+                raise TimeoutError("timed out")
+            timer = self._at(deadline, _wake_timed_out, (entry, current), 0)
+        # From here to the try, and all through the finally, no call: a signal
+        # handler runs only at calls and loops, so the bookkeeping is atomic.
+        if events == EV_READ:
+            waiters[0] = current
+        elif events == EV_WRITE:
+            waiters[1] = current
+        else:
+            waiters[0] = waiters[1] = current
+        self._waiting += 1
         try:
             return greenlet.switch(self)
         finally:
-            watcher.stop()
-            watcher.data = None
+            self._waiting -= 1
+            if waiters[0] is current:
+                waiters[0] = None
+            if waiters[1] is current:
+                waiters[1] = None
+            if timer is not None:
+                timer.func = None
+
+    def _watch(self, entry, i):
+        watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record)
+        watcher.data = (entry.waiters, i)
+        entry.watchers[i] = watcher
+        return watcher
+
+    def _entry(self, fd, owner=None):
+        """Return this hub's entry for fd, made when needed; owner: a weakref to the socket."""
+        entry = self._fds.get(fd)
+        if entry is not None and entry.owner is not None:
+            sock = entry.owner()
+            if sock is None or sock.fileno() != fd:  # dropped unclosed, or closed by another thread
+                self._forget(entry)
+                entry = None
+        if entry is None:
+            self._fds[fd] = entry = _Fd(fd, owner)
+        elif entry.owner is None:
+            entry.owner = owner
+        return entry
+
+    def _forget(self, entry):
+        """Stop watching entry's fd (about to close): its waiters get EBADF on the next pass."""
+        if self._fds.get(entry.fd) is entry:
+            del self._fds[entry.fd]
+        for watcher in entry.watchers:
+            if watcher is not None:
+                watcher.stop()
+                watcher.data = None
+        for waiter in entry.waiters:
+            if waiter is not None:
+                self.run_callback(_wake_closed, entry, waiter)
 
     def switch(self, *args):
         """Switch to the hub; it switches back when something wakes this greenlet."""
         if getcurrent() is self:
-            raise BlockingSwitchOutError("cannot block inside the hub: call blocking "
-                                         "functions from a spawned greenlet, not from a hub callback")
+            raise BlockingSwitchOutError(_NOT_FROM_HUB)
         return greenlet.switch(self, *args)
 
     def run_callback(self, func, *args):
         """Call func(*args) from the hub on its next pass; return a handle with .stop()."""
-        callback = _Callback(func, args)
+        callback = _Callback(func, args, self, 0)
         self._callbacks.append(callback)
         return callback
 
     def run_later(self, seconds, func, *args, ref=True):
         """Call func(*args) from the hub after `seconds`; return a handle with .stop().
 
-        With ref=False the pending call does not keep the loop alive.
+        With ref=False the pending call does not keep the hub alive.
         """
+        return self._at(_monotonic() + seconds, func, args, 1 if ref else 0)
+
+    def _at(self, when, func, args, ref):
         # Deadlines live in a heap here, and one loop timer (the clock) wakes
-        # the poll for the earliest: a Timeout costs a heap push, not a loop
-        # watcher, and a cancelled one is dropped lazily when it surfaces.
+        # the poll for the earliest: a timeout costs a heap push, not a loop
+        # watcher, and a cancelled one is dropped when it surfaces, or when
+        # the heap is swept every 1,024 pushes.
         callback = _Callback(func, args, self, ref)
-        self._timer_sequence += 1
-        heappush(self._timers, (_monotonic() + seconds, self._timer_sequence, callback))
+        self._timer_sequence = sequence = self._timer_sequence + 1
+        heappush(self._timers, (when, sequence, callback))
         self._timer_refs += ref
+        if not sequence & 1023 and len(self._timers) > 1024:
+            self._timers = [entry for entry in self._timers if entry[2].func is not None]
+            heapify(self._timers)
         return callback
 
     def _run_due_timers(self):
         """Move due timers to the callbacks; set the clock for the next one."""
-        timers, now, clock, loop = self._timers, _monotonic(), self._clock, self.loop
-        if self._clock_when is not None and not clock.active:  # it fired, and stopped itself
-            self._clock_when = None
-            if not self._clock_ref:  # libev counted that stop against the loop: even it out
-                loop.ref()
-                self._clock_ref = True
+        timers, now, clock = self._timers, _monotonic(), self._clock
         while timers:
             when, _, callback = timers[0]
-            if callback.func is None:
-                heappop(timers)
-                self._stopped_timers -= 1
-            elif when <= now:
-                heappop(timers)
-                callback.hub = None
-                self._timer_refs -= callback.ref
-                self._callbacks.append(callback)
-            else:
-                break
-        # Set the clock only when the next deadline is earlier than the one it
-        # is set for: a clock that fires early just sets itself again.
+            if callback.func is not None:
+                if when > now:
+                    break
+                self._callbacks.append(callback)  # before the pop: an interrupted move runs it once
+            heappop(timers)
+        if self._clock_when is not None and not clock.active:  # it fired
+            self._clock_when = None
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
-            self._stop_clock()
+            # Set the clock only when the next deadline is earlier than the one
+            # it is set for: a clock that fires early just sets itself again.
+            clock.stop()
             self._clock_when = timers[0][0]
             clock.set(max(self._clock_when - now, 0.0), 0.0)
-            loop.update()  # loop.now() goes stale while greenlets run
+            self.loop.update()  # the loop's cached time goes stale while greenlets run
             clock.start()
-        elif not timers and self._clock_when is not None:
-            self._stop_clock()
-        if self._clock_when is not None and self._clock_ref != (self._timer_refs > 0):
-            self._clock_ref = not self._clock_ref
-            (loop.ref if self._clock_ref else loop.unref)()
 
-    def _drop_stopped_timers(self):
-        # Cancelled timeouts would otherwise pile up until their deadline.
-        self._timers[:] = [entry for entry in self._timers if entry[2].func is not None]
-        heapify(self._timers)
-        self._stopped_timers = 0
-
-    def _stop_clock(self):
-        if not self._clock_ref:
-            self.loop.ref()  # as libev asks before stopping an unref'd watcher
-            self._clock_ref = True
-        self._clock.stop()
-        self._clock_when = None
-
-    def io(self, fd, events):
-        """Return a new io watcher whose firing wakes the greenlet waiting on it."""
-        return self.ev.Io(fd, events, self.loop, self._fire)
+    def _run_threadsafe(self, func, *args):
+        """From any thread: have the hub call func(*args); False if the hub is gone."""
+        with self._wake_lock:
+            if self._destroyed:
+                return False
+            self._incoming.append((func, args))
+            self._wakeup.send()
+        return True
 
     # -- the loop -----------------------------------------------------------
 
     def run(self):
         """Run callbacks, poll once, wake the waiters of fired watchers; repeat."""
-        loop, fired, callbacks, popleft = self.loop, self._fired, self._callbacks, self._fired.popleft
-        while True:
+        loop, fired, callbacks, incoming = self.loop, self._fired, self._callbacks, self._incoming
+        while not self._destroyed:
             try:
-                while True:
-                    for _ in range(len(callbacks)):  # only those queued before this pass:
-                        callback = callbacks.popleft()  # a sleep(0) loop must let I/O in
-                        func = callback.func
-                        if func is not None:
-                            callback.func = None
+                for _ in range(len(callbacks)):  # only those queued before this pass:
+                    callback = callbacks.popleft()  # a sleep(0) loop must let I/O in
+                    func = callback.func
+                    if func is not None:
+                        callback.func = None
+                        self._timer_refs -= callback.ref
+                        try:
                             func(*callback.args)
-                    if self._timers or self._clock_when is not None:
-                        self._run_due_timers()
-                    if sys.unraisablehook is not _unraisable_hook:
-                        _wrap_unraisablehook()
-                    self._in_loop = True
-                    alive = loop.start(EVRUN_NOWAIT if callbacks else EVRUN_ONCE)
-                    self._in_loop = False
-                    if self._loop_errors:
-                        errors, self._loop_errors = self._loop_errors, []
-                        for error in errors[1:]:
-                            self.handle_error(self, error)
-                        raise errors[0]
-                    if fired:  # the woken may start watchers: the next pass decides
-                        while fired:
-                            waiter = popleft().data
-                            if waiter is not None:
-                                waiter.switch()
-                    elif not alive and not callbacks:
-                        self.parent.throw(LoopExit(
-                            "This operation would block forever: no watcher is active and no callback "
-                            "is scheduled, so nothing can wake the waiting greenlet. Did you forget to "
-                            "spawn the greenlet that was to wake it, or to start its watcher?"))
-            except (KeyboardInterrupt, SystemExit) as exc:
-                self._in_loop = False
-                self.parent.throw(exc)
+                        except BaseException as exc:
+                            self.handle_error(func, exc)
+                while incoming:
+                    func, args = incoming.popleft()
+                    self.run_callback(func, *args)
+                if self._timers:
+                    self._run_due_timers()
+                if callbacks:
+                    loop.start(EVRUN_NOWAIT)
+                elif self._waiting or self._timer_refs:
+                    loop.start(EVRUN_ONCE)
+                else:
+                    self.parent.throw(LoopExit(
+                        "This operation would block forever: no greenlet waits on I/O and no timer "
+                        "or callback is pending, so nothing can wake the waiting greenlet. Did you "
+                        "forget to spawn the greenlet that was to wake it?"))
+                    continue
+                if fired:
+                    watchers = list(fired)
+                    fired.clear()
+                    for watcher in watchers:
+                        data = watcher.data
+                        if data is not None:
+                            waiter = data[0][data[1]]
+                            if waiter is None:
+                                watcher.stop()  # nobody waits: a ready fd would fire every pass
+                            else:
+                                try:
+                                    waiter.switch()
+                                except BaseException as exc:  # a raw greenlet died
+                                    self.handle_error(waiter, exc)
             except GreenletExit:  # destroy(), or the hub was garbage-collected
                 return
-            except BaseException as exc:
-                self._in_loop = False
-                self.handle_error(self, exc)
+            except BaseException as exc:  # from the loop: what a signal handler raised
+                if self._destroyed:
+                    return
+                self.parent.throw(exc)
 
     def handle_error(self, where, exc):
         """Report an exception that escaped a callback or greenlet; the hub carries on.
@@ -1289,17 +1011,16 @@ class Hub(greenlet):
             print(f"{where!r} failed with {type(exc).__name__}", file=sys.stderr)
 
     def stats(self):
-        """Return counts for tests and debugging: active watchers (None on real pyev), pending
-        timers (run_later, Timeout, sleep) and callbacks."""
-        count = getattr(self.loop, "_active_watchers", None)
-        return {"backend": self.ev.__name__, "active_watchers": count() if count else None,
-                "timers": len(self._timers) - self._stopped_timers,
+        """Return counts for tests and debugging: fds watched, greenlets waiting on them,
+        pending timers (run_later, Timeout, sleep, socket timeouts) and callbacks."""
+        return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": self._waiting,
+                "timers": sum(entry[2].func is not None for entry in self._timers),
                 "callbacks": sum(c.func is not None for c in self._callbacks)}
 
     def destroy(self):
         """End this hub and close its loop; the thread gets a new hub on next use.
 
-        Greenlets parked on it stay parked for good.
+        Greenlets parked on it stay parked for good. Safe from any greenlet of its thread.
         """
         self._close_loop()
         if getattr(_local, "hub", None) is self:
@@ -1308,10 +1029,17 @@ class Hub(greenlet):
             greenlet.throw(self, GreenletExit)
 
     def _close_loop(self):
+        with self._wake_lock:
+            self._destroyed = True
         self._stop_signal_wakeup()
-        if self._clock_when is not None:
-            self._stop_clock()
-        close = getattr(self.loop, "_close", None)  # real pyev closes its loop when collected
+        for entry in list(self._fds.values()):
+            for watcher in entry.watchers:
+                if watcher is not None:
+                    watcher.stop()
+        self._fds.clear()
+        self._clock.stop()
+        self._wakeup.stop()
+        close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
 
@@ -1319,24 +1047,50 @@ class Hub(greenlet):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
 
 
+def _wake_timed_out(entry, waiter):
+    if waiter in entry.waiters:  # still parked in that very wait
+        waiter.throw(TimeoutError("timed out"))
+
+
+def _wake_closed(entry, waiter):
+    if waiter in entry.waiters:
+        waiter.throw(OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
+
+
 class _Callback:
     __slots__ = ("func", "args", "hub", "ref")
 
-    def __init__(self, func, args, hub=None, ref=False):
-        self.func, self.args, self.hub, self.ref = func, args, hub, ref  # hub: set while in its timer heap
+    def __init__(self, func, args, hub, ref):
+        self.func, self.args, self.hub, self.ref = func, args, hub, ref
 
     def stop(self):
         """Cancel the call if it has not run yet."""
         if self.func is not None:
             self.func = self.args = None
-            hub = self.hub
-            if hub is not None:
-                hub._timer_refs -= self.ref
-                hub._stopped_timers += 1
-                if hub._stopped_timers > 256 and hub._stopped_timers * 2 > len(hub._timers):
-                    hub._drop_stopped_timers()
+            self.hub._timer_refs -= self.ref
 
     pending = property(lambda self: self.func is not None)
+
+
+def _check_fd(fd):
+    """Return fd as an int if a loop may watch it; else raise as select() does."""
+    if not isinstance(fd, int):
+        if not hasattr(fd, "fileno"):
+            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd).__name__}")
+        fd = fd.fileno()
+    fd = _index(fd)
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    if not _stat.S_IFMT(os.fstat(fd).st_mode) and _is_epoll(fd):  # fstat: OSError(EBADF) if not open
+        raise OSError(_errno.EINVAL, f"cannot wait on fd {fd}: it is an epoll instance, which no loop can watch")
+    return fd
+
+
+def _is_epoll(fd):
+    try:
+        return "eventpoll" in os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
 
 
 def _nonblocking_pipe():
@@ -1346,49 +1100,31 @@ def _nonblocking_pipe():
     return pipe
 
 
-def _drain_pipe(watcher, revents):
+def _drain(fd):
     try:
-        while os.read(watcher.data, 4096):
+        while os.read(fd, 4096):
             pass
     except OSError:
         pass
 
 
+_PROCESS_HOOKS = []  # one-shot guard for the process-wide hooks
+
+
 def _install_process_hooks():
-    if not _MAIN_HOOKS_INSTALLED:
-        _MAIN_HOOKS_INSTALLED.append(True)
+    if not _PROCESS_HOOKS:
+        _PROCESS_HOOKS.append(True)
         os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-_previous_unraisablehook = None
-
-
-def _unraisable_hook(unraisable):
-    # An exception raised in a watcher callback cannot cross libev (nor a
-    # ctypes callback, nor real pyev): it arrives here. While this thread's
-    # hub runs its loop, hand it to the hub to raise, so that a Ctrl-C that
-    # lands inside a callback is never swallowed. The hub puts this hook back
-    # in front of whatever hook is current before each poll.
-    hub = getattr(_local, "hub", None)
-    if hub is not None and hub._in_loop and isinstance(unraisable.exc_value, BaseException):
-        hub._loop_errors.append(unraisable.exc_value)
-        return
-    previous = _previous_unraisablehook
-    (sys.__unraisablehook__ if previous in (None, _unraisable_hook) else previous)(unraisable)
-
-
-def _wrap_unraisablehook():
-    global _previous_unraisablehook
-    _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisable_hook
 
 
 def _after_fork_in_child():
     global _resolver_pool
     _resolver_pool = None  # its threads did not survive the fork
     hub = getattr(_local, "hub", None)
-    if hub is not None:
+    if hub is not None and not hub._destroyed:
+        hub._wake_lock = threading.Lock()  # another thread may have held it at the fork
         hub.loop.reset()
-        if hub._signal_wakeup:  # the parent owns that socketpair too
+        if hub._signal_wakeup:  # the parent owns that pipe too
             hub._stop_signal_wakeup()
             hub._watch_signal_wakeup()
 
@@ -1585,14 +1321,16 @@ def sleep(seconds=0):
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
     if seconds:
-        waking = hub.run_later(seconds, current.switch)
+        waking = hub._at(_monotonic() + seconds, current.switch, (), 1)
     else:
-        waking = _Callback(current.switch, ())
+        waking = _Callback(current.switch, (), hub, 0)
         hub._callbacks.append(waking)
     try:
         greenlet.switch(hub)
-    finally:
-        waking.stop()
+    finally:  # no call in here: see Hub.wait
+        if waking.func is not None:
+            waking.func = None
+            hub._timer_refs -= waking.ref
 
 
 def joinall(greenlets, timeout=None, raise_error=False):
@@ -1670,8 +1408,8 @@ class Timeout(BaseException):
         if self.pending:
             raise RuntimeError(f"{self!r} is already started; cancel it first")
         if self.seconds is not None:
-            self._raising = get_hub().run_later(_delay(self.seconds), self._raise_in, getcurrent(),
-                                                ref=self._ref)
+            self._raising = get_hub()._at(_monotonic() + _delay(self.seconds), self._raise_in,
+                                          (getcurrent(),), 1 if self._ref else 0)
 
     def cancel(self):
         """Stop the countdown, if it is running; safe to call at any time."""
@@ -1725,35 +1463,19 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
 # on EWOULDBLOCK parks on the socket's read or write watcher (created once per
 # socket, so the hot path creates no objects) and retries.
 
-_CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
 _CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
-
-
-class _Cancelled:
-    """Takes a waiter's place in watcher.data once its socket is closed: waking it raises EBADF."""
-
-    __slots__ = ("greenlet",)
-
-    def __init__(self, waiter):
-        self.greenlet = waiter
-
-    def switch(self):
-        self.greenlet.throw(OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
-
-    def __repr__(self):
-        return repr(self.greenlet)
 
 
 class socket(_stdsocket.socket):
     """The stdlib socket, cooperative: a blocking call parks only the calling greenlet."""
 
-    __slots__ = ("_timeout", "_hub", "_read_watcher", "_write_watcher")
+    __slots__ = ("_timeout", "_hub", "_entry")
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         super().__init__(family, type, proto, fileno)
         self._timeout = _socket.getdefaulttimeout()
         _socket.socket.settimeout(self, 0.0)
-        self._hub = self._read_watcher = self._write_watcher = None
+        self._hub = self._entry = None  # the hub that waits on this fd, and its entry for it
 
     # -- timeouts -----------------------------------------------------------
 
@@ -1783,63 +1505,49 @@ class socket(_stdsocket.socket):
 
     def _wait(self, events, deadline):
         """Park until the fd is ready for `events`; TimeoutError past `deadline`."""
-        hub = get_hub()
-        watcher = self._read_watcher if events == EV_READ else self._write_watcher
-        if watcher is None or self._hub is not hub:
-            watcher = self._make_watcher(hub, events)
-        if watcher.data is not None:
-            direction = "reading" if events == EV_READ else "writing"
-            raise ConcurrentObjectUseError(
-                f"This socket is already used by another greenlet for {direction}: {self!r} is "
-                f"waited on by {watcher.data!r}; use one greenlet per direction, or a lock")
-        if deadline is None:
-            hub.wait(watcher)
-        else:
-            remaining = deadline - _monotonic()
-            if remaining <= 0:  # checked here: a watcher that keeps firing would outrun the Timeout
-                raise TimeoutError("timed out")
-            with Timeout(remaining, TimeoutError("timed out")):
-                hub.wait(watcher)
+        try:
+            hub = _local.hub
+        except AttributeError:
+            hub = get_hub()
+        if self._hub is not hub:
+            self._register(hub)
+        hub.wait(self._entry, events, deadline)
 
-    def _make_watcher(self, hub, events):
-        if self._hub is not hub:  # first wait, or the socket moved to another thread
-            self._hub, self._read_watcher, self._write_watcher = hub, None, None
-        watcher = hub.io(_socket.socket.fileno(self), events)
-        if events == EV_READ:
-            self._read_watcher = watcher
-        else:
-            self._write_watcher = watcher
-        return watcher
+    def _register(self, hub):
+        fd = _socket.socket.fileno(self)
+        if fd < 0:
+            raise OSError(_errno.EBADF, "Bad file descriptor")
+        self._forget_fd()  # the socket moved to another thread: its old hub lets go
+        self._entry, self._hub = hub._entry(fd, _weakref(self)), hub
 
-    def _cancel_waits(self, read=True, write=True):
-        # Stop the watchers before the fd closes (libev must not see a closed
-        # fd), and wake their waiters on the next pass with EBADF. The waiter
-        # is swapped for a _Cancelled in watcher.data, so that whichever comes
-        # first, the watcher firing or the callback, raises in it.
-        for watcher in (self._read_watcher if read else None, self._write_watcher if write else None):
-            if watcher is not None:
-                watcher.stop()
-                if watcher.data is not None and not isinstance(watcher.data, _Cancelled):
-                    watcher.data = cancelled = _Cancelled(watcher.data)
-                    self._hub.run_callback(_wake_if_waiting, watcher, cancelled)
-        if read:
-            self._read_watcher = None
-        if write:
-            self._write_watcher = None
+    def _forget_fd(self):
+        # Stop the watchers before the fd closes (libev must never see a closed fd)
+        # and wake the waiters with EBADF, in the hub's own thread.
+        hub, entry = self._hub, self._entry
+        if hub is not None:
+            self._hub = self._entry = None
+            if hub._thread == threading.get_ident():
+                hub._forget(entry)
+            else:
+                hub._run_threadsafe(hub._forget, entry)
 
     def _real_close(self, _ss=_socket.socket):
-        self._cancel_waits()
+        self._forget_fd()
         _ss.close(self)
 
     def detach(self):
         """Stop waiting on the fd and return it, leaving it open."""
-        self._cancel_waits()
+        self._forget_fd()
         return super().detach()
 
     def shutdown(self, how):
         """Shut down one or both directions; greenlets waiting on them get EBADF (as in gevent)."""
         super().shutdown(how)
-        self._cancel_waits(read=how != SHUT_WR, write=how != SHUT_RD)  # noqa: F821
+        hub, entry = self._hub, self._entry
+        if hub is not None and hub._thread == threading.get_ident():
+            for i, shut in enumerate((how != SHUT_WR, how != SHUT_RD)):  # noqa: F821
+                if shut and entry.waiters[i] is not None:
+                    hub.run_callback(_wake_closed, entry, entry.waiters[i])
 
     # -- the blocking calls ---------------------------------------------------
 
@@ -1891,6 +1599,8 @@ class socket(_stdsocket.socket):
             if self._timeout == 0.0:
                 raise
             sent = 0
+        if type(data) is bytes and sent == len(data):
+            return
         with memoryview(data) as view, view.cast("B") as view:
             deadline = None
             while sent < len(view):
@@ -1977,11 +1687,6 @@ for _name, _events in (("recv_into", EV_READ), ("recvfrom", EV_READ), ("recvfrom
         setattr(socket, _name, _cooperative(_name, _events))
 
 
-def _wake_if_waiting(watcher, waiter):
-    if watcher.data is waiter:
-        waiter.switch()
-
-
 # ---------------------------------------------------------------------------
 # Module-level helpers
 
@@ -2036,25 +1741,29 @@ _resolver_lock = threading.Lock()
 
 
 def _run_in_thread(func, *args):
-    """Run func(*args) in a worker thread; park until it returns (an Async wakes the hub)."""
+    """Run func(*args) in a worker thread; park until it returns (the hub's Async wakes it)."""
     global _resolver_pool
     with _resolver_lock:
         if _resolver_pool is None:
             from concurrent.futures import ThreadPoolExecutor
             _resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="coopsock-resolver")
-    hub, outcome = get_hub(), []
-    done = hub.ev.Async(hub.loop, hub._fire)
-    done.start()  # before the worker can send()
+    hub, waiter, outcome = get_hub(), _Waiter(), []
 
     def work():
         try:
             outcome.append((True, func(*args)))
         except BaseException as exc:
             outcome.append((False, exc))
-        done.send()
+        hub._run_threadsafe(waiter)  # dropped if the hub is gone; a no-op if the wait ended
+    waiter.greenlet = getcurrent()
     _resolver_pool.submit(work)
-    while not outcome:
-        hub.wait(done)
+    hub._waiting += 1  # the worker will wake this hub
+    try:
+        while not outcome:
+            hub.switch()
+    finally:
+        hub._waiting -= 1
+        waiter.greenlet = None
     ok, result = outcome[0]
     if ok:
         return result
@@ -2080,18 +1789,25 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | E
     """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds.
 
     timeout_exc defaults to TimeoutError("timed out"), as a socket's timeout raises.
+    Raises what select() raises for a bad fd or timeout; OSError(EBADF) if a
+    coopsock socket on the fd is closed meanwhile.
     """
     if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
         value = timeout if isinstance(timeout, float) else _index(timeout)  # TypeError, as select's
         if not value >= 0:
             raise ValueError("timeout must be non-negative")
-    hub = get_hub()
-    watcher = hub.io(fileno, events)
-    if timeout is None:
-        hub.wait(watcher)
-    else:
-        with Timeout(timeout, TimeoutError("timed out") if timeout_exc is None else timeout_exc):
-            hub.wait(watcher)
+    fd, hub = _check_fd(fileno), get_hub()
+    entry = hub._entry(fd)
+    try:
+        hub.wait(entry, events, None if timeout is None else _monotonic() + timeout)
+    except TimeoutError:
+        if timeout_exc is None:
+            raise
+        raise timeout_exc from None
+    finally:
+        # Nothing tells the hub when a raw fd closes: stop watching it now.
+        if entry.owner is None and entry.waiters == [None, None]:
+            hub._forget(entry)
 
 
 def wait_read(fileno, timeout=None, timeout_exc=None):
