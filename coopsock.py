@@ -447,10 +447,11 @@ class _SelLoop:
             else:
                 fired += [w for w in self._ios.get(key.fd, ()) if w._revents & mask]
         while timers and timers[0][0] <= now:
-            watcher = timers[0][2]
-            if watcher is not None:
+            entry = timers[0]
+            watcher, entry[2] = entry[2], None
+            if watcher is not None:  # a one-shot timer stops as it fires
+                watcher.active, watcher._entry = False, None
                 fired.append(watcher)
-                watcher.stop()  # a one-shot timer stops as it fires
             else:
                 heappop(timers)
         for watcher in fired:
@@ -464,10 +465,13 @@ class _SelLoop:
         for watcher in self._ios.get(fd, ()):
             events |= watcher._revents
         try:
-            if fd in self._registered:
-                selector.modify(fd, events)
+            if fd not in self._registered:
+                try:
+                    selector.register(fd, events)
+                except KeyError:  # a pass that a signal cut short registered it already
+                    selector.modify(fd, events)
             else:
-                selector.register(fd, events)
+                selector.modify(fd, events)
             self._registered[fd] = events
         except (OSError, ValueError):  # closed behind the watchers' backs: fail them, as libev does
             for watcher in list(self._ios.get(fd, ())):
@@ -483,20 +487,28 @@ class _SelLoop:
                 pass  # closed already: the kernel forgot it
 
     def update(self):
+        self._selector or _sel_closed()
         self._now = _monotonic()
 
     def reset(self):
         """Rebuild the selector in a forked child (it shares the parent's otherwise)."""
         self._selector or _sel_closed()
-        self._close()
+        self._close_fds()
         self._open()
+
+    def _close_fds(self):
+        self._selector.close()
+        self._selector = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _close(self):
         if self._selector is not None:
-            self._selector.close()
-            self._selector = None
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._close_fds()
+            for watcher in [*self._asyncs, *(w for ws in self._ios.values() for w in ws),
+                            *(entry[2] for entry in self._timers if entry[2] is not None)]:
+                watcher.active = False
+            self._ios, self._asyncs, self._timers, self._dirty = {}, {}, [], set()
 
     def __del__(self):
         if getattr(self, "_selector", None) is not None:
@@ -710,11 +722,11 @@ class _LoopCloser:
 class _Fd:
     """What a hub knows of one fd: the greenlet waiting and the watcher, per direction."""
 
-    __slots__ = ("fd", "waiters", "watchers", "owner")
+    __slots__ = ("fd", "waiters", "watchers", "deadlines", "owner")
 
     def __init__(self, fd, owner):
         self.fd, self.owner = fd, owner  # owner: a weak reference to the socket, None for a raw fd
-        self.waiters, self.watchers = [None, None], [None, None]  # [reading, writing]
+        self.waiters, self.watchers, self.deadlines = [None, None], [None, None], [None, None]  # [reading, writing]
 
 
 class _Drain:
@@ -758,6 +770,7 @@ class Hub(greenlet):
         self._wake_lock = threading.Lock()  # no thread wakes the loop while destroy() closes it
         self._wakeup = pyev.Async(self.loop, self._record)
         self._destroyed = False
+        self._escaped = None           # what escaped a pass, for the main greenlet
         self._signal_wakeup = None
         self._wakeup.start()
         _install_process_hooks()
@@ -826,13 +839,13 @@ class Hub(greenlet):
                     f"{('reading', 'writing')[i]}: {other!r} waits on it; use one greenlet per "
                     f"direction, or a lock")
             (watchers[i] or self._watch(entry, i)).start()
-        timer = None
-        if deadline is not None:
-            if deadline <= _monotonic():  # a watcher that keeps firing would outrun the timer
-                raise TimeoutError("timed out")
-            timer = self._at(deadline, _wake_timed_out, (entry, current), 0)
+        if deadline is not None and deadline <= _monotonic():  # a watcher that keeps firing
+            raise TimeoutError("timed out")                     # would outrun the timer
         # From here to the try, and all through the finally, no call: a signal
         # handler runs only at calls and loops, so the bookkeeping is atomic.
+        # The deadline is set inside the try, where the finally can always
+        # cancel it; it throws with a C call, so it too is all or nothing.
+        slot = 0 if events != EV_WRITE else 1
         if events == EV_READ:
             waiters[0] = current
         elif events == EV_WRITE:
@@ -841,6 +854,8 @@ class Hub(greenlet):
             waiters[0] = waiters[1] = current
         self._waiting += 1
         try:
+            if deadline is not None:
+                self._at(deadline, current.throw, (TimeoutError, "timed out"), 0, entry.deadlines, slot)
             return greenlet.switch(self)
         finally:
             self._waiting -= 1
@@ -848,8 +863,9 @@ class Hub(greenlet):
                 waiters[0] = None
             if waiters[1] is current:
                 waiters[1] = None
+            timer = entry.deadlines[slot]
             if timer is not None:
-                timer.func = None
+                timer.func = entry.deadlines[slot] = None
 
     def _watch(self, entry, i):
         watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record)
@@ -902,15 +918,19 @@ class Hub(greenlet):
         """
         return self._at(_monotonic() + seconds, func, args, 1 if ref else 0)
 
-    def _at(self, when, func, args, ref):
+    def _at(self, when, func, args, ref, holder=None, index=0):
         # Deadlines live in a heap here, and one loop timer (the clock) wakes
         # the poll for the earliest: a timeout costs a heap push, not a loop
         # watcher, and a cancelled one is dropped when it surfaces, or when
-        # the heap is swept every 1,024 pushes.
+        # the heap is swept every 1,024 pushes. The handle goes into
+        # holder[index] before the push, so that a signal landing anywhere
+        # leaves no timer its owner cannot cancel.
         callback = _Callback(func, args, self, ref)
+        self._timer_refs += ref
+        if holder is not None:
+            holder[index] = callback
         self._timer_sequence = sequence = self._timer_sequence + 1
         heappush(self._timers, (when, sequence, callback))
-        self._timer_refs += ref
         if not sequence & 1023 and len(self._timers) > 1024:
             self._timers = [entry for entry in self._timers if entry[2].func is not None]
             heapify(self._timers)
@@ -926,8 +946,8 @@ class Hub(greenlet):
                     break
                 self._callbacks.append(callback)  # before the pop: an interrupted move runs it once
             heappop(timers)
-        if self._clock_when is not None and not clock.active:  # it fired
-            self._clock_when = None
+        if self._clock_when is not None and (now >= self._clock_when or not clock.active):
+            self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
             # Set the clock only when the next deadline is earlier than the one
             # it is set for: a clock that fires early just sets itself again.
@@ -949,62 +969,77 @@ class Hub(greenlet):
     # -- the loop -----------------------------------------------------------
 
     def run(self):
+        """Run the loop until destroy(); what escapes a pass is raised in the main greenlet."""
+        while not self._destroyed:
+            try:
+                self._run_passes()
+            except GreenletExit:  # destroy(), or the hub was garbage-collected
+                return
+            except BaseException as exc:  # from the loop, or a signal handler run in the hub's code
+                self._escaped = exc  # no call here: a second signal would find the hub outside its try
+
+    def _run_passes(self):
         """Run callbacks, poll once, wake the waiters of fired watchers; repeat."""
         loop, fired, callbacks, incoming = self.loop, self._fired, self._callbacks, self._incoming
         while not self._destroyed:
-            try:
-                for _ in range(len(callbacks)):  # only those queued before this pass:
-                    callback = callbacks.popleft()  # a sleep(0) loop must let I/O in
-                    func = callback.func
-                    if func is not None:
-                        callback.func = None
-                        self._timer_refs -= callback.ref
-                        try:
-                            func(*callback.args)
-                        except BaseException as exc:
-                            self.handle_error(func, exc)
-                while incoming:
-                    func, args = incoming.popleft()
-                    self.run_callback(func, *args)
-                if self._timers:
-                    self._run_due_timers()
-                if callbacks:
-                    loop.start(EVRUN_NOWAIT)
-                elif self._waiting or self._timer_refs:
-                    loop.start(EVRUN_ONCE)
-                else:
-                    self.parent.throw(LoopExit(
-                        "This operation would block forever: no greenlet waits on I/O and no timer "
-                        "or callback is pending, so nothing can wake the waiting greenlet. Did you "
-                        "forget to spawn the greenlet that was to wake it?"))
-                    continue
-                if fired:
-                    watchers = list(fired)
-                    fired.clear()
-                    for watcher in watchers:
-                        data = watcher.data
-                        if data is not None:
-                            waiter = data[0][data[1]]
-                            if waiter is None:
-                                watcher.stop()  # nobody waits: a ready fd would fire every pass
-                            else:
-                                try:
-                                    waiter.switch()
-                                except BaseException as exc:  # a raw greenlet died
-                                    self.handle_error(waiter, exc)
-            except GreenletExit:  # destroy(), or the hub was garbage-collected
-                return
-            except BaseException as exc:  # from the loop: what a signal handler raised
-                if self._destroyed:
-                    return
+            if self._escaped is not None:
+                exc, self._escaped = self._escaped, None
                 self.parent.throw(exc)
+            # Only the callbacks queued before this pass: a sleep(0) loop must
+            # let I/O in. Each is taken (func set to None) without a call, and
+            # popped after it ran: an interrupted pass loses none, runs none twice.
+            for _ in range(len(callbacks)):
+                callback = callbacks[0]
+                func, callback.func = callback.func, None
+                if func is not None:
+                    self._timer_refs -= callback.ref
+                    try:
+                        func(*callback.args)
+                    except BaseException as exc:
+                        if self._destroyed:  # destroy() from a greenlet this callback switched to
+                            return
+                        self.handle_error(func, exc)
+                callbacks.popleft()
+            while incoming:  # what other threads handed over: each call is idempotent
+                func, args = incoming[0]
+                self.run_callback(func, *args)
+                incoming.popleft()
+            if self._timers:
+                self._run_due_timers()
+            if callbacks:
+                loop.start(EVRUN_NOWAIT)
+            elif self._waiting or self._timer_refs:
+                loop.start(EVRUN_ONCE)
+            else:
+                self.parent.throw(LoopExit(
+                    "This operation would block forever: no greenlet waits on I/O and no timer "
+                    "or callback is pending, so nothing can wake the waiting greenlet. Did you "
+                    "forget to spawn the greenlet that was to wake it?"))
+                continue
+            if fired:
+                watchers = list(fired)
+                fired.clear()
+                for watcher in watchers:  # an interrupted round loses none: the fds are still ready
+                    data = watcher.data
+                    if data is not None:
+                        waiter = data[0][data[1]]
+                        if waiter is None:
+                            watcher.stop()  # nobody waits: a ready fd would fire every pass
+                        else:
+                            try:
+                                waiter.switch()
+                            except BaseException as exc:  # a raw greenlet died, or destroy()
+                                if self._destroyed:
+                                    return
+                                self.handle_error(waiter, exc)
 
     def handle_error(self, where, exc):
         """Report an exception that escaped a callback or greenlet; the hub carries on.
 
-        KeyboardInterrupt and SystemExit are re-raised in the main greenlet.
+        KeyboardInterrupt, SystemExit and what a signal handler raised in the
+        hub's own code are re-raised in the main greenlet, as if it were polling.
         """
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _raised_by_signal_handler(exc):
             self.run_callback(self.parent.throw, exc)
         elif not isinstance(exc, GreenletExit):
             traceback.print_exception(type(exc), exc, exc.__traceback__)
@@ -1047,9 +1082,14 @@ class Hub(greenlet):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
 
 
-def _wake_timed_out(entry, waiter):
-    if waiter in entry.waiters:  # still parked in that very wait
-        waiter.throw(TimeoutError("timed out"))
+def _raised_by_signal_handler(exc):
+    import signal
+    handlers = {getattr(getattr(handler, "__func__", handler), "__code__", None)
+                for handler in map(signal.getsignal, signal.valid_signals())} - {None}
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code not in handlers:
+        tb = tb.tb_next
+    return tb is not None
 
 
 def _wake_closed(entry, waiter):
@@ -1320,17 +1360,19 @@ def sleep(seconds=0):
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
-    if seconds:
-        waking = hub._at(_monotonic() + seconds, current.switch, (), 1)
-    else:
-        waking = _Callback(current.switch, (), hub, 0)
-        hub._callbacks.append(waking)
-    try:
+    waking = [None]
+    try:  # the wake-up is made inside the try, and cancelled without a call: see Hub.wait
+        if seconds:
+            hub._at(_monotonic() + seconds, current.switch, (), 1, waking)
+        else:
+            waking[0] = callback = _Callback(current.switch, (), hub, 0)
+            hub._callbacks.append(callback)
         greenlet.switch(hub)
-    finally:  # no call in here: see Hub.wait
-        if waking.func is not None:
-            waking.func = None
-            hub._timer_refs -= waking.ref
+    finally:
+        callback = waking[0]
+        if callback is not None and callback.func is not None:
+            callback.func = None
+            hub._timer_refs -= callback.ref
 
 
 def joinall(greenlets, timeout=None, raise_error=False):
@@ -1408,8 +1450,8 @@ class Timeout(BaseException):
         if self.pending:
             raise RuntimeError(f"{self!r} is already started; cancel it first")
         if self.seconds is not None:
-            self._raising = get_hub()._at(_monotonic() + _delay(self.seconds), self._raise_in,
-                                          (getcurrent(),), 1 if self._ref else 0)
+            get_hub()._at(_monotonic() + _delay(self.seconds), self._raise_in, (getcurrent(),),
+                          1 if self._ref else 0, self.__dict__, "_raising")
 
     def cancel(self):
         """Stop the countdown, if it is running; safe to call at any time."""
@@ -1524,12 +1566,16 @@ class socket(_stdsocket.socket):
         # Stop the watchers before the fd closes (libev must never see a closed fd)
         # and wake the waiters with EBADF, in the hub's own thread.
         hub, entry = self._hub, self._entry
-        if hub is not None:
-            self._hub = self._entry = None
-            if hub._thread == threading.get_ident():
-                hub._forget(entry)
-            else:
-                hub._run_threadsafe(hub._forget, entry)
+        if hub is None:  # it never waited; a wait_read() on its fd may
+            hub = getattr(_local, "hub", None)
+            entry = hub._fds.get(_socket.socket.fileno(self)) if hub is not None else None
+            if entry is None:
+                return
+        self._hub = self._entry = None
+        if hub._thread == threading.get_ident():
+            hub._forget(entry)
+        else:
+            hub._run_threadsafe(hub._forget, entry)
 
     def _real_close(self, _ss=_socket.socket):
         self._forget_fd()
