@@ -17,30 +17,11 @@ import greenlet
 import pytest
 
 import coopsock
+from conftest import BACKENDS, _unavailable
 from coopsock import GreenletExit, LoopExit, Timeout, sleep, spawn
 
-BACKENDS = ("pyev", "libev", "selectors")
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLOSED_MESSAGE = "File descriptor was closed in another greenlet"
-
-
-def _unavailable(name):
-    try:
-        coopsock._load_backend(name)
-    except ImportError as exc:
-        return str(exc)
-    return None
-
-
-@pytest.fixture(params=BACKENDS, autouse=True)
-def backend(request):
-    """Run every test on each loop backend present on this machine."""
-    reason = _unavailable(request.param)
-    if reason:
-        pytest.skip(f"the {request.param} backend is absent here: {reason}")
-    coopsock._use_backend(request.param)
-    yield request.param
-    coopsock.get_hub().destroy()
 
 
 @pytest.fixture(autouse=True)
@@ -126,14 +107,6 @@ def new_address(family, short_dir):
             return ("::1", 0)
         return os.path.join(short_dir, f"s{next(names)}")
     return make
-
-
-@pytest.fixture
-def pair():
-    """A connected pair of cooperative AF_UNIX stream sockets."""
-    a, b = coopsock.socketpair(stdsocket.AF_UNIX)
-    with a, b:
-        yield a, b
 
 
 @pytest.fixture

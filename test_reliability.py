@@ -52,7 +52,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import coopsock
-from test_coopsock import backend  # noqa: F401  (autouse: each test on every backend)
 
 with warnings.catch_warnings():
     # When a property fails, hypothesis imports libcst, which warns (a
