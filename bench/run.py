@@ -46,17 +46,26 @@ IDLE_CONNS = 10_000
 SERVERS = {
     "coopsock-libev": (["coopsock_server.py"], {"COOPSOCK_LOOP": "libev"}, None,
                        "coopsock, libev (accept loop + spawn)"),
+    "coopsock-libev-timeout": (["coopsock_server.py", "timeout"], {"COOPSOCK_LOOP": "libev"}, None,
+                               "coopsock, libev, conn.settimeout(300) in the handler"),
     "coopsock-selectors": (["coopsock_server.py"], {"COOPSOCK_LOOP": "selectors"}, None,
                            "coopsock, selectors (accept loop + spawn)"),
     "coopsock-pyev": (["coopsock_server.py"], {"COOPSOCK_LOOP": "pyev"}, None,
                       "coopsock, pyev (accept loop + spawn)"),
+    "coopsock-pyev-timeout": (["coopsock_server.py", "timeout"], {"COOPSOCK_LOOP": "pyev"}, None,
+                              "coopsock, pyev, conn.settimeout(300) in the handler"),
     "gevent": (["gevent_server.py", "spawn"], {}, "gevent", "gevent (gevent.socket accept loop + spawn)"),
+    "gevent-timeout": (["gevent_server.py", "spawn", "timeout"], {}, "gevent",
+                       "gevent (accept loop + spawn), conn.settimeout(300) in the handler"),
     "gevent-StreamServer": (["gevent_server.py", "streamserver"], {}, "gevent", "gevent StreamServer"),
     "eventlet": (["eventlet_server.py"], {}, "eventlet", "eventlet (listen + spawn)"),
     "asyncio-streams": (["asyncio_server.py", "streams"], {}, None, "asyncio streams"),
     "asyncio-protocol": (["asyncio_server.py", "protocol"], {}, None, "asyncio Protocol"),
     "uvloop-streams": (["asyncio_server.py", "streams", "uvloop"], {}, "uvloop", "uvloop streams"),
     "uvloop-protocol": (["asyncio_server.py", "protocol", "uvloop"], {}, "uvloop", "uvloop Protocol"),
+    "greenlet-ref": (["greenlet_ref_server.py"], {}, "greenlet",
+                     "reference, a minimal greenlet server on select.epoll (try-first recv/send, "
+                     "one EPOLLIN registration per socket)"),
     "threads": (["threads_server.py"], {}, None, "a thread per connection (stdlib sockets)"),
     "c-epoll": (["c_epoll_server"], {}, None,
                 "reference, not a library: a C epoll echo server, the floor this machine and load generator allow"),
@@ -569,10 +578,8 @@ print(json.dumps(v))
     return info
 
 
-def target_lines(results):
-    """The issue's targets, each with the measured figure and met / missed by how much."""
-    lines = []
-
+def target_checker(lines):
+    """check(label, value, goal, ...) appends a row: the measured figure, met / missed by how much."""
     def check(label, value, goal, higher_is_better=True, unit="x"):
         if value is None:
             lines.append(f"| {label} | {'>=' if higher_is_better else '<='} {goal:g}{unit} | not measured | - |")
@@ -585,7 +592,39 @@ def target_lines(results):
         else:
             verdict = f"missed: {value / goal:.2f}x the limit (needs {value / goal:.2f}x less)"
         lines.append(f"| {label} | {'>=' if higher_is_better else '<='} {goal:g}{unit} | {value:.2f}{unit} | {verdict} |")
+    return check
 
+
+def targets_issue8(results):
+    """Issue 8's targets: ratios of medians between two servers in this run."""
+    lines = []
+    check = target_checker(lines)
+    pp = ("pp64-1", "pp64-100", "pp64-1000")
+
+    def vs(per_server, mine, theirs, key):
+        a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
+        return a[0] / b[0] if a and b and b[0] else None
+    for mine, theirs, goal in (("coopsock-libev", "gevent", 1.3), ("coopsock-libev-timeout", "gevent-timeout", 1.3),
+                               ("coopsock-libev", "greenlet-ref", 0.9), ("coopsock-pyev", "gevent", 1.5)):
+        if mine == "coopsock-pyev" and not any(mine in results.get(case, {}) for case in pp):
+            continue  # pyev absent
+        for case in pp:
+            check(f"{mine} rt/s vs {theirs}, {CASES[case][1]} conn", vs(results.get(case, {}), mine, theirs, "rps"),
+                  goal)
+    micro = results.get("micro", {})
+    check("coopsock-libev sleep(0) switches/s vs gevent", vs(micro, "coopsock-libev", BASELINE, "switch_per_s"), 1.0)
+    for key, what, goal in (("spawn_us", "spawn+join", 1.0), ("timeout_us", "Timeout enter+exit", 1.0),
+                            ("wait_us", "wait_read on a ready fd", 1.5)):
+        check(f"coopsock-libev {what} cost vs gevent", vs(micro, "coopsock-libev", BASELINE, key), goal, False)
+    s = stats(results.get("memory", {}).get("coopsock-libev", []), "kib_per_conn")
+    check("coopsock-libev memory per idle connection", s[0] if s else None, 6.0, False, " KiB")
+    return lines
+
+
+def target_lines(results):
+    """Issue 4's targets, each with the measured figure and met / missed by how much."""
+    lines = []
+    check = target_checker(lines)
     for case in ("pp64-1", "pp64-100", "pp64-1000"):
         cr = results.get(case, {})
         conns = CASES[case][1]
@@ -648,8 +687,9 @@ def write_report(data, outdir):
                f"were repeated). {len(noisy)} measurements stayed noisy after the retries"
                + ("; their servers are marked * in the tables." if noisy else ".")]
 
-    md += ["", "## Targets (from issue 4)", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
-    md += target_lines(results)
+    head = ["| target | goal | measured | verdict |", "|---|---|---|---|"]
+    md += ["", "## Targets (issue 8)", ""] + head + targets_issue8(results)
+    md += ["", "## Earlier targets (issue 4)", ""] + head + target_lines(results)
 
     for case, per_server in results.items():
         kind, conns, size, title = CASES[case]
@@ -728,7 +768,8 @@ def write_chart(data, outdir):
             hi.append(s[2] - s[0] if s else 0)
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cases))]
         bold = name.startswith("coopsock") or name == BASELINE
-        ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2, label=name + (" (reference)" if name == "c-epoll" else ""),
+        ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2,
+               label=name + (" (reference)" if name in ("c-epoll", "greenlet-ref") else ""),
                color="lightgrey" if name == "c-epoll" else cmap(i % 20), hatch="//" if name == "c-epoll" else None,
                edgecolor="black" if bold else "grey" if name == "c-epoll" else None, linewidth=1.2 if bold else 0.5)
     ax.set_xticks(range(len(cases)))

@@ -1,6 +1,8 @@
 """Echo server on coopsock: a plain accept loop and a greenlet per connection.
 
+usage: coopsock_server.py [timeout]
 The backend comes from COOPSOCK_LOOP (libev, selectors, pyev), as for any user.
+`timeout`: each connection gets conn.settimeout(300), as the demo server does.
 Prints "PORT <n> <backend>" once listening.
 """
 import os
@@ -12,8 +14,12 @@ sys.path.insert(0, os.environ.get("COOPSOCK_PATH") or
 
 import coopsock  # noqa: E402
 
+TIMEOUT = 300 if "timeout" in sys.argv[1:] else None
+
 
 def handle(conn):
+    if TIMEOUT is not None:
+        conn.settimeout(TIMEOUT)
     try:
         while True:
             data = conn.recv(65536)

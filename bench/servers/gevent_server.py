@@ -1,5 +1,7 @@
 """Echo servers on gevent: `spawn` (gevent.socket accept loop) or `streamserver`.
 
+usage: gevent_server.py [spawn|streamserver] [timeout]
+`timeout`: each connection gets conn.settimeout(300), as coopsock's demo server does.
 Prints "PORT <n> <loop>" once listening.
 """
 import sys
@@ -8,8 +10,12 @@ import gevent
 from gevent import socket
 from gevent.server import StreamServer
 
+TIMEOUT = 300 if "timeout" in sys.argv[2:] else None
+
 
 def handle(conn, address=None):
+    if TIMEOUT is not None:
+        conn.settimeout(TIMEOUT)
     try:
         while True:
             data = conn.recv(65536)
