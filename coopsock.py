@@ -268,9 +268,10 @@ class _EvLoop:
         self._record = _EV_RECORD(self._fired.insert)
         self._cb = _ct.cast(self._record, _ct.c_void_p).value
         self._active = {}  # {struct address: watcher} for every watcher libev may point at
+        self._run = _ev_lib.ev_run
 
     def start(self, flags=0):
-        alive = _ev_lib.ev_run(self._ptr or _ev_closed(), flags)
+        alive = self._run(self._ptr or _ev_closed(), flags)
         if _ev_errors:
             message = _ev_errors.pop(threading.get_ident(), None)
             if message:
@@ -771,6 +772,7 @@ class Hub(greenlet):
         self._wakeup = pyev.Async(self.loop, self._record)
         self._destroyed = False
         self._escaped = None           # what escaped a pass, for the main greenlet
+        self._next_poll = 0.0          # when rounds of callbacks next let I/O in
         self._signal_wakeup = None
         self._wakeup.start()
         _install_process_hooks()
@@ -831,7 +833,7 @@ class Hub(greenlet):
         if current is self:
             raise BlockingSwitchOutError(_NOT_FROM_HUB)
         waiters, watchers = entry.waiters, entry.watchers
-        for i in (events - 1,) if events != 3 else (0, 1):
+        for i in _DIRECTIONS[events]:
             other = waiters[i]
             if other is not None and other is not current and not other.dead:
                 raise ConcurrentObjectUseError(
@@ -1006,7 +1008,11 @@ class Hub(greenlet):
                 incoming.popleft()
             if self._timers:
                 self._run_due_timers()
-            if callbacks:
+            if callbacks:  # a sleep(0) loop polls I/O every 50 us, not at every round
+                now = _monotonic()
+                if now < self._next_poll:
+                    continue
+                self._next_poll = now + 5e-5
                 loop.start(EVRUN_NOWAIT)
             elif self._waiting or self._timer_refs:
                 loop.start(EVRUN_ONCE)
@@ -1080,6 +1086,9 @@ class Hub(greenlet):
 
     def __repr__(self):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
+
+
+_DIRECTIONS = (None, (0,), (1,), (0, 1))  # indexed by events: EV_READ, EV_WRITE, both
 
 
 def _raised_by_signal_handler(exc):
@@ -1269,11 +1278,12 @@ class Greenlet(greenlet):
         """Wait until the greenlet finishes, or `timeout` seconds; return None."""
         if not self._finished:
             waiter = _Waiter()
-            self.link(waiter)
+            self._links.append(waiter)
             try:
                 waiter.wait(timeout)
             finally:
-                self.unlink(waiter)
+                if waiter in self._links:
+                    self._links.remove(waiter)
 
     def get(self, block=True, timeout=None):
         """Return the result, or raise the exception the greenlet died of.
@@ -1349,7 +1359,8 @@ def sleep(seconds=0):
 
     Raises what time.sleep() raises for the same argument.
     """
-    hub, current = get_hub(), getcurrent()
+    hub = _local.__dict__.get("hub") or get_hub()
+    current = getcurrent()
     if current is hub:
         raise BlockingSwitchOutError("cannot sleep inside the hub: sleep in a spawned greenlet")
     if type(seconds) not in (int, float) or not 0 <= seconds <= 9.2e9:  # the checks time.sleep() makes
@@ -1447,16 +1458,21 @@ class Timeout(BaseException):
         Raises RuntimeError if it is already started, TypeError or ValueError
         for seconds that socket.settimeout() would reject (negatives mean 0).
         """
-        if self.pending:
+        raising, seconds = self._raising, self.seconds
+        if raising is not None and raising.func is not None:
             raise RuntimeError(f"{self!r} is already started; cancel it first")
-        if self.seconds is not None:
-            get_hub()._at(_monotonic() + _delay(self.seconds), self._raise_in, (getcurrent(),),
+        if seconds is not None:
+            if type(seconds) not in (int, float) or not seconds >= 0:
+                seconds = _delay(seconds)
+            get_hub()._at(_monotonic() + seconds, self._raise_in, (getcurrent(),),
                           1 if self._ref else 0, self.__dict__, "_raising")
 
     def cancel(self):
         """Stop the countdown, if it is running; safe to call at any time."""
-        if self._raising is not None:
-            self._raising.stop()
+        raising = self._raising
+        if raising is not None and raising.func is not None:
+            raising.func = raising.args = None
+            raising.hub._timer_refs -= raising.ref
 
     close = cancel
 
@@ -1470,7 +1486,10 @@ class Timeout(BaseException):
         return self
 
     def __exit__(self, typ, value, tb):
-        self.cancel()
+        raising = self._raising  # cancel(), inline: the hot path of every `with Timeout`
+        if raising is not None and raising.func is not None:
+            raising.func = raising.args = None
+            raising.hub._timer_refs -= raising.ref
         return value is self and self.exception is False
 
     def __str__(self):
@@ -1611,9 +1630,17 @@ class socket(_stdsocket.socket):
         return self._wait_and_retry(call, events, *args, **kwargs)
 
     def _wait_and_retry(self, call, events, *args, **kwargs):
-        deadline = self._deadline()
+        timeout = self._timeout
+        deadline = None if timeout is None else _monotonic() + timeout
+        try:
+            hub = _local.hub
+        except AttributeError:
+            hub = get_hub()
+        if self._hub is not hub:
+            self._register(hub)
+        entry, wait = self._entry, hub.wait
         while True:
-            self._wait(events, deadline)
+            wait(entry, events, deadline)
             try:
                 return call(self, *args, **kwargs)
             except BlockingIOError:
