@@ -30,9 +30,10 @@ The invariants a reader must hold:
   It is created on first use, never at import.
 * A blocking call (``sock.recv``, ``sleep``, ``Greenlet.join``...) tries the
   operation, and if it would block, parks the calling greenlet in the hub until
-  a watcher fires. ``Hub.wait(watcher)`` is the one primitive that parks a
-  greenlet on a watcher. Never block from inside the hub itself
-  (``BlockingSwitchOutError``).
+  its fd is ready. ``Hub.wait(entry, events, deadline)`` is the one primitive
+  that parks a greenlet on I/O; the hub keeps the table of the fds it waits
+  on, and a socket tells it before its fd closes. Never block from inside the
+  hub itself (``BlockingSwitchOutError``).
 * The loop speaks pyev's API. The backend is chosen once at import: the real
   ``pyev`` module if it imports, else libev (``libev.so.4``) bound with ctypes,
   else a pure-Python loop on ``selectors``. ``COOPSOCK_LOOP=pyev|libev|selectors``
@@ -759,6 +760,7 @@ class Hub(greenlet):
         self._fired = {}               # {watcher: revents} recorded by the loop in one pass
         self._record = self._fired.__setitem__
         self._fds = {}                 # {fd: _Fd}
+        self._spare_ios = ([], [])     # stopped watchers for reading, writing, to reuse
         self._waiting = 0              # greenlets parked on an fd or on a worker thread
         self._callbacks = deque()      # _Callback handles, run in order on the next pass
         self._timers = []              # heap of (when, sequence, _Callback)
@@ -870,7 +872,12 @@ class Hub(greenlet):
                 timer.func = entry.deadlines[slot] = None
 
     def _watch(self, entry, i):
-        watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record)
+        spares = self._spare_ios[i]
+        if spares:  # a watcher a raw wait used: set() costs less than a new one
+            watcher = spares.pop()
+            watcher.set(entry.fd, i + 1)
+        else:
+            watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record)
         watcher.data = (entry.waiters, i)
         entry.watchers[i] = watcher
         return watcher
@@ -889,14 +896,16 @@ class Hub(greenlet):
             entry.owner = owner
         return entry
 
-    def _forget(self, entry):
+    def _forget(self, entry, keep_watchers=False):
         """Stop watching entry's fd (about to close): its waiters get EBADF on the next pass."""
         if self._fds.get(entry.fd) is entry:
             del self._fds[entry.fd]
-        for watcher in entry.watchers:
+        for watcher, spares in zip(entry.watchers, self._spare_ios):
             if watcher is not None:
                 watcher.stop()
                 watcher.data = None
+                if keep_watchers and len(spares) < 16:
+                    spares.append(watcher)
         for waiter in entry.waiters:
             if waiter is not None:
                 self.run_callback(_wake_closed, entry, waiter)
@@ -1880,7 +1889,7 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | E
     finally:
         # Nothing tells the hub when a raw fd closes: stop watching it now.
         if entry.owner is None and entry.waiters == [None, None]:
-            hub._forget(entry)
+            hub._forget(entry, keep_watchers=True)
 
 
 def wait_read(fileno, timeout=None, timeout_exc=None):
