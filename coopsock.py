@@ -1587,7 +1587,8 @@ class socket(_stdsocket.socket):
         fd = _socket.socket.fileno(self)
         if fd < 0:
             raise OSError(_errno.EBADF, "Bad file descriptor")
-        self._forget_fd()  # the socket moved to another thread: its old hub lets go
+        if self._hub is not None:  # the socket moved to another thread: its old hub lets go
+            self._forget_fd()
         self._entry, self._hub = hub._entry(fd, _weakref(self)), hub
 
     def _forget_fd(self):
