@@ -411,8 +411,7 @@ class _SelLoop:
 
     def __init__(self):
         self._selector = None
-        self._ios = {}         # {fd: {active io watcher: None}}
-        self._dirty = set()    # fds whose registration with the selector is out of date
+        self._ios = {}         # {fd: {active io watcher: None}}, each fd registered as they want
         self._timers = []      # heap of [when, sequence, watcher, or None once stopped]
         self._asyncs = {}      # {active async watcher: None}
         self._sequence = 0
@@ -426,14 +425,12 @@ class _SelLoop:
             selector.close()
             raise
         selector.register(self._wake_r, selectors.EVENT_READ)
-        self._selector, self._registered = selector, {}  # {fd: events the selector watches}
-        self._dirty.update(self._ios)
-        self._now = _monotonic()
+        self._selector, self._now = selector, _monotonic()
+        for fd in self._ios:  # after a fork: the same fds in a new selector
+            self._sync(fd)
 
     def start(self, flags=0):
         selector = self._selector or _sel_closed()
-        for fd in list(self._dirty):
-            self._register(selector, fd)
         timers, timeout = self._timers, None
         if flags & EVRUN_NOWAIT:
             timeout = 0
@@ -462,31 +459,19 @@ class _SelLoop:
             watcher.callback(watcher, watcher._revents)
         return True
 
-    def _register(self, selector, fd):
+    def _sync(self, fd):
+        # Right away, not at the next poll: a new file may take this fd number meanwhile.
         events = 0
         for watcher in self._ios.get(fd, ()):
             events |= watcher._revents
         try:
-            if fd not in self._registered:
-                try:
-                    selector.register(fd, events)
-                except KeyError:  # a pass that a signal cut short registered it already
-                    selector.modify(fd, events)
+            if events:
+                self._selector.modify(fd, events)
             else:
-                selector.modify(fd, events)
-            self._registered[fd] = events
-        except (OSError, ValueError):  # closed behind the watchers' backs: fail them, as libev does
-            for watcher in list(self._ios.get(fd, ())):
-                watcher.stop()
-                watcher.callback(watcher, watcher._revents)
-        self._dirty.discard(fd)
-
-    def _unregister(self, fd):
-        if self._registered.pop(fd, None) is not None:
-            try:
                 self._selector.unregister(fd)
-            except (KeyError, ValueError, OSError):
-                pass  # closed already: the kernel forgot it
+        except KeyError:  # not registered (yet, or any more)
+            if events:
+                self._selector.register(fd, events)  # OSError(EBADF) for a closed fd, as it should
 
     def update(self):
         self._selector or _sel_closed()
@@ -510,7 +495,7 @@ class _SelLoop:
             for watcher in [*self._asyncs, *(w for ws in self._ios.values() for w in ws),
                             *(entry[2] for entry in self._timers if entry[2] is not None)]:
                 watcher.active = False
-            self._ios, self._asyncs, self._timers, self._dirty = {}, {}, [], set()
+            self._ios, self._asyncs, self._timers = {}, {}, []
 
     def __del__(self):
         if getattr(self, "_selector", None) is not None:
@@ -558,20 +543,22 @@ class _SelIo(_SelWatcher):
         self._fd, self._revents = fd, events
 
     def _add(self):
-        self.loop._ios.setdefault(self._fd, {})[self] = None
-        self.loop._dirty.add(self._fd)
+        loop = self.loop
+        loop._ios.setdefault(self._fd, {})[self] = None
+        try:
+            loop._sync(self._fd)
+        except OSError:
+            self._remove()
+            raise
 
     def _remove(self):
         loop, fd = self.loop, self._fd
         watchers = loop._ios.get(fd, {})
         watchers.pop(self, None)
-        if watchers:
-            loop._dirty.add(fd)
-        else:  # now, not at the next poll: a new file may take this fd number meanwhile
+        if not watchers:
             loop._ios.pop(fd, None)
-            loop._dirty.discard(fd)
-            if loop._selector is not None:
-                loop._unregister(fd)
+        if loop._selector is not None:
+            loop._sync(fd)
 
 
 class _SelTimer(_SelWatcher):
@@ -778,12 +765,17 @@ class Hub(greenlet):
         self._signal_wakeup = None
         self._wakeup.start()
         _install_process_hooks()
-        if threading.current_thread() is threading.main_thread():
-            try:
+        try:
+            if threading.current_thread() is threading.main_thread():
                 self._watch_signal_wakeup()
-            except OSError:
-                self._wakeup.stop()  # pyev would free it active
-                raise
+            # Start the hub greenlet here, and let it park at once: a signal
+            # handler that raises as it starts then fails this call, and no
+            # dead hub is ever handed out.
+            self._creator = getcurrent()
+            greenlet.switch(self)
+        except BaseException:
+            self._close_loop()  # pyev would free its watchers active
+            raise
 
     def _watch_signal_wakeup(self):
         # A signal delivered to another thread does not interrupt this
@@ -983,6 +975,9 @@ class Hub(greenlet):
         """Run the loop until destroy(); what escapes a pass is raised in the main greenlet."""
         while not self._destroyed:
             try:
+                if self._creator is not None:  # just started by __init__: park until the first wait
+                    creator, self._creator = self._creator, None
+                    creator.switch()
                 self._run_passes()
             except GreenletExit:  # destroy(), or the hub was garbage-collected
                 return
@@ -1622,6 +1617,7 @@ class socket(_stdsocket.socket):
         if hub is not None and hub._thread == threading.get_ident():
             for i, shut in enumerate((how != SHUT_WR, how != SHUT_RD)):  # noqa: F821
                 if shut and entry.waiters[i] is not None:
+                    entry.watchers[i].stop()  # so that the fd becoming ready cannot wake it first
                     hub.run_callback(_wake_closed, entry, entry.waiters[i])
 
     # -- the blocking calls ---------------------------------------------------
