@@ -830,10 +830,11 @@ class Hub(greenlet):
         for i in _DIRECTIONS[events]:
             other = waiters[i]
             if other is not None and other is not current and not other.dead:
+                sock = entry.owner and entry.owner()
                 raise ConcurrentObjectUseError(
-                    f"This fd ({entry.fd}) is already used by another greenlet for "
-                    f"{('reading', 'writing')[i]}: {other!r} waits on it; use one greenlet per "
-                    f"direction, or a lock")
+                    f"This {'socket' if sock else 'fd'} is already used by another greenlet for "
+                    f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
+                    f"use one greenlet per direction, or a lock")
             (watchers[i] or self._watch(entry, i)).start()
         if deadline is not None and deadline <= _monotonic():  # a watcher that keeps firing
             raise TimeoutError("timed out")                     # would outrun the timer
