@@ -147,11 +147,16 @@ class _Namespace:
                              EV_ASYNC=EV_ASYNC, EVRUN_NOWAIT=EVRUN_NOWAIT, EVRUN_ONCE=EVRUN_ONCE)
 
 
-def _check_timer(after, repeat):
-    if not repeat == 0.0:
-        raise ValueError(f"the stand-ins have one-shot timers only: repeat must be 0, not {repeat}")
-    if not after >= 0.0:  # NaN too: libev would never fire it sensibly
-        raise ValueError(f"after must be a number of seconds >= 0, not {after}")
+def _check_set(watcher, error, fd=0, events=EV_READ, after=0.0, repeat=0.0):
+    """Check what a stand-in's set() gets as pyev would (libev itself would abort)."""
+    if watcher.active:
+        raise error("cannot set a watcher while it is active: stop it first")
+    if _index(fd) < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    if events not in (EV_READ, EV_WRITE, EV_READ | EV_WRITE):
+        raise error("illegal event mask: use EV_READ, EV_WRITE or both")
+    if not (repeat == 0.0 and after >= 0.0):  # NaN fails too
+        raise ValueError(f"the stand-ins' timers are one-shot, after >= 0: not ({after}, {repeat})")
 
 
 # --- libev through ctypes --------------------------------------------------
@@ -329,10 +334,6 @@ class _EvWatcher:
             self._stop(self.loop._ptr, self._address)
         self.loop._active.pop(self._address, None)
 
-    def _check_inactive(self):
-        if self._struct.active:
-            raise _EvError("cannot set a watcher while it is active: stop it first")
-
     active = property(lambda self: bool(self._struct.active))
 
 
@@ -347,11 +348,7 @@ class _EvIo(_EvWatcher):
         self.set(fd, events)
 
     def set(self, fd, events):
-        self._check_inactive()
-        if _index(fd) < 0:
-            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-        if events not in (EV_READ, EV_WRITE, EV_READ | EV_WRITE):
-            raise _EvError("illegal event mask: use EV_READ, EV_WRITE or both")
+        _check_set(self, _EvError, fd, events)
         self._struct.fd, self._struct.events, self._revents = fd, events | EV__IOFDSET, events  # as ev_io_set
 
 
@@ -366,8 +363,7 @@ class _EvTimer(_EvWatcher):
         self.set(after, repeat)
 
     def set(self, after, repeat):
-        self._check_inactive()
-        _check_timer(after, repeat)
+        _check_set(self, _EvError, after=after, repeat=repeat)
         self._struct.at, self._struct.repeat = after, repeat  # as ev_timer_set does
 
 
@@ -521,10 +517,6 @@ class _SelWatcher:
             self.active = False
             self._remove()
 
-    def _check_inactive(self):
-        if self.active:
-            raise _SelError("cannot set a watcher while it is active: stop it first")
-
 
 class _SelIo(_SelWatcher):
     __slots__ = ("_fd",)
@@ -535,11 +527,7 @@ class _SelIo(_SelWatcher):
         self.set(fd, events)
 
     def set(self, fd, events):
-        self._check_inactive()
-        if _index(fd) < 0:
-            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-        if events not in (EV_READ, EV_WRITE, EV_READ | EV_WRITE):
-            raise _SelError("illegal event mask: use EV_READ, EV_WRITE or both")
+        _check_set(self, _SelError, fd, events)
         self._fd, self._revents = fd, events
 
     def _add(self):
@@ -571,8 +559,7 @@ class _SelTimer(_SelWatcher):
         self.set(after, repeat)
 
     def set(self, after, repeat):
-        self._check_inactive()
-        _check_timer(after, repeat)
+        _check_set(self, _SelError, after=after, repeat=repeat)
         self._after = after
 
     def _add(self):
