@@ -114,16 +114,17 @@ def _rss_kib():
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-_STATS_KEYS = ("active_watchers", "timers", "callbacks")
+_STATS_KEYS = ("fds", "waiting", "timers", "callbacks")
 
 
 def _watch_stats():
     """Return what this hub waits for, from Hub.stats().
 
-    active_watchers: loop watchers started for waits (not the hub's own clock
-    and signal-wakeup watchers); timers: live deadlines (Timeout, sleep,
-    spawn_later, run_later; cancelled ones not counted); callbacks: pending
-    run_callback calls.
+    fds: fds in the hub's table (a socket's from its first wait until it
+    closes; not the hub's own signal-wakeup pipe); waiting: greenlets parked
+    on an fd or a worker thread; timers: live deadlines (Timeout, sleep,
+    spawn_later, run_later, socket timeouts; cancelled ones not counted);
+    callbacks: pending run_callback calls.
     """
     stats = coopsock.get_hub().stats()
     return {key: stats.get(key) for key in _STATS_KEYS}
@@ -315,7 +316,7 @@ def coop(sock):
 
 def stats():
     counts = coopsock.get_hub().stats()
-    return {key: counts.get(key) for key in ("active_watchers", "timers", "callbacks")}
+    return {key: counts.get(key) for key in ("fds", "waiting", "timers", "callbacks")}
 
 """
 
@@ -772,12 +773,12 @@ def test_stress_fork_with_connections_open(hub_errors):
     ready, (stop_r, stop_w) = [], stdsocket.socketpair()
     thread = threading.Thread(target=_server_thread, args=(ready, stop_r), name="fork-server")
     thread.start()
+    clients = []
     try:
         deadline = time.monotonic() + 30
         while not ready and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ready, "the server thread did not start"
-        clients = []
         for _ in range(conns):
             clients.append(coopsock.socket())
             clients[-1].settimeout(30)
@@ -822,9 +823,9 @@ def test_stress_fork_with_connections_open(hub_errors):
                 coopsock.sleep(0.005)
         round_trips()
         seconds = time.monotonic() - started
-        for sock in clients:
-            sock.close()
     finally:
+        for sock in clients:  # on failure too: unclosed, they would fail a later test with ResourceWarning
+            sock.close()
         stop_w.send(b"stop")
         thread.join(60)
         stop_r.close()
@@ -937,6 +938,9 @@ def test_demo_idle_timeout_reclaims_a_silent_peer():
 @pytest.mark.parametrize("direction", ["recv", "sendall"])
 def test_abandoned_wait_releases_the_watcher(tcp_pair, direction, how):
     server, client = tcp_pair
+    reader = _park(server.recv, 100)  # the socket's first wait puts its fd in the hub's table, for good
+    client.sendall(b"first")
+    assert reader.get(timeout=10) == b"first"
     _settle()
     before = _watch_stats()
     _assert_counted(before)
@@ -1094,33 +1098,6 @@ def test_exception_in_a_hub_callback_is_reported_and_the_hub_runs_on(capsys):
         assert message in err
     coopsock.sleep(0.001)
     assert coopsock.spawn(lambda: "alive").get(timeout=5) == "alive"
-
-
-def test_exception_in_watcher_callbacks_is_reported_and_the_hub_runs_on(capsys):
-    hub = coopsock.get_hub()
-
-    def fail(watcher, revents):
-        watcher.stop()
-        raise ZeroDivisionError(watcher.data)
-    # Two failing watchers that fire in the same loop pass: both must be reported.
-    first = hub.ev.Timer(0.0, 0.0, hub.loop, fail, "first watcher failure")
-    second = hub.ev.Timer(0.0, 0.0, hub.loop, fail, "second watcher failure")
-    first.start()
-    second.start()
-    coopsock.sleep(0.01)
-    plain, sock = _unix_pair()
-    plain.sendall(b"x")
-    reading = hub.ev.Io(sock.fileno(), coopsock.pyev.EV_READ, hub.loop, fail, "io watcher failure")
-    reading.start()
-    coopsock.sleep(0.01)
-    reading.stop()
-    err = capsys.readouterr().err
-    assert coopsock.spawn(lambda: "alive").get(timeout=5) == "alive"
-    assert sock.recv(1) == b"x"
-    plain.close()
-    sock.close()
-    for message in ("first watcher failure", "second watcher failure", "io watcher failure"):
-        assert message in err, f"{message!r} was not reported; stderr:\n{err}"
 
 
 def test_a_destroyed_hub_leaves_no_fd_behind():
@@ -1701,12 +1678,9 @@ def test_wait_on_an_fd_closed_under_the_waiter_never_hangs_or_aborts():
 # Misuse of the loop stand-ins (coopsock.pyev: the backend's pyev namespace)
 
 _MISUSE_PRELUDE = """
-fired, reports = [], []
+fired = []
 def cb(watcher, revents):
     fired.append(revents)
-def fail(watcher, revents):
-    raise ZeroDivisionError("callback failure")
-sys.unraisablehook = lambda unraisable: reports.append(unraisable.exc_value)
 def must_raise(types, func, *args):
     try:
         func(*args)
@@ -1714,10 +1688,12 @@ def must_raise(types, func, *args):
         return exc
     raise AssertionError(f"{func!r}{args} raised nothing")
 def run_until(predicate, seconds=2.0):
-    tick = P.Timer(0.02, 0.02, loop, lambda watcher, revents: None)  # EVRUN_ONCE returns often
-    tick.start()
+    tick = P.Timer(0.02, 0.0, loop, lambda watcher, revents: None)  # EVRUN_ONCE returns often
     deadline = time.monotonic() + seconds
     while not predicate() and time.monotonic() < deadline:
+        if not tick.active:
+            tick.set(0.02, 0.0)
+            tick.start()
         loop.start(P.EVRUN_ONCE)
     tick.stop()
     return predicate()
@@ -1731,6 +1707,11 @@ def _misuse(code, timeout=30):
     _assert_clean_exit(_run_child(source, coopsock.BACKEND, timeout))
 
 
+def _stand_ins_only(reason):
+    if coopsock.BACKEND == "pyev":
+        pytest.skip(reason)
+
+
 def test_misuse_start_after_the_loop_is_dropped():
     _misuse("""
     timer, io = P.Timer(0.0, 0.0, loop, cb), P.Io(r, P.EV_READ, loop, cb)
@@ -1742,14 +1723,13 @@ def test_misuse_start_after_the_loop_is_dropped():
     assert P.EV_TIMER in fired and P.EV_READ in fired, fired
     io.stop()
     hub = coopsock.get_hub()  # and a hub's loop, after destroy(): refused or working, never a crash
-    watcher, old = hub.io(r, P.EV_READ), hub.loop
+    old = hub.loop
+    watcher, later = P.Io(r, P.EV_READ, old, cb), P.Timer(0, 0, old, cb)
     hub.destroy()
     del hub
     gc.collect()
-    attempts = [watcher.start, lambda: old.start(P.EVRUN_NOWAIT), lambda: P.Timer(0, 0, old, cb).start(),
-                lambda: P.Async(old, cb).send(), lambda: watcher.feed(P.EV_READ), watcher.stop, old.now,
-                old.update, old.stop, old.ref, old.unref, old.reset]
-    attempts += [lambda name=name: getattr(old, name) for name in ("backend", "pending", "depth", "iteration")]
+    attempts = [watcher.start, lambda: old.start(P.EVRUN_NOWAIT), later.start, lambda: P.Async(old, cb).send(),
+                watcher.stop, later.stop, old.update, old.reset]
     for attempt in attempts:
         try:
             attempt()
@@ -1759,48 +1739,25 @@ def test_misuse_start_after_the_loop_is_dropped():
 
 
 def test_misuse_set_while_active_raises_error():
+    _stand_ins_only("the stand-ins' own check: the contract only sets stopped watchers")
     _misuse("""
     io, timer = P.Io(r, P.EV_READ, loop, cb), P.Timer(10, 0, loop, cb)
-    sig = P.Signal(signal.SIGUSR2, loop, cb)
-    for watcher in (io, timer, sig):
+    for watcher in (io, timer):
         watcher.start()
     must_raise(P.Error, io.set, w, P.EV_WRITE)
     must_raise(P.Error, timer.set, 1, 0)
-    must_raise(P.Error, sig.set, signal.SIGUSR1)
-    for watcher in (io, timer, sig):
-        must_raise(P.Error, setattr, watcher, "priority", 1)
+    for watcher in (io, timer):
         watcher.stop()
-    io.set(w, P.EV_WRITE); timer.set(0, 0); sig.set(signal.SIGUSR1)
+    io.set(w, P.EV_WRITE); timer.set(0, 0)
     io.start(); timer.start()
     loop.start(P.EVRUN_NOWAIT)
     assert P.EV_WRITE in fired and P.EV_TIMER in fired, fired
-    """)
-
-
-def test_misuse_callbacks_that_raise_are_reported():
-    _misuse("""
-    os.write(w, b"x")
-    for watcher in (P.Timer(0, 0, loop, fail), P.Io(r, P.EV_READ, loop, fail), P.Timer(0, 0, loop, cb)):
-        watcher.start()
-    loop.start(P.EVRUN_NOWAIT)
-    assert P.EV_TIMER in fired, "a raising callback kept the others from running"
-    assert len(reports) >= 2 and all(isinstance(e, ZeroDivisionError) for e in reports), reports
-    P.Timer(0, 0, loop, cb).start()
-    loop.start(P.EVRUN_NOWAIT)
-    assert fired.count(P.EV_TIMER) == 2  # the loop runs on
-    """)
-
-
-def test_misuse_callback_that_raises_with_debug_on_stops_the_loop():
-    # pyev: with loop.debug set, the loop stops and loop.start() raises the callback's exception.
-    _misuse("""
-    loop.debug = True
-    P.Timer(0, 0, loop, fail).start()
-    must_raise(ZeroDivisionError, loop.start)
+    io.stop()
     """)
 
 
 def test_misuse_watchers_collected_while_active():
+    _stand_ins_only("the stand-ins' own behaviour: real pyev frees an active watcher without stopping it")
     _misuse("""
     os.write(w, b"x")
     P.Timer(0.0, 0.0, loop, cb).start()   # no reference kept by us
@@ -1808,11 +1765,6 @@ def test_misuse_watchers_collected_while_active():
     gc.collect()
     loop.start(P.EVRUN_NOWAIT)
     assert P.EV_TIMER in fired and P.EV_READ in fired, fired
-    pending = P.Io(r, P.EV_READ, loop, cb)
-    pending.feed(P.EV_READ)                # dropped while pending
-    del pending
-    gc.collect()
-    loop.start(P.EVRUN_NOWAIT)
     stopped = P.Timer(10, 0, loop, cb)
     stopped.start(); stopped.stop()
     del stopped
@@ -1821,123 +1773,48 @@ def test_misuse_watchers_collected_while_active():
     """)
 
 
-def test_misuse_one_loop_run_by_two_threads_at_once_raises():
-    _misuse("""
-    P.Timer(0.5, 0, loop, cb).start()
-    errors = []
-    def intruder():
-        while loop.depth == 0:   # until the main thread is inside loop.start()
-            time.sleep(0.001)
-        try:
-            loop.start(P.EVRUN_NOWAIT)
-        except Exception as exc:
-            errors.append(exc)
-    thread = threading.Thread(target=intruder)
-    thread.start()
-    loop.start()
-    thread.join(10)
-    assert errors, "a second thread ran the loop while the first was in it"
-    """)
-
-
 def test_misuse_a_loop_handed_to_another_thread_works():
     _misuse("""
-    P.Timer(0, 0, loop, cb).start()
-    thread = threading.Thread(target=loop.start)
+    first = P.Timer(0, 0, loop, cb)
+    first.start()
+    thread = threading.Thread(target=loop.start, args=(P.EVRUN_ONCE,))
     thread.start(); thread.join(10)
     assert fired == [P.EV_TIMER]
-    P.Timer(0, 0, loop, cb).start()
-    loop.start()
+    second = P.Timer(0, 0, loop, cb)
+    second.start()
+    loop.start(P.EVRUN_ONCE)
     assert fired == [P.EV_TIMER] * 2
     """)
 
 
 def test_misuse_double_start_and_double_stop():
     _misuse("""
-    makers = [lambda: P.Timer(10, 0, loop, cb), lambda: P.Io(r, P.EV_READ, loop, cb), lambda: P.Idle(loop, cb),
-              lambda: P.Prepare(loop, cb), lambda: P.Check(loop, cb), lambda: P.Async(loop, cb),
-              lambda: P.Signal(signal.SIGUSR2, loop, cb)]
+    makers = [lambda: P.Timer(10, 0, loop, cb), lambda: P.Io(r, P.EV_READ, loop, cb), lambda: P.Async(loop, cb)]
     for make in makers:
         watcher = make()
         watcher.start(); watcher.start()
         assert watcher.active
         watcher.stop(); watcher.stop()
         assert not watcher.active
-        assert loop.start(P.EVRUN_NOWAIT) is False, f"{watcher!r} left the loop alive"
-    """)
-
-
-def test_misuse_io_on_closed_fds():
-    _misuse("""
-    os.close(r); os.close(w)
-    try:  # closed before: refused at once, or reported as EV_ERROR
-        P.Io(r, P.EV_READ, loop, cb).start()
         loop.start(P.EVRUN_NOWAIT)
-        assert fired and fired[-1] & P.EV_ERROR, fired
-    except (OSError, ValueError, P.Error):
-        pass
-    r, w = os.pipe()  # closed behind an active watcher, then the number reused
-    stale = P.Io(r, P.EV_READ, loop, cb)
-    stale.start()
-    loop.start(P.EVRUN_NOWAIT)
-    os.close(r)
-    loop.start(P.EVRUN_NOWAIT)
-    r2, w2 = os.pipe()
-    fresh = P.Io(r2, P.EV_READ, loop, lambda watcher, revents: fired.append("fresh"))
-    fresh.start()
-    os.write(w2, b"x")
-    assert run_until(lambda: "fresh" in fired), "a watcher on a reused fd number never fired"
-    stale.stop(); fresh.stop()
-    r3, w3 = os.pipe()  # closed between start() and the first poll
-    early = P.Io(r3, P.EV_READ, loop, cb)
-    early.start()
-    os.close(r3)
-    loop.start(P.EVRUN_NOWAIT)
-    early.stop()
-    """)
-
-
-def test_misuse_io_on_the_loops_own_fds():
-    _misuse("""
-    def pollers():
-        found = set()
-        for name in os.listdir("/proc/self/fd"):
-            try:
-                if "eventpoll" in os.readlink(f"/proc/self/fd/{name}"):
-                    found.add(int(name))
-            except OSError:
-                pass
-        return found
-    before = pollers()
-    loop = P.Loop()
-    P.Timer(0, 0, loop, cb).start()
-    loop.start(P.EVRUN_NOWAIT)  # the poller exists by now
-    own = pollers() - before
-    regular = os.open(__import__("coopsock").__file__, os.O_RDONLY)
-    for fd in sorted(own) + [regular]:
-        try:
-            watcher = P.Io(fd, P.EV_READ, loop, cb)
-            watcher.start()
-            loop.start(P.EVRUN_NOWAIT)
-            watcher.stop()
-        except (OSError, ValueError, P.Error):
-            pass
+        assert fired == [], f"{watcher!r} fired after it was stopped: {fired}"
     """)
 
 
 def test_misuse_timers_with_nan_and_infinity():
     _misuse("""
     import math
-    for after, repeat in ((math.nan, 0.0), (0.0, math.nan), (math.inf, 0.0), (0.0, math.inf), (-5.0, 0.0)):
+    for after in (math.nan, math.inf, -5.0):
         loop = P.Loop()
         try:
-            odd = P.Timer(after, repeat, loop, cb)
+            odd = P.Timer(after, 0.0, loop, cb)
             odd.start()
         except (ValueError, OverflowError, P.Error):
             odd = None
         good = []
-        P.Timer(0.01, 0, loop, lambda watcher, revents: good.append(1)).start()
-        assert run_until(lambda: good), f"Timer({after}, {repeat}) kept a 10 ms timer from firing"
+        timer = P.Timer(0.01, 0, loop, lambda watcher, revents: good.append(1))
+        timer.start()
+        assert run_until(lambda: good), f"Timer({after}, 0.0) kept a 10 ms timer from firing"
         if odd is not None:
             odd.stop()
     """)
@@ -1961,26 +1838,21 @@ def test_misuse_timeout_nan_does_not_stall_the_hub():
 
 
 def test_misuse_async_send_before_start():
+    _stand_ins_only("the stand-ins' own check: real pyev's libev aborts at the next pass instead")
     _misuse("""
     idle = P.Async(loop, cb)
-    idle.send()  # never started
-    thread = threading.Thread(target=idle.send)
-    thread.start(); thread.join(10)
+
+    def send_from_a_thread():
+        errors = []
+        thread = threading.Thread(target=lambda: errors.append(outcome(idle.send)))
+        thread.start(); thread.join(10)
+        if isinstance(errors[0], Exception):
+            raise errors[0]
+    for send in (idle.send, send_from_a_thread):  # never started: refused
+        must_raise(P.Error, send)
     loop.start(P.EVRUN_NOWAIT)
     idle.start()
     idle.send()
     assert run_until(lambda: P.EV_ASYNC in fired)
-    """)
-
-
-def test_misuse_one_signal_on_two_loops():
-    _misuse("""
-    other = P.Loop()
-    P.Signal(signal.SIGUSR2, loop, cb).start()
-    try:
-        P.Signal(signal.SIGUSR2, other, cb).start()
-    except P.Error:
-        pass  # refused: libev would abort
-    os.kill(os.getpid(), signal.SIGUSR2)
-    assert run_until(lambda: P.EV_SIGNAL in fired), "the second loop took the signal from the first"
+    idle.stop()
     """)
