@@ -743,7 +743,7 @@ class Hub(greenlet):
         self._clock = pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
         self._clock_when = None        # when the clock is set to fire (None: stopped)
         self._incoming = deque()       # (func, args) handed over by other threads
-        self._thread = threading.get_ident()
+        self._thread, self._pid = threading.get_ident(), os.getpid()
         self._wake_lock = threading.Lock()  # no thread wakes the loop while destroy() closes it
         self._wakeup = pyev.Async(self.loop, self._record)
         self._destroyed = False
@@ -1064,14 +1064,18 @@ class Hub(greenlet):
     def _close_loop(self):
         with self._wake_lock:
             self._destroyed = True
-        self._stop_signal_wakeup()
-        for entry in list(self._fds.values()):
-            for watcher in entry.watchers:
-                if watcher is not None:
-                    watcher.stop()
-        self._fds.clear()
-        self._clock.stop()
-        self._wakeup.stop()
+        # In a forked child, the hub of a thread that did not survive the fork
+        # shares its epoll instance with the parent's: stopping a watcher
+        # there (EPOLL_CTL_DEL) would take the fd from the parent. Close only.
+        if self._pid == os.getpid():
+            self._stop_signal_wakeup()
+            for entry in list(self._fds.values()):
+                for watcher in entry.watchers:
+                    if watcher is not None:
+                        watcher.stop()
+            self._fds.clear()
+            self._clock.stop()
+            self._wakeup.stop()
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -1164,6 +1168,7 @@ def _after_fork_in_child():
     hub = getattr(_local, "hub", None)
     if hub is not None and not hub._destroyed:
         hub._wake_lock = threading.Lock()  # another thread may have held it at the fork
+        hub._pid = os.getpid()
         hub.loop.reset()
         if hub._signal_wakeup:  # the parent owns that pipe too
             hub._stop_signal_wakeup()
