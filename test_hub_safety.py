@@ -476,3 +476,36 @@ def test_a_raw_wait_leaves_no_watcher_behind(pair):
     coopsock.wait_read(a.fileno(), 2)
     assert select.select([a], [], [], 0)[0] == [a]
     assert coopsock.get_hub().stats()["fds"] == 0  # nothing says when a raw fd closes
+
+
+def test_a_fork_leaves_the_parents_other_hubs_watching_their_fds():
+    # The child frees the hub of a thread that did not survive the fork; that
+    # hub shares its epoll instance with the parent's, which must keep its fds.
+    code = """
+    ready = []
+    def serve():
+        listener = coopsock.create_server(("127.0.0.1", 0))
+        ready.append(listener.getsockname())
+        def echo(conn):
+            while True:
+                data = conn.recv(100)
+                if not data:
+                    return
+                conn.sendall(data)
+        while True:
+            spawn(echo, listener.accept()[0])
+    threading.Thread(target=serve, daemon=True).start()
+    while not ready:
+        time.sleep(0.01)
+    clients = [coopsock.create_connection(ready[0], timeout=5) for _ in range(5)]
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        for c in clients:
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
