@@ -410,6 +410,7 @@ class _SelLoop:
         self._ios = {}         # {fd: {active io watcher: None}}, each fd registered as they want
         self._timers = []      # heap of [when, sequence, watcher, or None once stopped]
         self._asyncs = {}      # {active async watcher: None}
+        self._always_ready = set()  # fds with watchers that the selector refuses (EPERM)
         self._sequence = 0
         self._open()
 
@@ -428,11 +429,11 @@ class _SelLoop:
     def start(self, flags=0):
         selector = self._selector or _sel_closed()
         timers, timeout = self._timers, None
-        if flags & EVRUN_NOWAIT:
+        if flags & EVRUN_NOWAIT or self._always_ready:
             timeout = 0
         elif timers:
             timeout = min(max(0.0, timers[0][0] - _monotonic()), 86400.0)
-        ready = selector.select(timeout)
+        ready = selector.select(timeout) + [(_AlwaysReady(fd), EV_READ | EV_WRITE) for fd in self._always_ready]
         self._now = now = _monotonic()
         fired = []
         for key, mask in ready:
@@ -467,7 +468,12 @@ class _SelLoop:
                 self._selector.unregister(fd)
         except KeyError:  # not registered (yet, or any more)
             if events:
-                self._selector.register(fd, events)  # OSError(EBADF) for a closed fd, as it should
+                try:
+                    self._selector.register(fd, events)  # OSError(EBADF) for a closed fd, as it should
+                except PermissionError:  # epoll refuses files that are always ready: so they are
+                    self._always_ready.add(fd)
+        if not events:
+            self._always_ready.discard(fd)
 
     def update(self):
         self._selector or _sel_closed()
@@ -496,6 +502,13 @@ class _SelLoop:
     def __del__(self):
         if getattr(self, "_selector", None) is not None:
             self._close()
+
+
+class _AlwaysReady:
+    __slots__ = ("fd",)
+
+    def __init__(self, fd):
+        self.fd = fd
 
 
 class _SelWatcher:
@@ -823,8 +836,6 @@ class Hub(greenlet):
                     f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
                     f"use one greenlet per direction, or a lock")
             (watchers[i] or self._watch(entry, i)).start()
-        if deadline is not None and deadline <= _monotonic():  # a watcher that keeps firing
-            raise TimeoutError("timed out")                     # would outrun the timer
         # From here to the try, and all through the finally, no call: a signal
         # handler runs only at calls and loops, so the bookkeeping is atomic.
         # The deadline is set inside the try, where the finally can always
@@ -1076,6 +1087,7 @@ class Hub(greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
+        self._timers, self._callbacks = [], deque()  # their handles refer to the hub: let it go now
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -1524,6 +1536,14 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
 _CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
 
 
+def _wait_before(hub, entry, events, deadline):
+    # Checked before each wait of a retry loop: a watcher that keeps firing
+    # spuriously would otherwise outrun the deadline's timer for ever.
+    if deadline is not None and deadline <= _monotonic():
+        raise TimeoutError("timed out")
+    hub.wait(entry, events, deadline)
+
+
 class socket(_stdsocket.socket):
     """The stdlib socket, cooperative: a blocking call parks only the calling greenlet."""
 
@@ -1563,13 +1583,15 @@ class socket(_stdsocket.socket):
 
     def _wait(self, events, deadline):
         """Park until the fd is ready for `events`; TimeoutError past `deadline`."""
-        try:
-            hub = _local.hub
-        except AttributeError:
-            hub = get_hub()
+        hub, entry = self._hub_entry()
+        _wait_before(hub, entry, events, deadline)
+
+    def _hub_entry(self):
+        """Return this thread's hub and its entry for this socket's fd."""
+        hub = _local.__dict__.get("hub") or get_hub()
         if self._hub is not hub:
             self._register(hub)
-        hub.wait(self._entry, events, deadline)
+        return hub, self._entry
 
     def _register(self, hub):
         fd = _socket.socket.fileno(self)
@@ -1631,15 +1653,9 @@ class socket(_stdsocket.socket):
     def _wait_and_retry(self, call, events, *args, **kwargs):
         timeout = self._timeout
         deadline = None if timeout is None else _monotonic() + timeout
-        try:
-            hub = _local.hub
-        except AttributeError:
-            hub = get_hub()
-        if self._hub is not hub:
-            self._register(hub)
-        entry, wait = self._entry, hub.wait
+        hub, entry = self._hub_entry()
         while True:
-            wait(entry, events, deadline)
+            _wait_before(hub, entry, events, deadline)
             try:
                 return call(self, *args, **kwargs)
             except BlockingIOError:
@@ -1723,7 +1739,7 @@ class socket(_stdsocket.socket):
                 and self.family in (AF_INET, AF_INET6)):  # noqa: F821
             return address
         host, port = address[0], address[1]
-        if not isinstance(port, int) or host in ("", "<broadcast>"):
+        if not isinstance(port, int) or not 0 <= port <= 65535 or host in ("", "<broadcast>") or "\0" in host:
             return address  # the OS call raises what the stdlib raises
         try:
             _socket.inet_pton(self.family, host)
@@ -1865,8 +1881,8 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | E
     coopsock socket on the fd is closed meanwhile.
     """
     if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
-        value = timeout if isinstance(timeout, float) else _index(timeout)  # TypeError, as select's
-        if not value >= 0:
+        timeout = timeout if isinstance(timeout, float) else _index(timeout)  # TypeError, as select's
+        if not timeout >= 0:
             raise ValueError("timeout must be non-negative")
     fd, hub = _check_fd(fileno), get_hub()
     entry = hub._entry(fd)
