@@ -171,10 +171,18 @@ def _check_set(watcher, error, fd=0, events=EV_READ, after=0.0, repeat=0.0):
 # third (revents), which every C calling convention allows: insert(loop
 # address, watcher address) appends the watcher, the index being past the
 # end. start() then calls each fired watcher's callback in Python.
+#
+# libev's allocator is process-wide, and importing pyev makes it
+# PyMem_Realloc, which needs the GIL. So libev runs with the GIL held, as
+# under pyev (a PyDLL), and lets go of it only while it polls: the loop's
+# release and acquire hooks are PyEval_SaveThread and PyGILState_Ensure,
+# which take no argument and so ignore the loop pointer; start() gives each
+# Ensure its Release. (PyPy has neither pyev nor pythonapi: a plain CDLL.)
 
 import ctypes as _ct
 
-_ev_lib = None      # the CDLL, once loaded
+_ev_lib = None      # the PyDLL, once loaded
+_ev_gil_hooks = ()  # (release hook, acquire hook) addresses, and PyGILState_Release
 _ev_errors = {}     # {thread id: message} from libev's syserr callback
 
 
@@ -208,20 +216,21 @@ _EV_SIGNATURES = {  # name: (restype, argtypes); "p" a pointer, "i" an int, "u" 
     "ev_version_major": (_ct.c_int, ""), "ev_loop_new": (_ct.c_void_p, "u"),
     "ev_loop_destroy": (None, "p"), "ev_loop_fork": (None, "p"), "ev_run": (_ct.c_int, "pi"),
     "ev_now_update": (None, "p"), "ev_set_syserr_cb": (None, "p"), "ev_async_send": (None, "pp"),
+    "ev_set_loop_release_cb": (None, "ppp"), "ev_iteration": (_ct.c_uint, "p"),
     **{f"ev_{kind}_{verb}": (None, "pp") for kind in ("io", "timer", "async") for verb in ("start", "stop")},
 }
 
 
 def _load_libev():
     """Bind the system libev with ctypes; return the stand-in pyev namespace."""
-    global _ev_lib
+    global _ev_lib, _ev_gil_hooks
     if _ev_lib is None:
         from ctypes.util import find_library
         # Cheap sonames first: find_library() costs ~30 ms and finds nothing on musl.
         for name in ("libev.so.4", "libev.4.dylib", "/opt/homebrew/lib/libev.4.dylib",
                      "/usr/local/lib/libev.4.dylib", find_library("ev")):
             try:
-                lib = _ct.CDLL(name)
+                lib = (_ct.PyDLL if hasattr(_ct, "pythonapi") else _ct.CDLL)(name)
                 break
             except (OSError, TypeError):
                 continue
@@ -238,6 +247,11 @@ def _load_libev():
         for cls, kind in ((_EvIo, "io"), (_EvTimer, "timer"), (_EvAsync, "async")):
             cls._start, cls._stop = getattr(lib, f"ev_{kind}_start"), getattr(lib, f"ev_{kind}_stop")
         lib.ev_set_syserr_cb(_ct.cast(_ev_syserr, _ct.c_void_p))
+        if isinstance(lib, _ct.PyDLL):
+            api = _ct.pythonapi
+            api.PyGILState_Release.argtypes, api.PyGILState_Release.restype = [_ct.c_int], None
+            _ev_gil_hooks = (_ct.cast(api.PyEval_SaveThread, _ct.c_void_p),
+                             _ct.cast(api.PyGILState_Ensure, _ct.c_void_p), api.PyGILState_Release)
         _ev_lib = lib
         _probe_libev()
     return _Namespace("libev", Loop=_EvLoop, Io=_EvIo, Timer=_EvTimer, Async=_EvAsync, Error=_EvError)
@@ -274,10 +288,16 @@ class _EvLoop:
         self._record = _EV_RECORD(self._fired.insert)
         self._cb = _ct.cast(self._record, _ct.c_void_p).value
         self._active = {}  # {struct address: watcher} for every watcher libev may point at
-        self._run = _ev_lib.ev_run
+        self._run, self._polls = _ev_lib.ev_run, 0
+        if _ev_gil_hooks:
+            _ev_lib.ev_set_loop_release_cb(self._ptr, *_ev_gil_hooks[:2])
 
     def start(self, flags=0):
         alive = self._run(self._ptr or _ev_closed(), flags)
+        if _ev_gil_hooks:  # one PyGILState_Ensure per poll, each poll counted by ev_iteration
+            polls, self._polls = self._polls, _ev_lib.ev_iteration(self._ptr)
+            for _ in range(self._polls - polls & 0xFFFFFFFF):
+                _ev_gil_hooks[2](0)  # PyGILState_LOCKED: only the thread's count goes down
         if _ev_errors:
             message = _ev_errors.pop(threading.get_ident(), None)
             if message:

@@ -266,7 +266,7 @@ def test_forced_libev_without_libev_says_what_to_install():
         import ctypes, sys
         def no_library(*args, **kwargs):
             raise OSError("no such library")
-        ctypes.CDLL = no_library
+        ctypes.CDLL = ctypes.PyDLL = no_library
         sys.modules["pyev"] = None  # pyev links libev: a machine without libev has no pyev either
     """
     result = run_python(no_libev + "\n        import coopsock", loop="libev")

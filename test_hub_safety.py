@@ -76,6 +76,32 @@ def test_a_lookup_abandoned_before_its_hub_ends_touches_nothing_after():
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
 
 
+def test_with_pyev_imported_libev_never_allocates_without_the_gil():
+    # pyev's import makes libev's process-wide allocator PyMem_Realloc; the
+    # debug allocator turns any call of it without the GIL into a fatal error
+    # (before the fix: the ctypes binding's first ev_loop_new).
+    pytest.importorskip("pyev", reason="without pyev nothing makes libev's allocator need the GIL")
+    code = """
+    import pyev
+    def echo_and_lookup():
+        a, b = coopsock.socketpair()
+        echo = spawn(lambda: b.sendall(b.recv(10)))
+        a.sendall(b"ping")
+        assert a.recv(10) == b"ping"
+        echo.get(timeout=10)
+        assert coopsock.getaddrinfo("127.0.0.1", 80)
+        coopsock.get_hub().destroy()
+    threads = [threading.Thread(target=echo_and_lookup) for _ in range(4)]
+    for t in threads:
+        t.start()
+    echo_and_lookup()
+    for t in threads:
+        t.join()
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND, PYTHONMALLOC="debug"))
+
+
 def test_lookups_that_finish_at_once_leave_nothing_that_keeps_the_hub_alive():
     code = """
     stdsocket.getaddrinfo = lambda *args: [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]

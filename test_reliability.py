@@ -321,11 +321,12 @@ def stats():
 """
 
 
-def _run_child(code, loop, timeout=60):
+def _run_child(code, loop, timeout=60, **env):
     """Run code in a new interpreter on the `loop` backend, faulthandler on; return the CompletedProcess."""
     source = _CHILD_PRELUDE + textwrap.dedent(code)
     try:
-        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", source], cwd=HERE, env=_child_env(loop),
+        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", source], cwd=HERE,
+                              env=dict(_child_env(loop), **env),
                               capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
