@@ -44,51 +44,61 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the hub and greenlets
-    "get_hub", "Hub", "Greenlet", "GreenletExit", "spawn", "spawn_later",
+    "get_hub", "getcurrent", "Hub", "Greenlet", "GreenletExit", "spawn", "spawn_later",
     "sleep", "joinall", "kill", "BACKEND",
     # timeouts
     "Timeout", "with_timeout",
     # sockets
     "socket", "socketpair", "create_connection", "create_server", "fromfd",
-    "getaddrinfo", "gethostbyname", "getnameinfo",
+    "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn",
     "wait_read", "wait_write", "wait_readwrite",
     # errors
     "LoopExit", "BlockingSwitchOutError", "ConcurrentObjectUseError",
-    "error", "timeout", "gaierror", "herror",
     # the demo server
     "main",
+    # and every other public name of the stdlib socket module: see the imports
 ]
 
 # ---------------------------------------------------------------------------
 # Imports
 
-import sys
+import sys as _sys
 
 if __name__ == "__main__":  # python -m coopsock: let `import coopsock` find this very module
-    sys.modules.setdefault("coopsock", sys.modules[__name__])
+    _sys.modules.setdefault("coopsock", _sys.modules[__name__])
 
 import _socket
 import errno as _errno
-import os
+import os as _os
 import socket as _stdsocket
 import stat as _stat
-import threading
+import threading as _threading
 import time as _time
-import traceback
-from collections import deque
+import traceback as _traceback
+from collections import deque as _deque
 from operator import index as _index
 from weakref import ref as _weakref
 
-from greenlet import GreenletExit, getcurrent, greenlet
+from greenlet import GreenletExit, getcurrent
+from greenlet import greenlet as _greenlet
 
-# The stdlib names a user of coopsock.socket reaches for: constants, and the
-# exception classes, which are the very same objects as the stdlib's.
-globals().update((name, value) for name, value in vars(_stdsocket).items()
-                 if name.isupper() and name[:3] in ("AF_", "SOC", "SO_", "SOL", "IPP", "TCP",
-                                                     "MSG", "SHU", "AI_", "NI_", "INA"))
-error, timeout, gaierror, herror = OSError, TimeoutError, _stdsocket.gaierror, _stdsocket.herror
-getdefaulttimeout, setdefaulttimeout = _stdsocket.getdefaulttimeout, _stdsocket.setdefaulttimeout
+# `import coopsock as socket` is the stdlib module, cooperative: every public
+# name of the running Python's socket module, the very same objects except
+# those that would block, which coopsock defines below. The stdlib functions
+# coopsock calls are the originals, taken now: once patch() puts coopsock's
+# into the socket module, calling them through it would recurse.
+_COOPERATIVE = ("socket", "socketpair", "fromfd", "create_server", "create_connection", "getaddrinfo",
+                "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn")
+_STDLIB_NAMES = [name for name in dict.fromkeys(
+    [*_stdsocket.__all__, "AddressFamily", "SocketKind", "MsgFlag", "AddressInfo", "SocketType", "timeout"])
+    if hasattr(_stdsocket, name) and name not in _COOPERATIVE]
+globals().update((name, getattr(_stdsocket, name)) for name in _STDLIB_NAMES)
+__all__.extend(_STDLIB_NAMES)
+error, timeout, gaierror, herror = OSError, _stdsocket.timeout, _stdsocket.gaierror, _stdsocket.herror
+_std_create_server, _std_getaddrinfo = _stdsocket.create_server, _stdsocket.getaddrinfo
+_timed_out = _stdsocket.timeout  # TimeoutError on 3.10+; on 3.9 an OSError of its own
 _monotonic = _time.monotonic
+_MSG_DONTWAIT = getattr(_socket, "MSG_DONTWAIT", 0)
 
 
 # ---------------------------------------------------------------------------
@@ -134,8 +144,8 @@ class ConcurrentObjectUseError(AssertionError):
 # is stopped, stops it before its fd closes, and never lets libev run out of
 # fds. A stand-in may add a private _close() that frees the loop's fds at once.
 
-EV_READ, EV_WRITE, EV__IOFDSET, EV_TIMER, EV_ASYNC = 0x01, 0x02, 0x80, 0x100, 0x80000
-EVRUN_NOWAIT, EVRUN_ONCE = 1, 2
+_EV_READ, _EV_WRITE, _EV__IOFDSET, _EV_TIMER, _EV_ASYNC = 0x01, 0x02, 0x80, 0x100, 0x80000
+_EVRUN_NOWAIT, _EVRUN_ONCE = 1, 2
 
 
 class _Namespace:
@@ -143,17 +153,17 @@ class _Namespace:
 
     def __init__(self, name, **names):
         self.__name__ = name
-        self.__dict__.update(names, EV_READ=EV_READ, EV_WRITE=EV_WRITE, EV_TIMER=EV_TIMER,
-                             EV_ASYNC=EV_ASYNC, EVRUN_NOWAIT=EVRUN_NOWAIT, EVRUN_ONCE=EVRUN_ONCE)
+        self.__dict__.update(names, EV_READ=_EV_READ, EV_WRITE=_EV_WRITE, EV_TIMER=_EV_TIMER,
+                             EV_ASYNC=_EV_ASYNC, EVRUN_NOWAIT=_EVRUN_NOWAIT, EVRUN_ONCE=_EVRUN_ONCE)
 
 
-def _check_set(watcher, error, fd=0, events=EV_READ, after=0.0, repeat=0.0):
+def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
     """Check what a stand-in's set() gets as pyev would (libev itself would abort)."""
     if watcher.active:
         raise error("cannot set a watcher while it is active: stop it first")
     if _index(fd) < 0:
         raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-    if events not in (EV_READ, EV_WRITE, EV_READ | EV_WRITE):
+    if events not in (_EV_READ, _EV_WRITE, _EV_READ | _EV_WRITE):
         raise error("illegal event mask: use EV_READ, EV_WRITE or both")
     if not (repeat == 0.0 and after >= 0.0):  # NaN fails too
         raise ValueError(f"the stand-ins' timers are one-shot, after >= 0: not ({after}, {repeat})")
@@ -209,7 +219,7 @@ _EV_RECORD = _ct.CFUNCTYPE(None, _ct.c_ssize_t, _ct.c_void_p)
 @_ct.CFUNCTYPE(None, _ct.c_char_p)
 def _ev_syserr(message):
     # Without this hook libev aborts on a failed system call; start() raises it.
-    _ev_errors[threading.get_ident()] = message.decode(errors="replace")
+    _ev_errors[_threading.get_ident()] = message.decode(errors="replace")
 
 
 _EV_SIGNATURES = {  # name: (restype, argtypes); "p" a pointer, "i" an int, "u" unsigned
@@ -263,7 +273,7 @@ def _probe_libev():
     timer = _EvTimer(0.0, 0.0, loop, lambda watcher, revents: fired.append(watcher))
     timer.start()
     layout_ok = timer._struct.active > 0 and timer._struct.cb == loop._cb
-    loop.start(EVRUN_NOWAIT)
+    loop.start(_EVRUN_NOWAIT)
     loop._close()
     if not (layout_ok and fired == [timer]):
         raise ImportError("libev's struct layout is not the one coopsock knows")
@@ -299,7 +309,7 @@ class _EvLoop:
             for _ in range(self._polls - polls & 0xFFFFFFFF):
                 _ev_gil_hooks[2](0)  # PyGILState_LOCKED: only the thread's count goes down
         if _ev_errors:
-            message = _ev_errors.pop(threading.get_ident(), None)
+            message = _ev_errors.pop(_threading.get_ident(), None)
             if message:
                 raise _EvError(f"libev: {message}")
         fired = self._fired
@@ -369,14 +379,14 @@ class _EvIo(_EvWatcher):
 
     def set(self, fd, events):
         _check_set(self, _EvError, fd, events)
-        self._struct.fd, self._struct.events, self._revents = fd, events | EV__IOFDSET, events  # as ev_io_set
+        self._struct.fd, self._struct.events, self._revents = fd, events | _EV__IOFDSET, events  # as ev_io_set
 
 
 class _EvTimer(_EvWatcher):
     """pyev.Timer, one-shot: fires `after` seconds from the loop's cached time."""
 
     __slots__ = ()
-    _Struct, _revents = _ev_timer, EV_TIMER
+    _Struct, _revents = _ev_timer, _EV_TIMER
 
     def __init__(self, after, repeat, loop, callback):
         super().__init__(loop, callback)
@@ -391,7 +401,7 @@ class _EvAsync(_EvWatcher):
     """pyev.Async: send() from any thread wakes the loop and fires the callback."""
 
     __slots__ = ()
-    _Struct, _revents = _ev_async, EV_ASYNC
+    _Struct, _revents = _ev_async, _EV_ASYNC
 
     def __init__(self, loop, callback):
         super().__init__(loop, callback)
@@ -410,8 +420,10 @@ class _EvAsync(_EvWatcher):
 # handler raising between any two bytecodes leaves at worst a spurious
 # wake-up, never a lost one.
 
-import selectors
-from heapq import heapify, heappop, heappush
+import selectors as _selectors
+from heapq import heapify as _heapify
+from heapq import heappop as _heappop
+from heapq import heappush as _heappush
 
 
 class _SelError(Exception):
@@ -435,13 +447,13 @@ class _SelLoop:
         self._open()
 
     def _open(self):
-        selector = selectors.DefaultSelector()
+        selector = _selectors.DefaultSelector()
         try:
             self._wake_r, self._wake_w = _nonblocking_pipe()
         except OSError:
             selector.close()
             raise
-        selector.register(self._wake_r, selectors.EVENT_READ)
+        selector.register(self._wake_r, _selectors.EVENT_READ)
         self._selector, self._now = selector, _monotonic()
         for fd in self._ios:  # after a fork: the same fds in a new selector
             self._sync(fd)
@@ -449,11 +461,11 @@ class _SelLoop:
     def start(self, flags=0):
         selector = self._selector or _sel_closed()
         timers, timeout = self._timers, None
-        if flags & EVRUN_NOWAIT or self._always_ready:
+        if flags & _EVRUN_NOWAIT or self._always_ready:
             timeout = 0
         elif timers:
             timeout = min(max(0.0, timers[0][0] - _monotonic()), 86400.0)
-        ready = selector.select(timeout) + [(_AlwaysReady(fd), EV_READ | EV_WRITE) for fd in self._always_ready]
+        ready = selector.select(timeout) + [(_AlwaysReady(fd), _EV_READ | _EV_WRITE) for fd in self._always_ready]
         self._now = now = _monotonic()
         fired = []
         for key, mask in ready:
@@ -469,7 +481,7 @@ class _SelLoop:
                 watcher.active, watcher._entry = False, None
                 fired.append(watcher)
             else:
-                heappop(timers)
+                _heappop(timers)
         for watcher in fired:
             if type(watcher) is _SelAsync:
                 watcher._sent = False
@@ -508,8 +520,8 @@ class _SelLoop:
     def _close_fds(self):
         self._selector.close()
         self._selector = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        _os.close(self._wake_r)
+        _os.close(self._wake_w)
 
     def _close(self):
         if self._selector is not None:
@@ -588,7 +600,7 @@ class _SelTimer(_SelWatcher):
 
     def __init__(self, after, repeat, loop, callback):
         super().__init__(loop, callback)
-        self._revents, self._entry = EV_TIMER, None
+        self._revents, self._entry = _EV_TIMER, None
         self.set(after, repeat)
 
     def set(self, after, repeat):
@@ -600,10 +612,10 @@ class _SelTimer(_SelWatcher):
         if self._entry is None:
             loop._sequence += 1
             self._entry = entry = [loop._now + self._after, loop._sequence, self]
-            heappush(loop._timers, entry)
+            _heappush(loop._timers, entry)
             if len(loop._timers) > 1024:  # stopped entries pile up until their time comes
                 loop._timers = [e for e in loop._timers if e[2] is not None]
-                heapify(loop._timers)
+                _heapify(loop._timers)
 
     def _remove(self):
         entry, self._entry = self._entry, None
@@ -617,7 +629,7 @@ class _SelAsync(_SelWatcher):
 
     def __init__(self, loop, callback):
         super().__init__(loop, callback)
-        self._revents, self._sent = EV_ASYNC, False
+        self._revents, self._sent = _EV_ASYNC, False
 
     def _add(self):
         self.loop._asyncs[self] = None
@@ -630,7 +642,7 @@ class _SelAsync(_SelWatcher):
             raise _SelError("start the Async before send(); a closed loop has none active")
         self._sent = True
         try:
-            os.write(self.loop._wake_w, b"\0")
+            _os.write(self.loop._wake_w, b"\0")
         except BlockingIOError:
             pass  # the pipe is full: a wake-up is pending anyway
 
@@ -668,13 +680,13 @@ def _load_backend(forced):
     raise AssertionError("unreachable: the selectors backend always loads")
 
 
-BACKEND, pyev = _load_backend(os.environ.get("COOPSOCK_LOOP", "").strip())
+BACKEND, _pyev = _load_backend(_os.environ.get("COOPSOCK_LOOP", "").strip())
 
 
 def _use_backend(name):
     """Switch this process to another backend (for tests and --loop); ends this thread's hub."""
-    global BACKEND, pyev
-    BACKEND, pyev = _load_backend(name)
+    global BACKEND, _pyev
+    BACKEND, _pyev = _load_backend(name)
     hub = getattr(_local, "hub", None)
     if hub is not None:
         hub.destroy()
@@ -695,7 +707,7 @@ def _use_backend(name):
 # started between waits (a wait is "set the waiter, switch"); one that fires
 # with nobody waiting is stopped. The socket tells the hub before it closes.
 
-_local = threading.local()
+_local = _threading.local()
 _CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
 _NOT_FROM_HUB = "cannot block inside the hub: call blocking functions from a spawned greenlet, not a hub callback"
 
@@ -750,7 +762,7 @@ class _Drain:
         _drain(self.fd)
 
 
-class Hub(greenlet):
+class Hub(_greenlet):
     """The greenlet that runs this thread's event loop and wakes parked greenlets."""
 
     def __init__(self):
@@ -760,25 +772,25 @@ class Hub(greenlet):
         super().__init__(parent=root)  # the thread's main greenlet gets LoopExit and Ctrl-C
         # libev makes its wake-up fd when the first Async starts, and retries
         # pipe() for ever (pyev: aborts) if no fd is free: fail here with EMFILE.
-        for fd in os.pipe():
-            os.close(fd)
-        self.ev = pyev
-        self.loop = pyev.Loop()
+        for fd in _os.pipe():
+            _os.close(fd)
+        self.ev = _pyev
+        self.loop = _pyev.Loop()
         self._fired = {}               # {watcher: revents} recorded by the loop in one pass
         self._record = self._fired.__setitem__
         self._fds = {}                 # {fd: _Fd}
         self._spare_ios = ([], [])     # stopped watchers for reading, writing, to reuse
         self._waiting = 0              # greenlets parked on an fd or on a worker thread
-        self._callbacks = deque()      # _Callback handles, run in order on the next pass
+        self._callbacks = _deque()      # _Callback handles, run in order on the next pass
         self._timers = []              # heap of (when, sequence, _Callback)
         self._timer_sequence = 0
         self._timer_refs = 0           # pending timers that keep the hub alive (ref=True)
-        self._clock = pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
+        self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
         self._clock_when = None        # when the clock is set to fire (None: stopped)
-        self._incoming = deque()       # (func, args) handed over by other threads
-        self._thread, self._pid = threading.get_ident(), os.getpid()
-        self._wake_lock = threading.Lock()  # no thread wakes the loop while destroy() closes it
-        self._wakeup = pyev.Async(self.loop, self._record)
+        self._incoming = _deque()       # (func, args) handed over by other threads
+        self._thread, self._pid = _threading.get_ident(), _os.getpid()
+        self._wake_lock = _threading.Lock()  # no thread wakes the loop while destroy() closes it
+        self._wakeup = _pyev.Async(self.loop, self._record)
         self._destroyed = False
         self._escaped = None           # what escaped a pass, for the main greenlet
         self._next_poll = 0.0          # when rounds of callbacks next let I/O in
@@ -786,13 +798,13 @@ class Hub(greenlet):
         self._wakeup.start()
         _install_process_hooks()
         try:
-            if threading.current_thread() is threading.main_thread():
+            if _threading.current_thread() is _threading.main_thread():
                 self._watch_signal_wakeup()
             # Start the hub greenlet here, and let it park at once: a signal
             # handler that raises as it starts then fails this call, and no
             # dead hub is ever handed out.
             self._creator = getcurrent()
-            greenlet.switch(self)
+            _greenlet.switch(self)
         except BaseException:
             self._close_loop()  # pyev would free its watchers active
             raise
@@ -815,8 +827,8 @@ class Hub(greenlet):
             return
         if previous is not None:
             signal.set_wakeup_fd(previous)  # not ours: put the other one back
-        os.close(pipe[0])
-        os.close(pipe[1])
+        _os.close(pipe[0])
+        _os.close(pipe[1])
 
     def _stop_signal_wakeup(self):
         if self._signal_wakeup:
@@ -830,8 +842,8 @@ class Hub(greenlet):
                     signal.set_wakeup_fd(previous)  # someone replaced ours: leave theirs
             except ValueError:
                 pass  # not the main thread any more (after fork in a thread)
-            os.close(pipe[0])
-            os.close(pipe[1])
+            _os.close(pipe[0])
+            _os.close(pipe[1])
 
     # -- parking and waking -------------------------------------------------
 
@@ -860,18 +872,18 @@ class Hub(greenlet):
         # handler runs only at calls and loops, so the bookkeeping is atomic.
         # The deadline is set inside the try, where the finally can always
         # cancel it; it throws with a C call, so it too is all or nothing.
-        slot = 0 if events != EV_WRITE else 1
-        if events == EV_READ:
+        slot = 0 if events != _EV_WRITE else 1
+        if events == _EV_READ:
             waiters[0] = current
-        elif events == EV_WRITE:
+        elif events == _EV_WRITE:
             waiters[1] = current
         else:
             waiters[0] = waiters[1] = current
         self._waiting += 1
         try:
             if deadline is not None:
-                self._at(deadline, current.throw, (TimeoutError, "timed out"), 0, entry.deadlines, slot)
-            return greenlet.switch(self)
+                self._at(deadline, current.throw, (_timed_out, "timed out"), 0, entry.deadlines, slot)
+            return _greenlet.switch(self)
         finally:
             self._waiting -= 1
             if waiters[0] is current:
@@ -925,7 +937,7 @@ class Hub(greenlet):
         """Switch to the hub; it switches back when something wakes this greenlet."""
         if getcurrent() is self:
             raise BlockingSwitchOutError(_NOT_FROM_HUB)
-        return greenlet.switch(self, *args)
+        return _greenlet.switch(self, *args)
 
     def run_callback(self, func, *args):
         """Call func(*args) from the hub on its next pass; return a handle with .stop()."""
@@ -952,10 +964,10 @@ class Hub(greenlet):
         if holder is not None:
             holder[index] = callback
         self._timer_sequence = sequence = self._timer_sequence + 1
-        heappush(self._timers, (when, sequence, callback))
+        _heappush(self._timers, (when, sequence, callback))
         if not sequence & 1023 and len(self._timers) > 1024:
             self._timers = [entry for entry in self._timers if entry[2].func is not None]
-            heapify(self._timers)
+            _heapify(self._timers)
         return callback
 
     def _run_due_timers(self):
@@ -967,7 +979,7 @@ class Hub(greenlet):
                 if when > now:
                     break
                 self._callbacks.append(callback)  # before the pop: an interrupted move runs it once
-            heappop(timers)
+            _heappop(timers)
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
@@ -1036,9 +1048,9 @@ class Hub(greenlet):
                 if now < self._next_poll:
                     continue
                 self._next_poll = now + 5e-5
-                loop.start(EVRUN_NOWAIT)
+                loop.start(_EVRUN_NOWAIT)
             elif self._waiting or self._timer_refs:
-                loop.start(EVRUN_ONCE)
+                loop.start(_EVRUN_ONCE)
             else:
                 self.parent.throw(LoopExit(
                     "This operation would block forever: no greenlet waits on I/O and no timer "
@@ -1071,8 +1083,8 @@ class Hub(greenlet):
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _raised_by_signal_handler(exc):
             self.run_callback(self.parent.throw, exc)
         elif not isinstance(exc, GreenletExit):
-            traceback.print_exception(type(exc), exc, exc.__traceback__)
-            print(f"{where!r} failed with {type(exc).__name__}", file=sys.stderr)
+            _traceback.print_exception(type(exc), exc, exc.__traceback__)
+            print(f"{where!r} failed with {type(exc).__name__}", file=_sys.stderr)
 
     def stats(self):
         """Return counts for tests and debugging: fds watched, greenlets waiting on them,
@@ -1090,7 +1102,7 @@ class Hub(greenlet):
         if getattr(_local, "hub", None) is self:
             del _local.hub, _local.closer
         if self and getcurrent() is self.parent:
-            greenlet.throw(self, GreenletExit)
+            _greenlet.throw(self, GreenletExit)
 
     def _close_loop(self):
         with self._wake_lock:
@@ -1098,7 +1110,7 @@ class Hub(greenlet):
         # In a forked child, the hub of a thread that did not survive the fork
         # shares its epoll instance with the parent's: stopping a watcher
         # there (EPOLL_CTL_DEL) would take the fd from the parent. Close only.
-        if self._pid == os.getpid():
+        if self._pid == _os.getpid():
             self._stop_signal_wakeup()
             for entry in list(self._fds.values()):
                 for watcher in entry.watchers:
@@ -1107,7 +1119,7 @@ class Hub(greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
-        self._timers, self._callbacks = [], deque()  # their handles refer to the hub: let it go now
+        self._timers, self._callbacks = [], _deque()  # their handles refer to the hub: let it go now
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -1116,7 +1128,7 @@ class Hub(greenlet):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
 
 
-_DIRECTIONS = (None, (0,), (1,), (0, 1))  # indexed by events: EV_READ, EV_WRITE, both
+_DIRECTIONS = (None, (0,), (1,), (0, 1))  # indexed by events: _EV_READ, _EV_WRITE, both
 
 
 def _raised_by_signal_handler(exc):
@@ -1158,28 +1170,28 @@ def _check_fd(fd):
     fd = _index(fd)
     if fd < 0:
         raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-    if not _stat.S_IFMT(os.fstat(fd).st_mode) and _is_epoll(fd):  # fstat: OSError(EBADF) if not open
+    if not _stat.S_IFMT(_os.fstat(fd).st_mode) and _is_epoll(fd):  # fstat: OSError(EBADF) if not open
         raise OSError(_errno.EINVAL, f"cannot wait on fd {fd}: it is an epoll instance, which no loop can watch")
     return fd
 
 
 def _is_epoll(fd):
     try:
-        return "eventpoll" in os.readlink(f"/proc/self/fd/{fd}")
+        return "eventpoll" in _os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return False
 
 
 def _nonblocking_pipe():
-    pipe = os.pipe()
+    pipe = _os.pipe()
     for fd in pipe:
-        os.set_blocking(fd, False)
+        _os.set_blocking(fd, False)
     return pipe
 
 
 def _drain(fd):
     try:
-        while os.read(fd, 4096):
+        while _os.read(fd, 4096):
             pass
     except OSError:
         pass
@@ -1191,16 +1203,18 @@ _PROCESS_HOOKS = []  # one-shot guard for the process-wide hooks
 def _install_process_hooks():
     if not _PROCESS_HOOKS:
         _PROCESS_HOOKS.append(True)
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _after_fork_in_child():
-    global _resolver_pool
-    _resolver_pool = None  # its threads did not survive the fork
+    global _resolver
+    _resolver = _threading.Condition(_threading.Lock())  # its threads did not survive the fork
+    _resolver_jobs.clear()
+    _resolver_threads[:] = [0, 0]
     hub = getattr(_local, "hub", None)
     if hub is not None and not hub._destroyed:
-        hub._wake_lock = threading.Lock()  # another thread may have held it at the fork
-        hub._pid = os.getpid()
+        hub._wake_lock = _threading.Lock()  # another thread may have held it at the fork
+        hub._pid = _os.getpid()
         hub.loop.reset()
         if hub._signal_wakeup:  # the parent owns that pipe too
             hub._stop_signal_wakeup()
@@ -1236,7 +1250,7 @@ class _Waiter:
         return woken
 
 
-class Greenlet(greenlet):
+class Greenlet(_greenlet):
     """A greenlet that runs func(*args, **kwargs) under the hub and keeps the outcome.
 
     An exception that escapes func is printed and kept in .exception; it never
@@ -1289,7 +1303,7 @@ class Greenlet(greenlet):
         """Return True if it finished without an exception (a kill counts as success)."""
         return self._finished and self.exception is None
 
-    dead = property(lambda self: self._finished or greenlet.dead.__get__(self))
+    dead = property(lambda self: self._finished or _greenlet.dead.__get__(self))
 
     def link(self, callback):
         """Call callback(self) from the hub once the greenlet finishes."""
@@ -1407,7 +1421,7 @@ def sleep(seconds=0):
         else:
             waking[0] = callback = _Callback(current.switch, (), hub, 0)
             hub._callbacks.append(callback)
-        greenlet.switch(hub)
+        _greenlet.switch(hub)
     finally:
         callback = waking[0]
         if callback is not None and callback.func is not None:
@@ -1560,7 +1574,7 @@ def _wait_before(hub, entry, events, deadline):
     # Checked before each wait of a retry loop: a watcher that keeps firing
     # spuriously would otherwise outrun the deadline's timer for ever.
     if deadline is not None and deadline <= _monotonic():
-        raise TimeoutError("timed out")
+        raise _timed_out("timed out")
     hub.wait(entry, events, deadline)
 
 
@@ -1571,7 +1585,7 @@ class socket(_stdsocket.socket):
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         super().__init__(family, type, proto, fileno)
-        self._timeout = _socket.getdefaulttimeout()
+        self._timeout = _socket.socket.gettimeout(self)  # 0.0 with SOCK_NONBLOCK, as the stdlib's
         _socket.socket.settimeout(self, 0.0)
         self._hub = self._entry = None  # the hub that waits on this fd, and its entry for it
 
@@ -1631,7 +1645,7 @@ class socket(_stdsocket.socket):
             if entry is None:
                 return
         self._hub = self._entry = None
-        if hub._thread == threading.get_ident():
+        if hub._thread == _threading.get_ident():
             hub._forget(entry)
         else:
             hub._run_threadsafe(hub._forget, entry)
@@ -1649,7 +1663,7 @@ class socket(_stdsocket.socket):
         """Shut down one or both directions; greenlets waiting on them get EBADF (as in gevent)."""
         super().shutdown(how)
         hub, entry = self._hub, self._entry
-        if hub is not None and hub._thread == threading.get_ident():
+        if hub is not None and hub._thread == _threading.get_ident():
             for i, shut in enumerate((how != SHUT_WR, how != SHUT_RD)):  # noqa: F821
                 if shut and entry.waiters[i] is not None:
                     entry.watchers[i].stop()  # so that the fd becoming ready cannot wake it first
@@ -1659,7 +1673,7 @@ class socket(_stdsocket.socket):
 
     def accept(self):
         """Wait for a connection; return (socket, address)."""
-        fd, address = self._retry(_socket.socket._accept, EV_READ)
+        fd, address = self._retry(_socket.socket._accept, _EV_READ)
         return socket(self.family, self.type, self.proto, fileno=fd), address
 
     def _retry(self, call, events, *args, **kwargs):
@@ -1686,25 +1700,25 @@ class socket(_stdsocket.socket):
         try:
             return _socket.socket.recv(self, bufsize, flags)
         except BlockingIOError:  # the fast path: one system call, no loop
-            if self._timeout == 0.0:
+            if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                 raise
-        return self._wait_and_retry(_socket.socket.recv, EV_READ, bufsize, flags)
+        return self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, flags)
 
     def send(self, data, flags=0):
         """Send some of data; return how many bytes were sent."""
         try:
             return _socket.socket.send(self, data, flags)
         except BlockingIOError:
-            if self._timeout == 0.0:
+            if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                 raise
-        return self._wait_and_retry(_socket.socket.send, EV_WRITE, data, flags)
+        return self._wait_and_retry(_socket.socket.send, _EV_WRITE, data, flags)
 
     def sendall(self, data, flags=0):
         """Send all of data; the timeout bounds the whole call, not each piece."""
         try:  # usually all of it goes at once; and this checks data as the stdlib does
             sent = _socket.socket.send(self, data, flags)
         except BlockingIOError:
-            if self._timeout == 0.0:
+            if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                 raise
             sent = 0
         if type(data) is bytes and sent == len(data):
@@ -1715,11 +1729,11 @@ class socket(_stdsocket.socket):
                 try:
                     sent += _socket.socket.send(self, view[sent:], flags)
                 except BlockingIOError:
-                    if self._timeout == 0.0:
+                    if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                         raise
                     if deadline is None:
                         deadline = self._deadline()
-                    self._wait(EV_WRITE, deadline)
+                    self._wait(_EV_WRITE, deadline)
 
     def connect(self, address):
         """Connect to address; a host name is resolved without blocking the hub.
@@ -1735,17 +1749,17 @@ class socket(_stdsocket.socket):
             if err == 0 or (err == _errno.EISCONN and waited):  # EISCONN: our own attempt made it
                 return
             if err not in _CONNECT_AGAIN or self._timeout == 0.0:
-                raise OSError(err, os.strerror(err))
+                raise OSError(err, _os.strerror(err))
             if not waited:
                 deadline, waited = self._deadline(), True
-            self._wait(EV_WRITE, deadline)
+            self._wait(_EV_WRITE, deadline)
 
     def connect_ex(self, address):
         """Like connect(), but return an errno instead of raising OSError (0 on success)."""
         try:
             self.connect(address)
             return 0
-        except TimeoutError:
+        except _timed_out:
             return _errno.EAGAIN
         except OSError as exc:
             if exc.errno is None or isinstance(exc, (gaierror, herror)):
@@ -1778,30 +1792,39 @@ class socket(_stdsocket.socket):
         return text if self._timeout is None else text[:-1] + f", timeout={self._timeout}>"
 
 
-def _cooperative(name, events):
+def _cooperative(name, events, flags_at):
     call = getattr(_socket.socket, name)
 
     def method(self, *args, **kwargs):
-        return self._retry(call, events, *args, **kwargs)
+        try:
+            return call(self, *args, **kwargs)
+        except BlockingIOError:  # so flags parsed as an int: MSG_DONTWAIT never waits
+            at = flags_at if len(args) != 2 or name != "sendto" else 2  # sendto(data, address): none
+            flags = kwargs.get("flags", args[at] if len(args) > at else 0)
+            if self._timeout == 0.0 or _index(flags) & _MSG_DONTWAIT:
+                raise
+        return self._wait_and_retry(call, events, *args, **kwargs)
     method.__name__ = method.__qualname__ = name
     method.__doc__ = call.__doc__
     return method
 
 
-for _name, _events in (("recv_into", EV_READ), ("recvfrom", EV_READ), ("recvfrom_into", EV_READ),
-                       ("recvmsg", EV_READ), ("recvmsg_into", EV_READ), ("sendto", EV_WRITE),
-                       ("sendmsg", EV_WRITE)):
+for _name, _events, _flags_at in (
+        ("recv_into", _EV_READ, 2), ("recvfrom", _EV_READ, 1), ("recvfrom_into", _EV_READ, 2),
+        ("recvmsg", _EV_READ, 2), ("recvmsg_into", _EV_READ, 2), ("sendto", _EV_WRITE, 1),
+        ("sendmsg", _EV_WRITE, 2)):
     if hasattr(_socket.socket, _name):
-        setattr(socket, _name, _cooperative(_name, _events))
+        setattr(socket, _name, _cooperative(_name, _events, _flags_at))
 
 
 # ---------------------------------------------------------------------------
 # Module-level helpers
 
-def socketpair(family=None, type=_stdsocket.SOCK_STREAM, proto=0):
+def socketpair(family=None, type=_socket.SOCK_STREAM, proto=0):
     """Return a pair of connected cooperative sockets (AF_UNIX where available)."""
-    pair = _stdsocket.socketpair(family, type, proto)
-    return tuple(socket(s.family, s.type, s.proto, s.detach()) for s in pair)
+    if family is None:
+        family = getattr(_socket, "AF_UNIX", _socket.AF_INET)
+    return tuple(socket(family, type, proto, s.detach()) for s in _socket.socketpair(family, type, proto))
 
 
 def fromfd(fd, family, type, proto=0):
@@ -1809,20 +1832,23 @@ def fromfd(fd, family, type, proto=0):
     return socket(family, type, proto, _socket.dup(fd))
 
 
-def create_server(address, *, family=_stdsocket.AF_INET, backlog=None, reuse_port=False,
+def create_server(address, *, family=_socket.AF_INET, backlog=None, reuse_port=False,
                   dualstack_ipv6=False):
     """Return a cooperative listening TCP socket bound to address (stdlib arguments)."""
-    sock = _stdsocket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port,
-                                    dualstack_ipv6=dualstack_ipv6)
-    return socket(sock.family, sock.type, sock.proto, sock.detach())
+    sock = _std_create_server(address, family=family, backlog=backlog, reuse_port=reuse_port,
+                              dualstack_ipv6=dualstack_ipv6)
+    return sock if isinstance(sock, socket) else socket(sock.family, sock.type, sock.proto, sock.detach())
 
 
 def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *,
                       all_errors=False):
     """Connect to (host, port), trying each address the name resolves to; return the socket.
 
-    The timeout applies to each attempt, as in the stdlib.
+    The timeout applies to each attempt, as in the stdlib. all_errors=True
+    (Python 3.11+, as the stdlib's) raises an ExceptionGroup of every attempt's error.
     """
+    if all_errors and _sys.version_info < (3, 11):
+        raise TypeError("create_connection(all_errors=True) needs Python 3.11 (ExceptionGroup)")
     host, port = address
     errors = []
     for family, type_, proto, _, sockaddr in getaddrinfo(host, port, 0, SOCK_STREAM):  # noqa: F821
@@ -1844,17 +1870,37 @@ def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT, sourc
     raise errors[0]
 
 
-_resolver_pool = None
-_resolver_lock = threading.Lock()
+# Name lookups block in the C library, so they run in worker threads, which
+# wake the hub through its Async. Up to 8 threads, started as lookups come;
+# one idle for a second exits, so a program that resolved one name once does
+# not keep threads for ever. Numeric addresses need no lookup, no thread.
+
+_resolver = _threading.Condition(_threading.Lock())
+_resolver_jobs = _deque()     # work() closures waiting for a thread
+_resolver_threads = [0, 0]   # [running, idle], under _resolver
+
+
+def _resolver_worker():
+    with _resolver:
+        while True:
+            if _resolver_jobs:
+                job = _resolver_jobs.popleft()
+                _resolver.release()
+                try:
+                    job()  # it catches everything
+                finally:
+                    _resolver.acquire()
+                continue
+            _resolver_threads[1] += 1
+            woken = _resolver.wait(1.0)
+            _resolver_threads[1] -= 1
+            if not woken and not _resolver_jobs:
+                _resolver_threads[0] -= 1
+                return
 
 
 def _run_in_thread(func, *args):
     """Run func(*args) in a worker thread; park until it returns (the hub's Async wakes it)."""
-    global _resolver_pool
-    with _resolver_lock:
-        if _resolver_pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            _resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="coopsock-resolver")
     hub, waiter, outcome = get_hub(), _Waiter(), []
 
     def work():
@@ -1864,7 +1910,14 @@ def _run_in_thread(func, *args):
             outcome.append((False, exc))
         hub._run_threadsafe(waiter)  # dropped if the hub is gone; a no-op if the wait ended
     waiter.greenlet = getcurrent()
-    _resolver_pool.submit(work)
+    with _resolver:
+        _resolver_jobs.append(work)
+        running, idle = _resolver_threads
+        if idle >= len(_resolver_jobs):
+            _resolver.notify()
+        elif running < 8:
+            _resolver_threads[0] += 1
+            _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
     hub._waiting += 1  # the worker will wake this hub
     try:
         while not outcome:
@@ -1878,22 +1931,66 @@ def _run_in_thread(func, *args):
     raise result
 
 
+def _is_numeric(host):
+    """True if host is an IP address or None: the C library answers without a lookup."""
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, host)
+            return True
+        except (OSError, ValueError, TypeError):
+            pass
+    return False
+
+
 def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
-    """socket.getaddrinfo, run in a worker thread so the hub keeps running."""
-    return _run_in_thread(_stdsocket.getaddrinfo, host, port, family, type, proto, flags)
+    """Return socket.getaddrinfo's list; a name is looked up in a worker thread, not blocking the hub."""
+    if _is_numeric(host):
+        return _std_getaddrinfo(host, port, family, type, proto, flags)
+    return _run_in_thread(_std_getaddrinfo, host, port, family, type, proto, flags)
 
 
 def gethostbyname(hostname):
-    """socket.gethostbyname, run in a worker thread."""
+    """Return socket.gethostbyname's address; the lookup runs in a worker thread."""
+    if _is_numeric(hostname) and hostname is not None:
+        return _socket.gethostbyname(hostname)
     return _run_in_thread(_socket.gethostbyname, hostname)
 
 
+def gethostbyname_ex(hostname):
+    """Return socket.gethostbyname_ex's (name, aliases, addresses); the lookup runs in a worker thread."""
+    return _run_in_thread(_socket.gethostbyname_ex, hostname)
+
+
+def gethostbyaddr(ip_address):
+    """Return socket.gethostbyaddr's (name, aliases, addresses); the lookup runs in a worker thread."""
+    return _run_in_thread(_socket.gethostbyaddr, ip_address)
+
+
 def getnameinfo(sockaddr, flags):
-    """socket.getnameinfo, run in a worker thread."""
+    """Return socket.getnameinfo's (host, port); the lookup runs in a worker thread unless both are numeric."""
+    numeric = _socket.NI_NUMERICHOST | _socket.NI_NUMERICSERV
+    if isinstance(flags, int) and flags & numeric == numeric:
+        return _socket.getnameinfo(sockaddr, flags)
     return _run_in_thread(_socket.getnameinfo, sockaddr, flags)
 
 
-def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | EV_WRITE):
+def getfqdn(name=""):
+    """Return socket.getfqdn's fully qualified name for name; the lookup runs in a worker thread."""
+    name = name.strip()
+    if not name or name in ("0.0.0.0", "::"):
+        name = _socket.gethostname()
+    try:
+        hostname, aliases, _ = gethostbyaddr(name)
+    except OSError:
+        return name
+    return next((n for n in [hostname, *aliases] if "." in n), hostname)
+
+
+def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=_EV_READ | _EV_WRITE):
     """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds.
 
     timeout_exc defaults to TimeoutError("timed out"), as a socket's timeout raises.
@@ -1908,7 +2005,7 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | E
     entry = hub._entry(fd)
     try:
         hub.wait(entry, events, None if timeout is None else _monotonic() + timeout)
-    except TimeoutError:
+    except _timed_out:
         if timeout_exc is None:
             raise
         raise timeout_exc from None
@@ -1920,12 +2017,12 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=EV_READ | E
 
 def wait_read(fileno, timeout=None, timeout_exc=None):
     """Park until fileno is readable; raise timeout_exc after `timeout` seconds."""
-    wait_readwrite(fileno, timeout, timeout_exc, events=EV_READ)
+    wait_readwrite(fileno, timeout, timeout_exc, events=_EV_READ)
 
 
 def wait_write(fileno, timeout=None, timeout_exc=None):
     """Park until fileno is writable; raise timeout_exc after `timeout` seconds."""
-    wait_readwrite(fileno, timeout, timeout_exc, events=EV_WRITE)
+    wait_readwrite(fileno, timeout, timeout_exc, events=_EV_WRITE)
 
 
 # ---------------------------------------------------------------------------
@@ -1943,7 +2040,7 @@ def _echo(conn, address, served, idle_timeout, log):
                 break
             conn.sendall(data)
             served["bytes"] += len(data)
-    except TimeoutError:
+    except _timed_out:
         reason = f"idle for {idle_timeout} s"
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -1965,7 +2062,7 @@ def _serve(args, log):
     except OSError as exc:
         return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
     log.info("echo server listening on %s:%d (loop backend: %s, pid %d)",
-             *listener.getsockname()[:2], BACKEND, os.getpid())
+             *listener.getsockname()[:2], BACKEND, _os.getpid())
     served, handlers = {"connections": 0, "bytes": 0}, set()
     try:
         with listener:
@@ -2015,23 +2112,23 @@ def _serve_workers(args, log):
         return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
     children = []
     for _ in range(args.workers):
-        pid = os.fork()
+        pid = _os.fork()
         if pid == 0:
-            os._exit(_serve(args, log))
+            _os._exit(_serve(args, log))
         children.append(pid)
 
     def forward(signum, frame):
         for pid in children:
             try:
-                os.kill(pid, signal.SIGTERM)
+                _os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     status = 0
     for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+        _, code = _os.waitpid(pid, 0)
+        status = status or _os.waitstatus_to_exitcode(code)
     log.info("all %d workers stopped", args.workers)
     return status
 
@@ -2054,7 +2151,7 @@ def main(argv=None):
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     parser.add_argument("--version", action="version", version=f"coopsock {__version__}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=_sys.stderr,
                         format="%(asctime)s coopsock[%(process)d] %(message)s")
     log = logging.getLogger("coopsock")
     if args.loop:
@@ -2067,4 +2164,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _sys.exit(main())

@@ -140,7 +140,7 @@ def full_listener():
                 filler.settimeout(0.1)
                 try:
                     filler.connect(address)
-                except TimeoutError:
+                except stdsocket.timeout:
                     break  # the kernel now drops every new SYN
             else:
                 pytest.fail("could not fill the listen queue of a loopback TCP socket")
@@ -237,9 +237,9 @@ def test_load_backend_rejects_an_unknown_name():
 
 def test_backend_names_the_backend_in_use(backend):
     assert coopsock.BACKEND == backend
-    assert coopsock.pyev.__name__ == backend
+    assert coopsock._pyev.__name__ == backend
     hub = coopsock.get_hub()
-    assert isinstance(hub.loop, coopsock.pyev.Loop)
+    assert isinstance(hub.loop, coopsock._pyev.Loop)
 
 
 def test_coopsock_loop_forces_the_backend(backend):
@@ -285,7 +285,7 @@ def test_forced_libev_without_libev_says_what_to_install():
 
 @pytest.fixture
 def ev():
-    return coopsock.pyev
+    return coopsock._pyev
 
 
 @pytest.fixture
@@ -412,7 +412,7 @@ def test_an_active_watcher_nobody_references_still_fires_on_a_stand_in(backend):
         pytest.skip("the stand-ins' own behaviour: real pyev frees an active watcher without stopping it")
     result = run_python("""
         import gc, coopsock
-        ev = coopsock.pyev
+        ev = coopsock._pyev
         loop = ev.Loop()
         got = []
         ev.Timer(0.001, 0.0, loop, lambda watcher, revents: got.append(revents)).start()
@@ -514,7 +514,7 @@ def test_blocking_inside_the_hub_raises_blocking_switch_out_error(pair):
     entry = hub._entry(pair[0].fileno())
 
     def from_the_hub():
-        for block in (lambda: hub.wait(entry, coopsock.EV_READ), lambda: sleep(0.01), lambda: sleep(0), hub.switch):
+        for block in (lambda: hub.wait(entry, coopsock._EV_READ), lambda: sleep(0.01), lambda: sleep(0), hub.switch):
             try:
                 block()
             except coopsock.BlockingSwitchOutError as exc:
@@ -1229,7 +1229,7 @@ def test_wait_read_wait_write_wait_readwrite(pair):
     coopsock.wait_write(a.fileno(), timeout=5)  # writable at once
     coopsock.wait_readwrite(a.fileno(), timeout=5)
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match="^timed out$"):
+    with pytest.raises(stdsocket.timeout, match="^timed out$"):
         coopsock.wait_read(a.fileno(), timeout=0.05)
     assert 0.045 <= time.monotonic() - started < 3
     with pytest.raises(ValueError, match="custom"):
@@ -1318,7 +1318,7 @@ def test_other_greenlets_run_while_one_waits_in_connect(full_listener):
             events.append("connecting")
             try:
                 client.connect(full_listener)
-            except TimeoutError:
+            except stdsocket.timeout:
                 events.append("timed out")
         g = spawn(connect)
         spawn(ticker(events)).join()
@@ -1369,7 +1369,7 @@ def test_settimeout_makes_a_blocking_call_raise_timeout_error(op, pair, listener
     with pytest.raises(stdsocket.timeout, match="^timed out$") as info:
         call()
     assert 0.18 <= time.monotonic() - started < 2
-    assert type(info.value) is TimeoutError
+    assert type(info.value) is stdsocket.timeout
     if op.startswith("recv"):  # the socket still works after a timeout
         spawn(pair[1].sendall, b"after")
         assert pair[0].recv(5) == b"after"
@@ -1379,7 +1379,7 @@ def test_connect_timeout_is_one_deadline(full_listener):
     with coopsock.socket() as client:
         client.settimeout(0.5)
         started = time.monotonic()
-        with pytest.raises(TimeoutError, match="^timed out$"):
+        with pytest.raises(stdsocket.timeout, match="^timed out$"):
             client.connect(full_listener)
         assert 0.45 <= time.monotonic() - started < 1.0
 
@@ -1401,7 +1401,7 @@ def test_sendall_timeout_bounds_the_whole_call(tcp_pair):
     started = time.monotonic()
     try:
         # A timeout per wait would take seconds: the silent Timeout stops it then.
-        with Timeout(10, False), pytest.raises(TimeoutError, match="^timed out$"):
+        with Timeout(10, False), pytest.raises(stdsocket.timeout, match="^timed out$"):
             client.sendall(bytes(64 << 20))
     finally:
         draining.clear()
@@ -1467,7 +1467,7 @@ def test_the_default_timeout_comes_from_getdefaulttimeout():
         stdsocket.setdefaulttimeout(previous)
     with a, b, plain:
         assert a.gettimeout() == b.gettimeout() == plain.gettimeout() == 0.05
-        with pytest.raises(TimeoutError):
+        with pytest.raises(stdsocket.timeout):
             a.recv(1)
     with coopsock.socket() as sock:
         assert sock.gettimeout() == previous
@@ -1603,7 +1603,7 @@ def slow_lookup(monkeypatch):
                 raise RuntimeError("nobody released the lookup: the hub was blocked")
             host = "::1" if family == stdsocket.AF_INET6 else "127.0.0.1"
         return real(host, port, family, *args, **kwargs)
-    monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo", lookup)
+    monkeypatch.setattr(coopsock, "_std_getaddrinfo", lookup)
     return release
 
 
@@ -1676,7 +1676,7 @@ def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
 
     def quick_lookup(*args):
         return [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
-    monkeypatch.setattr(coopsock._stdsocket, "getaddrinfo", quick_lookup)
+    monkeypatch.setattr(coopsock, "_std_getaddrinfo", quick_lookup)
     hub._run_threadsafe, hub.switch = send_then_flag, switch_once_sent
     try:
         with Timeout(5):
@@ -1818,7 +1818,7 @@ def test_unix_connect_to_a_full_listen_queue_times_out(short_dir):
         server.listen(0)
         first.connect(path)
         second.settimeout(0.2)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(stdsocket.timeout):
             second.connect(path)
 
 

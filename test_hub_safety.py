@@ -48,7 +48,7 @@ def test_a_lookup_abandoned_before_its_hub_ends_touches_nothing_after():
     def slow_lookup(*args):
         time.sleep(1.0)
         return [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
-    stdsocket.getaddrinfo = slow_lookup
+    coopsock._std_getaddrinfo = slow_lookup
 
     def abandon(destroy):
         try:
@@ -104,7 +104,7 @@ def test_with_pyev_imported_libev_never_allocates_without_the_gil():
 
 def test_lookups_that_finish_at_once_leave_nothing_that_keeps_the_hub_alive():
     code = """
-    stdsocket.getaddrinfo = lambda *args: [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]
+    coopsock._std_getaddrinfo = lambda *args: [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]
     for _ in range(200):
         assert coopsock.getaddrinfo("quick.invalid", 80)[0][4] == ("10.0.0.1", 80)
     try:

@@ -12,7 +12,7 @@ test_coopsock). The file follows issue 5 in three groups:
   callbacks. Fast, unmarked.
 * Bad input: hypothesis properties that call coopsock with arbitrary arguments
   and compare the exception type with the stdlib's for the same call, and
-  direct misuse of the loop stand-ins (``coopsock.pyev``).
+  direct misuse of the loop stand-ins (``coopsock._pyev``).
 
 Anything that can abort the interpreter (libev asserts on bad file
 descriptors) runs in a child interpreter with faulthandler on, and the test
@@ -303,7 +303,7 @@ _CHILD_PRELUDE = """\
 import errno, gc, os, signal, socket as stdsocket, struct, sys, threading, time
 import coopsock
 from coopsock import Timeout, sleep, spawn
-P = coopsock.pyev
+P = coopsock._pyev
 
 def outcome(func, *args):
     try:
@@ -362,7 +362,7 @@ class _Child:
                 self.fail(f"no line from the child within {timeout} s")
             try:
                 coopsock.wait_read(fd, timeout=left)
-            except TimeoutError:
+            except stdsocket.timeout:
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -886,7 +886,7 @@ def test_silent_peer_is_reclaimed_by_the_recv_timeout(tcp_pair):
     server, client = tcp_pair
     server.settimeout(0.2)
     started = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(stdsocket.timeout):
         server.recv(100)
     assert 0.15 <= time.monotonic() - started < 5
     client.sendall(b"late")  # the socket is still usable
@@ -1388,7 +1388,7 @@ def _socket_verdict(lib, state, timeout, method, recipes, refused_port, stdlib_t
             except Exception as exc:
                 return type(exc).__name__
             return "ok"
-        return _stdlib_verdict(call, waiting="TimeoutError" if timeout else "ok")
+        return _stdlib_verdict(call, waiting=stdsocket.timeout.__name__ if timeout else "ok")
     finally:
         sock.close()
         for peer in peers:
@@ -1595,7 +1595,7 @@ def _coop_wait_verdict(func, argument, timeout):
                 func(argument, timeout)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-    except (_Blocked, TimeoutError):  # still waiting, or timed out: it took the arguments
+    except (_Blocked, stdsocket.timeout):  # still waiting, or timed out: it took the arguments
         return "ok"
     except _Hung:
         return "hangs (not even a Timeout could stop it)"
@@ -1676,7 +1676,7 @@ def test_wait_on_an_fd_closed_under_the_waiter_never_hangs_or_aborts():
 
 
 # ---------------------------------------------------------------------------
-# Misuse of the loop stand-ins (coopsock.pyev: the backend's pyev namespace)
+# Misuse of the loop stand-ins (coopsock._pyev: the backend's pyev namespace)
 
 _MISUSE_PRELUDE = """
 fired = []
