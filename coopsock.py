@@ -50,7 +50,7 @@ __all__ = [
     "Timeout", "with_timeout",
     # coordination
     "Event", "AsyncResult", "wait", "iwait", "Queue", "LifoQueue", "PriorityQueue",
-    "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool",
+    "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool", "StreamServer",
     # sockets
     "socket", "socketpair", "create_connection", "create_server", "fromfd",
     "getaddrinfo", "gethostbyname", "getnameinfo",
@@ -2597,6 +2597,116 @@ def wait_write(fileno, timeout=None, timeout_exc=None):
 
 
 # ---------------------------------------------------------------------------
+# StreamServer
+
+class StreamServer:
+    """Accept TCP connections on `listener` and run handle(socket, address) in a greenlet for each.
+
+    listener: a (host, port) address (the family taken from the host) or a
+    listening socket. spawn: 'default' (a greenlet per connection), a Pool, or
+    an int (a Pool of that size; connections beyond it wait in the backlog).
+    The connection is closed when handle returns. With ssl_context, each
+    connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
+    """
+
+    stop_timeout = 1  # seconds stop() waits for the running handlers before it kills them
+    backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
+
+    def __init__(self, listener, handle, backlog=None, spawn="default", ssl_context=None):
+        if isinstance(listener, _stdsocket.socket):
+            if backlog is not None:
+                raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
+            self.socket = listener if isinstance(listener, socket) else fromfd(
+                listener.fileno(), listener.family, listener.type, listener.proto)
+            self._address = self.socket.getsockname()
+        else:
+            self.socket, self._address = None, tuple(listener)
+        if spawn == "default":
+            spawn = Group()
+        elif isinstance(spawn, int):
+            spawn = Pool(spawn)
+        self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, spawn, ssl_context
+        self._handlers, self._acceptor, self._stopped, self.closed = Group(), None, Event(), False
+
+    started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
+                       doc="True while accepting connections.")
+    address = property(lambda self: self.socket.getsockname() if self.socket else self._address,
+                       doc="The address listened on (with the real port once started).")
+    server_host = property(lambda self: self.address[0])
+    server_port = property(lambda self: self.address[1])
+
+    def start(self) -> None:
+        """Listen (creating the listener if needed) and start accepting in a greenlet; OSError if it cannot."""
+        if self.closed:
+            raise ValueError("This server is closed: create a new StreamServer")
+        if self.socket is None:
+            family = AF_INET6 if ":" in self._address[0] else AF_INET  # noqa: F821
+            self.socket = create_server(self._address, family=family, backlog=self.backlog or self.backlog_default)
+        if not self.started:
+            self._acceptor = spawn(self._accept_loop)
+
+    def serve_forever(self) -> None:
+        """Start, and park until stop() or close() is called (then stop, if an exception ends the wait)."""
+        self.start()
+        try:
+            self._stopped.wait()
+        finally:
+            if not self.closed:
+                self.stop()
+
+    def close(self) -> None:
+        """Stop accepting and close the listener; the running handlers go on."""
+        self.closed = True
+        if self._acceptor is not None:
+            self._acceptor.kill()
+        if self.socket is not None:
+            self.socket.close()
+        self._stopped.set()
+
+    def stop(self, timeout=None) -> None:
+        """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest."""
+        self.close()
+        if not self._handlers.join(self.stop_timeout if timeout is None else timeout):
+            self._handlers.kill(timeout=1)  # a killed handler ends at once, unless it ignores GreenletExit
+
+    def _accept_loop(self):
+        delay = 0
+        while True:
+            if self.pool.full():  # leave further connections in the backlog
+                self.pool.wait_available()
+            try:
+                conn, address = self.socket.accept()
+            except OSError as exc:  # EMFILE and friends: back off until fds free up; log once per episode
+                if not delay:
+                    import logging
+                    logging.getLogger("coopsock").warning("accept() on %s failed, retrying with back-off "
+                                                          "up to 1 s: %s", self.address, exc)
+                delay = min(delay * 2 or 0.01, 1.0)
+                sleep(delay)
+                continue
+            delay = 0
+            self._handlers.add(self.pool.spawn(self._handle, conn, address))
+
+    def _handle(self, conn, address):
+        try:
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+            self.handle(conn, address)
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def __repr__(self):
+        return f"<StreamServer {self.address} {'closed' if self.closed else 'started' if self.started else 'idle'}>"
+
+
+# ---------------------------------------------------------------------------
 # The demo: python -m coopsock, an echo server written as a user would write it
 
 def _echo(conn, address, served, idle_timeout, log):
@@ -2634,29 +2744,20 @@ def _serve(args, log):
         return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
     log.info("echo server listening on %s:%d (loop backend: %s, pid %d)",
              *listener.getsockname()[:2], BACKEND, os.getpid())
-    served, handlers = {"connections": 0, "bytes": 0}, set()
+    served = {"connections": 0, "bytes": 0}
+
+    def handle(conn, address):
+        if len(server._handlers) > args.max_connections:  # this one counts already
+            log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
+            return
+        served["connections"] += 1
+        _echo(conn, address, served, args.idle_timeout, log)
+    server = StreamServer(listener, handle)
+    server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
-        with listener:
-            while True:
-                try:
-                    conn, address = listener.accept()
-                except OSError as exc:  # EMFILE and friends: wait for fds to free up
-                    log.warning("accept failed: %s", exc)
-                    sleep(0.1)
-                    continue
-                if len(handlers) >= args.max_connections:
-                    log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
-                    conn.close()
-                    continue
-                served["connections"] += 1
-                handler = spawn(_echo, conn, address, served, args.idle_timeout, log)
-                handlers.add(handler)
-                handler.link(handlers.discard)
+        server.serve_forever()
     except KeyboardInterrupt:
-        log.info("stopping: closing %d open connection(s)", len(handlers))
-        for handler in list(handlers):
-            handler.kill(block=False)
-        joinall(handlers, timeout=2)
+        pass
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
     return 0
 
