@@ -1,14 +1,23 @@
 """Tests of the coordination primitives (Event, Queue, locks, Pool...), on every backend."""
 
+import errno
+import gc
+import importlib.util
+import os
 import queue
 import re
+import select
+import socket as stdsocket
 import threading
+import time
 
 import pytest
 
 import coopsock
 from coopsock import Event, Greenlet, GreenletExit, LoopExit, Queue, Timeout, sleep, spawn
 from test_coopsock import hang_guard, hub_never_fails  # noqa: F401 - autouse fixtures shared with the main suite
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parked(*greenlets):
@@ -462,3 +471,199 @@ def test_pool_spawn_parked_while_full_is_interrupted_by_timeout():
     assert pool.free_count() == 1
     with pytest.raises(ValueError):
         coopsock.Pool(0)
+
+
+# ---------------------------------------------------------------------------
+# StreamServer
+
+def _echo_handler(conn, address):
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def _round_trip(address, payload=b"ping"):
+    with coopsock.create_connection(address[:2], timeout=5) as conn:
+        conn.sendall(payload)
+        conn.shutdown(coopsock.SHUT_WR)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_stream_server_serves_each_connection_in_a_greenlet(host):
+    if host == "::1" and not stdsocket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with coopsock.StreamServer((host, 0), _echo_handler) as server:
+        assert server.started and server.server_host == host and server.server_port > 0
+        assert server.socket.family == (stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET)
+        clients = [spawn(_round_trip, server.address, b"x%d" % i) for i in range(20)]
+        assert [g.get() for g in clients] == [b"x%d" % i for i in range(20)]
+    assert server.closed and not server.started and server.socket.fileno() == -1
+
+
+def test_stream_server_on_a_given_listener_with_a_pool_size():
+    running, release = [0], Event()
+
+    def handle(conn, address):
+        running[0] += 1
+        release.wait()
+        _echo_handler(conn, address)
+    with stdsocket.create_server(("127.0.0.1", 0)) as listener:
+        with pytest.raises(ValueError):
+            coopsock.StreamServer(listener, handle, backlog=5)
+        with coopsock.StreamServer(listener, handle, spawn=2) as server:
+            clients = [spawn(_round_trip, server.address) for _ in range(3)]
+            while running[0] < 2:
+                sleep(0.001)
+            sleep(0.05)  # the timing is the point: the third waits in the backlog
+            assert running[0] == 2
+            release.set()
+            assert [g.get() for g in clients] == [b"ping"] * 3 and running[0] == 3
+
+
+def test_stream_server_holds_a_burst_of_a_thousand_connects():
+    release = Event()
+    with coopsock.StreamServer(("127.0.0.1", 0), lambda conn, address: release.wait(), spawn=1) as server:
+        clients = [stdsocket.socket() for _ in range(1000)]
+        try:
+            for client in clients:
+                client.setblocking(False)
+                assert client.connect_ex(server.address) in (0, errno.EINPROGRESS)
+            poller, pending, deadline = select.poll(), {c.fileno(): c for c in clients}, time.monotonic() + 5
+            for client in clients:
+                poller.register(client, select.POLLOUT)
+            while pending and time.monotonic() < deadline:  # a connect the backlog cannot hold stays pending
+                for fd, _ in poller.poll(100):
+                    assert not pending.pop(fd).getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR)
+                    poller.unregister(fd)
+            assert not pending
+        finally:
+            release.set()
+            for client in clients:
+                client.close()
+
+
+def test_stream_server_stop_waits_for_handlers_then_kills_them():
+    finished, killed = [], []
+
+    def handle(conn, address):
+        try:
+            sleep(0.01 if address[1] % 2 else 10)
+            finished.append(address)
+        except GreenletExit:
+            killed.append(address)
+            raise
+    server = coopsock.StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    conns = [coopsock.create_connection(server.address) for _ in range(4)]
+    while len(server._handlers) < 4:
+        sleep(0)
+    started = time.monotonic()
+    server.stop(timeout=0.2)
+    assert 0.15 < time.monotonic() - started < 5
+    assert len(finished) + len(killed) == 4 and killed and not server._handlers
+    with pytest.raises(ValueError):
+        server.start()
+    for conn in conns:
+        conn.close()
+
+
+def test_stream_server_backs_off_accept_errors_and_logs_once(caplog):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare, client = [], coopsock.socket()
+    with coopsock.StreamServer(("127.0.0.1", 0), _echo_handler) as server, client:
+        try:
+            gc.collect()  # so that no fd frees up while the test holds them all
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 5, hard))
+            with pytest.raises(OSError):
+                while True:
+                    spare.append(os.open(os.devnull, os.O_RDONLY))
+            client.connect(server.address)  # accept() has no fd left for it: EMFILE
+            sleep(0.3)  # the timing is the point: back-off, not a busy loop
+            warnings = [r.getMessage() for r in caplog.records if "accept() on" in r.getMessage()]
+            assert len(warnings) == 1 and "Too many open files" in warnings[0], caplog.text
+        finally:
+            for fd in spare:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.settimeout(5)
+        client.sendall(b"after")
+        assert client.recv(5) == b"after"
+
+
+# ---------------------------------------------------------------------------
+# The examples, end to end
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(HERE, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_line(conn):
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = conn.recv(1)
+        assert chunk, "closed before the end of the line"
+        line += chunk
+    return line
+
+
+def test_example_chat_broadcasts_to_every_other_client():
+    chat = _example("chat")
+    with chat.serve(("127.0.0.1", 0)) as server:
+        alice, bob, carol = [coopsock.create_connection(server.address, timeout=5) for _ in range(3)]
+        while len(chat.clients) < 3:
+            sleep(0.001)
+        for conn, joined in ((alice, 2), (bob, 1)):
+            for _ in range(joined):
+                assert b"joined" in _read_line(conn)
+        alice.sendall(b"hello\n")
+        assert _read_line(bob).endswith(b": hello\n") and _read_line(carol).endswith(b": hello\n")
+        bob.close()
+        assert b"left" in _read_line(alice)
+        alice.close()
+        carol.close()
+
+
+def test_example_forwarder_passes_data_both_ways_and_half_closes():
+    forward = _example("forward")
+
+    def upstream_handler(conn, address):  # reads the whole request, then answers: needs the half-close
+        request = b""
+        while chunk := conn.recv(65536):
+            request += chunk
+        conn.sendall(request.upper())
+    with coopsock.StreamServer(("127.0.0.1", 0), upstream_handler) as upstream, \
+            forward.serve(("127.0.0.1", 0), upstream.address) as forwarder:
+        clients = [spawn(_round_trip, forwarder.address, b"abc%d" % i * 5000) for i in range(5)]
+        assert [g.get() for g in clients] == [(b"ABC%d" % i) * 5000 for i in range(5)]
+
+
+def test_example_fetcher_with_a_pool_of_50_and_a_timeout_per_request():
+    fetch, running, peak = _example("fetch"), [0], [0]
+
+    def http_handler(conn, address):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            path = request.split()[1]
+            sleep(10 if path == b"/slow" else 0.01)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + path)
+        finally:
+            running[0] -= 1
+    with coopsock.StreamServer(("127.0.0.1", 0), http_handler) as server:
+        base = f"http://127.0.0.1:{server.server_port}"
+        urls = [f"{base}/{i}" for i in range(200)] + [f"{base}/slow"]
+        results = fetch.fetch_all(urls, size=50, timeout=0.5)
+        server.stop_timeout = 0
+    assert all(results[f"{base}/{i}"] == "HTTP/1.0 200 OK" for i in range(200))
+    assert isinstance(results[f"{base}/slow"], coopsock.Timeout)
+    assert peak[0] == 50
