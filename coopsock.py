@@ -1648,9 +1648,11 @@ def _wake_line(waiters, may_go, *args):
         if not waiters or not may_go():
             return False
         waiter = waiters[0]
+        if type(waiter) is not _Waiter:
+            waiters.popleft()  # a link callback: called once, even if it raises
         waiter(*args)  # a _Waiter's greenlet runs now, and leaves the line itself
         if waiters and waiters[0] is waiter:
-            waiters.popleft()  # a link callback, or a waiter that was gone already
+            waiters.popleft()  # a waiter that was gone already
     return bool(waiters) and bool(may_go())
 
 
@@ -1696,9 +1698,6 @@ class Event(_Lineup):
 
     def _notify(self):
         _wake_line(self._waiters, self.ready, self)
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {'set' if self.ready() else 'unset'} waiters={len(self._waiters)}>"
 
 
 class AsyncResult(Event):
@@ -1835,9 +1834,6 @@ class Queue(_Lineup):
         """Return True if there are maxsize items."""
         return 0 < (self.maxsize or 0) <= len(self.queue)
 
-    def _room(self):
-        return not self.full()
-
     def put(self, item, block=True, timeout=None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
         if block and timeout is not None and timeout < 0:
@@ -1897,12 +1893,8 @@ class Queue(_Lineup):
 
     def _notify(self):
         more = _wake_line(self._getters, self.qsize)
-        if _wake_line(self._putters, self._room) or more:
+        if _wake_line(self._putters, lambda: not self.full()) or more:
             self._schedule()
-
-    def __repr__(self):
-        return (f"<{type(self).__name__} qsize={len(self.queue)} maxsize={self.maxsize} "
-                f"getters={len(self._getters)} putters={len(self._putters)}>")
 
 
 class LifoQueue(Queue):
@@ -1976,20 +1968,14 @@ class Semaphore(_Lineup):
         if self._waiters:
             self._schedule()
 
-    def _available(self):
-        return self.counter > 0
-
     def _notify(self):
-        if _wake_line(self._waiters, self._available):
+        if _wake_line(self._waiters, lambda: self.counter > 0):
             self._schedule()
 
     __enter__ = acquire
 
     def __exit__(self, *exc_info):
         self.release()
-
-    def __repr__(self):
-        return f"<{type(self).__name__} counter={self.counter} waiters={len(self._waiters)}>"
 
 
 class BoundedSemaphore(Semaphore):
@@ -2053,12 +2039,14 @@ class RLock:
         self.release()
 
 
-class Group:
-    """The greenlets spawned through it, to wait for or kill together; Pool limits how many run."""
+class Pool:
+    """The greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
 
-    def __init__(self):
-        self.greenlets = set()
-        self._empty = Event()
+    def __init__(self, size=None):
+        if size is not None and size < 1:
+            raise ValueError(f"Pool size must be a positive integer or None, not {size!r}")
+        self.size, self._slots = size, None if size is None else Semaphore(size)
+        self.greenlets, self._empty = set(), Event()
         self._empty.set()
 
     def __len__(self):
@@ -2071,11 +2059,16 @@ class Group:
         return g in self.greenlets
 
     def add(self, g) -> None:
-        """Track greenlet g until it finishes."""
-        if g not in self.greenlets and not g.ready():
-            self.greenlets.add(g)
-            self._empty.clear()
-            g.link(self._discard)
+        """Track greenlet g until it finishes, parking while the pool is full."""
+        if g in self.greenlets or g.ready():
+            return
+        if self._slots is not None:
+            self._slots.acquire()
+            if g.ready():  # it finished while we waited
+                return self._slots.release()
+        self.greenlets.add(g)
+        self._empty.clear()
+        g.link(self._discard)
 
     def discard(self, g) -> None:
         """Stop tracking greenlet g."""
@@ -2085,12 +2078,10 @@ class Group:
     def _discard(self, g):
         if g in self.greenlets:
             self.greenlets.discard(g)
-            self._released()
+            if self._slots is not None:
+                self._slots.release()
             if not self.greenlets:
                 self._empty.set()
-
-    def _released(self):
-        pass
 
     def spawn(self, func, *args, **kwargs) -> Greenlet:
         """Start func(*args, **kwargs) in a greenlet of this group (parking while a pool is full)."""
@@ -2166,51 +2157,24 @@ class Group:
 
     def full(self) -> bool:
         """Return True if spawn() would park."""
-        return False
-
-    def free_count(self) -> int:
-        """Return how many more greenlets could start at once (1 with no limit, as in gevent)."""
-        return 1
-
-    def wait_available(self, timeout=None) -> int:
-        """Park until spawn() would not; return free_count()."""
-        return self.free_count()
-
-
-class Pool(Group):
-    """A Group of at most `size` running greenlets (None: no limit); spawn() parks while it is full."""
-
-    def __init__(self, size=None):
-        if size is not None and size < 1:
-            raise ValueError(f"Pool size must be a positive integer or None, not {size!r}")
-        super().__init__()
-        self.size, self._slots = size, Semaphore(size) if size else None
-
-    def add(self, g) -> None:
-        """Track greenlet g until it finishes, parking while the pool is full."""
-        if self._slots is None or g in self.greenlets or g.ready():
-            return super().add(g)
-        self._slots.acquire()
-        try:
-            super().add(g)
-        finally:
-            if g not in self.greenlets:  # it finished while we waited
-                self._slots.release()
-
-    def _released(self):
-        if self._slots is not None:
-            self._slots.release()
-
-    def full(self) -> bool:
         return self._slots is not None and self._slots.locked()
 
     def free_count(self) -> int:
+        """Return how many more greenlets could start at once (1 with no limit, as in gevent)."""
         return 1 if self._slots is None else self._slots.counter
 
     def wait_available(self, timeout=None) -> int:
+        """Park until spawn() would not, or `timeout` passes; return free_count()."""
         if self._slots is not None:
             self._slots.wait(timeout)
         return self.free_count()
+
+
+class Group(Pool):
+    """A Pool without a size limit."""
+
+    def __init__(self):
+        super().__init__()
 
 
 # ---------------------------------------------------------------------------
@@ -2701,9 +2665,6 @@ class StreamServer:
 
     def __exit__(self, *exc_info):
         self.stop()
-
-    def __repr__(self):
-        return f"<StreamServer {self.address} {'closed' if self.closed else 'started' if self.started else 'idle'}>"
 
 
 # ---------------------------------------------------------------------------
