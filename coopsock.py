@@ -44,10 +44,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     # the hub and greenlets
-    "get_hub", "getcurrent", "Hub", "Greenlet", "GreenletExit", "spawn", "spawn_later",
-    "sleep", "joinall", "kill", "BACKEND",
+    "get_hub", "Hub", "Greenlet", "GreenletExit", "spawn", "spawn_later",
+    "sleep", "joinall", "kill", "killall", "getcurrent", "BACKEND",
     # timeouts
     "Timeout", "with_timeout",
+    # coordination
+    "Event", "AsyncResult", "wait", "iwait", "Queue", "LifoQueue", "PriorityQueue",
+    "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool", "StreamServer",
     # sockets
     "socket", "socketpair", "create_connection", "create_server", "fromfd",
     "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn",
@@ -70,13 +73,17 @@ if __name__ == "__main__":  # python -m coopsock: let `import coopsock` find thi
 import _socket
 import errno as _errno
 import os as _os
+import reprlib as _reprlib
 import socket as _stdsocket
 import stat as _stat
 import threading as _threading
 import time as _time
 import traceback as _traceback
 from collections import deque as _deque
+from itertools import count as _count
 from operator import index as _index
+from queue import Empty as _Empty
+from queue import Full as _Full
 from weakref import ref as _weakref
 
 from greenlet import GreenletExit, getcurrent
@@ -1084,7 +1091,8 @@ class Hub(_greenlet):
             self.run_callback(self.parent.throw, exc)
         elif not isinstance(exc, GreenletExit):
             _traceback.print_exception(type(exc), exc, exc.__traceback__)
-            print(f"{where!r} failed with {type(exc).__name__}", file=_sys.stderr)
+            now = _time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            print(f"{now} {where!r} failed with {type(exc).__name__}: {exc}", file=_sys.stderr)
 
     def stats(self):
         """Return counts for tests and debugging: fds watched, greenlets waiting on them,
@@ -1257,14 +1265,37 @@ class Greenlet(_greenlet):
     kills the hub.
     """
 
-    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished")
+    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "_name")
 
     def __init__(self, func, *args, **kwargs):
         super().__init__(parent=get_hub())
         self._func, self._args, self._kwargs = func, args, kwargs
-        self.value = self.exception = self._starter = None
+        self.value = self.exception = self._starter = self._name = None
         self._links = []
         self._finished = False
+
+    @classmethod
+    def spawn(cls, func, *args, **kwargs):
+        """Create a greenlet of this class running func(*args, **kwargs), start it, return it."""
+        g = cls(func, *args, **kwargs)
+        g.start()
+        return g
+
+    @property
+    def name(self):
+        """A name for reports, "Greenlet-N" unless set."""
+        if self._name is None:
+            self._name = f"Greenlet-{next(_greenlet_numbers)}"
+        return self._name
+
+    @name.setter
+    def name(self, value):
+        self._name = value
+
+    args = property(lambda self: self._args or (), doc="The positional arguments (() once finished).")
+    kwargs = property(lambda self: self._kwargs or {}, doc="The keyword arguments ({} once finished).")
+    started = property(lambda self: bool(self) or (self._starter is not None and self._starter.pending),
+                       doc="True while scheduled or running.")
 
     def start(self):
         """Schedule the greenlet to run on the hub's next pass."""
@@ -1312,8 +1343,18 @@ class Greenlet(_greenlet):
         else:
             self._links.append(callback)
 
+    rawlink = link
+
+    def link_value(self, callback):
+        """Call callback(self) from the hub once the greenlet finishes without an exception."""
+        self.link(_Link(callback, True))
+
+    def link_exception(self, callback):
+        """Call callback(self) from the hub once the greenlet dies of an exception."""
+        self.link(_Link(callback, False))
+
     def unlink(self, callback):
-        """Undo link(callback)."""
+        """Undo link(callback), link_value(callback) or link_exception(callback)."""
         if callback in self._links:
             self._links.remove(callback)
 
@@ -1362,9 +1403,33 @@ class Greenlet(_greenlet):
             self.join(timeout)
 
     def __repr__(self):
-        func = getattr(self._func, "__qualname__", "")
-        state = "finished" if self._finished else "running" if self else "pending"
-        return f"<Greenlet {func} {state} at {id(self):#x}>"
+        call = ""
+        if self._func is not None:
+            args = [_reprlib.repr(a) for a in self._args] + [f"{k}={_reprlib.repr(v)}" for k, v in self._kwargs.items()]
+            call = f" {getattr(self._func, '__qualname__', self._func)}({', '.join(args)})"
+        state = ("failed" if self.exception is not None else "dead" if self._finished
+                 else "running" if self else "pending")
+        return f"<Greenlet {self.name!r}{call} {state} at {id(self):#x}>"
+
+
+_greenlet_numbers = _count(1)
+
+
+class _Link:
+    """A link that calls callback(g) only if g succeeded (or only if it failed); equal to callback."""
+
+    __slots__ = ("callback", "on_success")
+    __hash__ = object.__hash__
+
+    def __init__(self, callback, on_success):
+        self.callback, self.on_success = callback, on_success
+
+    def __call__(self, g):
+        if (g.exception is None) is self.on_success:
+            self.callback(g)
+
+    def __eq__(self, other):
+        return self is other or self.callback == other
 
 
 def _throw_into(target, exception):
@@ -1557,6 +1622,573 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
         raise
     finally:
         timeout.cancel()
+
+
+# ---------------------------------------------------------------------------
+# Coordination: events, queues, locks, pools
+#
+# Each primitive keeps a line of waiters (a deque of _Waiter, or of link
+# callbacks). A change that may let one through (set, put, release) schedules
+# the primitive's _notify on the hub, which wakes the head of the line while
+# the way is open. The woken greenlet runs at once, inside that call, and
+# takes its item or count before anything else can run: no later greenlet
+# gets in first, and the line is served in arrival order. A waiter leaves the
+# line itself, in a finally: one that is killed or times out leaves nothing
+# behind, and the next one in line gets what it did not take.
+
+class _Lineup:
+    __slots__ = ()
+
+    def _park(self, waiters, timeout):
+        """Wait in line until _notify wakes this greenlet (then it may go); False on timeout."""
+        waiter, woken = _Waiter(), False
+        try:
+            waiters.append(waiter)
+            woken = waiter.wait(timeout)
+            return woken
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not woken and waiters:  # interrupted: pass on a wake-up that may have been ours
+                self._schedule()
+
+    def _schedule(self):
+        get_hub().run_callback(self._notify)
+
+
+def _wake_line(waiters, may_go, *args):
+    """From the hub: wake the head of the line while may_go(); True if some are left who may go."""
+    for _ in range(len(waiters)):  # at most once each: a woken greenlet may queue up again
+        if not waiters or not may_go():
+            return False
+        waiter = waiters[0]
+        if type(waiter) is not _Waiter:
+            waiters.popleft()  # a link callback: called once, even if it raises
+        waiter(*args)  # a _Waiter's greenlet runs now, and leaves the line itself
+        if waiters and waiters[0] is waiter:
+            waiters.popleft()  # a waiter that was gone already
+    return bool(waiters) and bool(may_go())
+
+
+class Event(_Lineup):
+    """A flag greenlets wait for; set() wakes every waiter (_threading.Event's API)."""
+
+    __slots__ = ("_flag", "_waiters")
+
+    def __init__(self):
+        self._flag, self._waiters = False, _deque()  # deque of _Waiter and rawlink callbacks
+
+    def is_set(self) -> bool:
+        """Return the flag."""
+        return self._flag
+
+    ready = isSet = is_set
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        self._flag = True
+        if self._waiters:
+            self._schedule()
+
+    def clear(self) -> None:
+        """Reset the flag."""
+        self._flag = False
+
+    def wait(self, timeout=None) -> bool:
+        """Park until the flag is set, or `timeout` seconds pass; return the flag."""
+        return self._flag or self._park(self._waiters, timeout) or self._flag
+
+    def rawlink(self, callback):
+        """Call callback(self) from the hub once the flag is set (at once if it is)."""
+        if self.ready():
+            get_hub().run_callback(callback, self)
+        else:
+            self._waiters.append(callback)
+
+    def unlink(self, callback):
+        """Undo rawlink(callback)."""
+        if callback in self._waiters:
+            self._waiters.remove(callback)
+
+    def _notify(self):
+        _wake_line(self._waiters, self.ready, self)
+
+
+class AsyncResult(Event):
+    """A value (or exception) one greenlet sets and others wait for."""
+
+    __slots__ = ("value", "exception")
+
+    def __init__(self):
+        super().__init__()
+        self.value = self.exception = None
+
+    def set(self, value=None) -> None:
+        """Store value and wake every waiter."""
+        self.value = value
+        super().set()
+
+    def set_exception(self, exception) -> None:
+        """Store exception (raised by get()) and wake every waiter."""
+        self.exception = exception
+        super().set()
+
+    def successful(self) -> bool:
+        """Return True if set with a value."""
+        return self._flag and self.exception is None
+
+    def get(self, block=True, timeout=None):
+        """Return the value or raise the exception; raise Timeout if not set in time (at once if not block)."""
+        if not (self._flag or block and self.wait(timeout)):
+            raise Timeout(timeout)
+        if self.exception is not None:
+            raise self.exception
+        return self.value
+
+    def get_nowait(self):
+        """Return the value or raise the exception; raise Timeout if not set."""
+        return self.get(block=False)
+
+    def clear(self) -> None:
+        """Forget the value and the exception."""
+        self._flag, self.value, self.exception = False, None, None
+
+
+def iwait(objects, timeout=None, count=None):
+    """Yield greenlets, events and async results as they become ready, up to `count` of them.
+
+    Stops early, without an error, once `timeout` seconds have passed.
+    """
+    objects = list(objects)
+    count = len(objects) if count is None else min(count, len(objects))
+    ready, waiter = _deque(), _Waiter()
+
+    def on_ready(obj):
+        ready.append(obj)
+        waiter()
+    for obj in objects:
+        obj.rawlink(on_ready)
+    deadline = None if timeout is None else _monotonic() + _delay(timeout)
+    try:
+        for _ in range(count):
+            while not ready:
+                if not waiter.wait(None if deadline is None else deadline - _monotonic()):
+                    return
+            yield ready.popleft()
+    finally:
+        for obj in objects:
+            obj.unlink(on_ready)
+
+
+def wait(objects=None, timeout=None, count=None):
+    """Wait for objects (see iwait) and return those ready; with none, run the hub until it runs out of work.
+
+    With no objects, call it from the main greenlet; it returns False if `timeout` passed first.
+    """
+    if objects is not None:
+        return list(iwait(objects, timeout, count))
+    hub = get_hub()
+    if getcurrent() is not hub.parent:
+        raise BlockingSwitchOutError("wait() with no objects waits for the whole hub: call it from the main greenlet")
+    timer = Timeout(timeout, ref=False)  # only the work the hub has left counts
+    try:
+        with timer:
+            hub.switch()
+    except LoopExit:
+        return True
+    except Timeout as exc:
+        if exc is not timer:
+            raise
+        return False
+
+
+def killall(greenlets, exception=GreenletExit, block=True, timeout=None):
+    """Raise `exception` in every greenlet; unless block is False, wait up to `timeout` for them to end."""
+    greenlets = list(greenlets)
+    for g in greenlets:
+        kill(g, exception, block=False)
+    if block:
+        joinall([g for g in greenlets if isinstance(g, Greenlet)], timeout)
+
+
+class Queue(_Lineup):
+    """A FIFO queue for greenlets (queue.Queue's API, plus peek); maxsize None or 0: unbounded."""
+
+    __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
+
+    def __init__(self, maxsize=None):
+        self.maxsize, self.queue = maxsize, self._init()
+        self._getters, self._putters = _deque(), _deque()  # _Waiter of each parked greenlet, in arrival order
+        self.unfinished_tasks, self._all_done = 0, Event()
+        self._all_done.set()
+
+    def _init(self):
+        return _deque()
+
+    def _put(self, item):
+        self.queue.append(item)
+
+    def _get(self):
+        return self.queue.popleft()
+
+    def _peek(self):
+        return self.queue[0]
+
+    def qsize(self) -> int:
+        """Return the number of items."""
+        return len(self.queue)
+
+    __len__ = qsize
+
+    def empty(self) -> bool:
+        """Return True if there is no item."""
+        return not self.queue
+
+    def full(self) -> bool:
+        """Return True if there are maxsize items."""
+        return 0 < (self.maxsize or 0) <= len(self.queue)
+
+    def put(self, item, block=True, timeout=None) -> None:
+        """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if (self.full() or block and self._putters) and not (
+                block and self._park(self._putters, timeout)):
+            raise _Full
+        self._put(item)
+        self.unfinished_tasks += 1
+        self._all_done.clear()
+        if self._getters:
+            self._schedule()
+
+    def get(self, block=True, timeout=None):
+        """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if (not self.queue or block and self._getters) and not (
+                block and self._park(self._getters, timeout)):
+            raise _Empty
+        item = self._get()
+        if self._putters:
+            self._schedule()
+        return item
+
+    def peek(self, block=True, timeout=None):
+        """Return the next item without removing it; raise queue.Empty as get() does."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if not self.queue and not (block and self._park(self._getters, timeout)):
+            raise _Empty
+        return self._peek()
+
+    def put_nowait(self, item) -> None:
+        """Add item; raise queue.Full if the queue is full."""
+        self.put(item, False)
+
+    def get_nowait(self):
+        """Remove and return an item; raise queue.Empty if there is none."""
+        return self.get(False)
+
+    def peek_nowait(self):
+        """Return the next item; raise queue.Empty if there is none."""
+        return self.peek(False)
+
+    def task_done(self) -> None:
+        """Mark one item taken by get() as processed; raise ValueError if called more than put()."""
+        if self.unfinished_tasks <= 0:
+            raise ValueError("task_done() called too many times")
+        self.unfinished_tasks -= 1
+        if not self.unfinished_tasks:
+            self._all_done.set()
+
+    def join(self, timeout=None) -> bool:
+        """Park until every item put has been marked done; False if `timeout` passed first."""
+        return self._all_done.wait(timeout)
+
+    def _notify(self):
+        more = _wake_line(self._getters, self.qsize)
+        if _wake_line(self._putters, lambda: not self.full()) or more:
+            self._schedule()
+
+
+class LifoQueue(Queue):
+    """A queue that returns the newest item first."""
+
+    __slots__ = ()
+
+    def _init(self):
+        return []
+
+    def _get(self):
+        return self.queue.pop()
+
+    def _peek(self):
+        return self.queue[-1]
+
+
+class PriorityQueue(Queue):
+    """A queue that returns the smallest item first (heapq order, as queue.PriorityQueue)."""
+
+    __slots__ = ()
+
+    def _init(self):
+        return []
+
+    def _put(self, item):
+        _heappush(self.queue, item)
+
+    def _get(self):
+        return _heappop(self.queue)
+
+
+class Semaphore(_Lineup):
+    """A counter greenlets take from and give back (_threading.Semaphore's API, plus locked())."""
+
+    __slots__ = ("counter", "_waiters", "_bound")
+
+    def __init__(self, value=1):
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self.counter, self._waiters, self._bound = value, _deque(), None
+
+    def locked(self) -> bool:
+        """Return True if acquire() would park."""
+        return self.counter <= 0
+
+    def acquire(self, blocking=True, timeout=None) -> bool:
+        """Take one, parking in line while there is none; return False if `timeout` passed first.
+
+        Raises ValueError for a timeout with blocking=False, as the stdlib does.
+        """
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        if (self.counter <= 0 or blocking and self._waiters) and not (
+                blocking and self._park(self._waiters, timeout)):
+            return False
+        self.counter -= 1
+        return True
+
+    def wait(self, timeout=None) -> int:
+        """Park until acquire() would not, or `timeout` passes; return the counter."""
+        if self.counter <= 0 or self._waiters:
+            self._park(self._waiters, timeout)
+        return self.counter
+
+    def release(self) -> None:
+        """Give one back, waking the first in line."""
+        if self._bound is not None and self.counter >= self._bound:
+            raise self._overflow
+        self.counter += 1
+        if self._waiters:
+            self._schedule()
+
+    def _notify(self):
+        if _wake_line(self._waiters, lambda: self.counter > 0):
+            self._schedule()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+class BoundedSemaphore(Semaphore):
+    """A Semaphore that raises ValueError when released more often than acquired."""
+
+    __slots__ = ()
+
+    def __init__(self, value=1):
+        super().__init__(value)
+        self._bound = value
+
+    _overflow = property(lambda self: ValueError("Semaphore released too many times"))
+
+
+class Lock(BoundedSemaphore):
+    """A lock for greenlets (_threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
+
+    __slots__ = ()
+
+    def __init__(self):
+        super().__init__(1)
+
+    _overflow = property(lambda self: RuntimeError("release unlocked lock"))
+
+
+class RLock:
+    """A lock the greenlet holding it may take again (_threading.RLock's API)."""
+
+    __slots__ = ("_lock", "_owner", "_count")
+
+    def __init__(self):
+        self._lock, self._owner, self._count = Lock(), None, 0
+
+    def acquire(self, blocking=True, timeout=None) -> bool:
+        """Take the lock (again, if this greenlet holds it); False if `timeout` passed first."""
+        me = getcurrent()
+        if self._owner is me:
+            self._count += 1
+            return True
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._owner, self._count = me, 1
+        return True
+
+    def release(self) -> None:
+        """Undo one acquire(); raise RuntimeError if this greenlet does not hold the lock."""
+        if self._owner is not getcurrent():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if not self._count:
+            self._owner = None
+            self._lock.release()
+
+    def locked(self) -> bool:
+        """Return True if some greenlet holds the lock."""
+        return self._lock.locked()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+class Pool:
+    """The greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
+
+    def __init__(self, size=None):
+        if size is not None and size < 1:
+            raise ValueError(f"Pool size must be a positive integer or None, not {size!r}")
+        self.size, self._slots = size, None if size is None else Semaphore(size)
+        self.greenlets, self._empty = set(), Event()
+        self._empty.set()
+
+    def __len__(self):
+        return len(self.greenlets)
+
+    def __iter__(self):
+        return iter(list(self.greenlets))
+
+    def __contains__(self, g):
+        return g in self.greenlets
+
+    def add(self, g) -> None:
+        """Track greenlet g until it finishes, parking while the pool is full."""
+        if g in self.greenlets or g.ready():
+            return
+        if self._slots is not None:
+            self._slots.acquire()
+            if g.ready():  # it finished while we waited
+                return self._slots.release()
+        self.greenlets.add(g)
+        self._empty.clear()
+        g.link(self._discard)
+
+    def discard(self, g) -> None:
+        """Stop tracking greenlet g."""
+        g.unlink(self._discard)
+        self._discard(g)
+
+    def _discard(self, g):
+        if g in self.greenlets:
+            self.greenlets.discard(g)
+            if self._slots is not None:
+                self._slots.release()
+            if not self.greenlets:
+                self._empty.set()
+
+    def spawn(self, func, *args, **kwargs) -> Greenlet:
+        """Start func(*args, **kwargs) in a greenlet of this group (parking while a pool is full)."""
+        g = Greenlet(func, *args, **kwargs)
+        self.add(g)
+        g.start()
+        return g
+
+    def apply(self, func, args=(), kwds=None):
+        """Return func(*args, **kwds) run in the group (directly if called from one of its greenlets)."""
+        if getcurrent() in self.greenlets:
+            return func(*args, **(kwds or {}))
+        return self.spawn(func, *args, **(kwds or {})).get()
+
+    def map(self, func, iterable) -> list:
+        """Return [func(x) for x in iterable], run in the group's greenlets; raise what a call raises."""
+        return list(self.imap(func, iterable))
+
+    def imap(self, func, *iterables):
+        """Yield func(*args) for args in zip(*iterables) in order, computed concurrently."""
+        return self._imap(func, iterables, True)
+
+    def imap_unordered(self, func, *iterables):
+        """Yield func(*args) for args in zip(*iterables) as each finishes."""
+        return self._imap(func, iterables, False)
+
+    def _imap(self, func, iterables, ordered):
+        finished, results, total = Queue(), {}, None
+
+        def feed():  # spawns park while a pool is full: here, not in the consumer
+            n = 0
+            try:
+                for n, args in enumerate(zip(*iterables), 1):
+                    self.spawn(func, *args).link(lambda g, i=n - 1: finished.put((i, g)))
+            finally:
+                finished.put((None, n))
+        feeder, done = spawn(feed), 0
+        try:
+            while total is None or done < total:
+                index, g = finished.get()
+                if index is None:
+                    total = g
+                    if feeder.exception is not None:
+                        raise feeder.exception
+                    continue
+                if g.exception is not None:
+                    raise g.exception
+                if not ordered:
+                    done += 1
+                    yield g.value
+                    continue
+                results[index] = g.value
+                while done in results:
+                    done += 1
+                    yield results.pop(done - 1)
+        finally:
+            feeder.kill(block=False)
+
+    def join(self, timeout=None, raise_error=False) -> bool:
+        """Wait until the group is empty, or `timeout`; return True if it is.
+
+        With raise_error, raise the first exception a greenlet of the group dies of.
+        """
+        with Timeout(timeout, False):
+            if raise_error:
+                joinall(self.greenlets, raise_error=True)
+            self._empty.wait()
+        return not self.greenlets
+
+    def kill(self, exception=GreenletExit, block=True, timeout=None) -> None:
+        """Raise `exception` in every greenlet of the group; see killall()."""
+        killall(self.greenlets, exception, block, timeout)
+
+    def full(self) -> bool:
+        """Return True if spawn() would park."""
+        return self._slots is not None and self._slots.locked()
+
+    def free_count(self) -> int:
+        """Return how many more greenlets could start at once (1 with no limit, as in gevent)."""
+        return 1 if self._slots is None else self._slots.counter
+
+    def wait_available(self, timeout=None) -> int:
+        """Park until spawn() would not, or `timeout` passes; return free_count()."""
+        if self._slots is not None:
+            self._slots.wait(timeout)
+        return self.free_count()
+
+
+class Group(Pool):
+    """A Pool without a size limit."""
+
+    def __init__(self):
+        super().__init__()
 
 
 # ---------------------------------------------------------------------------
@@ -2026,6 +2658,113 @@ def wait_write(fileno, timeout=None, timeout_exc=None):
 
 
 # ---------------------------------------------------------------------------
+# StreamServer
+
+class StreamServer:
+    """Accept TCP connections on `listener` and run handle(socket, address) in a greenlet for each.
+
+    listener: a (host, port) address (the family taken from the host) or a
+    listening socket. spawn: 'default' (a greenlet per connection), a Pool, or
+    an int (a Pool of that size; connections beyond it wait in the backlog).
+    The connection is closed when handle returns. With ssl_context, each
+    connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
+    """
+
+    stop_timeout = 1  # seconds stop() waits for the running handlers before it kills them
+    backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
+
+    def __init__(self, listener, handle, backlog=None, spawn="default", ssl_context=None):
+        if isinstance(listener, _stdsocket.socket):
+            if backlog is not None:
+                raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
+            self.socket = listener if isinstance(listener, socket) else fromfd(
+                listener.fileno(), listener.family, listener.type, listener.proto)
+            self._address = self.socket.getsockname()
+        else:
+            self.socket, self._address = None, tuple(listener)
+        if spawn == "default":
+            spawn = Group()
+        elif isinstance(spawn, int):
+            spawn = Pool(spawn)
+        self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, spawn, ssl_context
+        self._handlers, self._acceptor, self._stopped, self.closed = Group(), None, Event(), False
+
+    started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
+                       doc="True while accepting connections.")
+    address = property(lambda self: self.socket.getsockname() if self.socket else self._address,
+                       doc="The address listened on (with the real port once started).")
+    server_host = property(lambda self: self.address[0])
+    server_port = property(lambda self: self.address[1])
+
+    def start(self) -> None:
+        """Listen (creating the listener if needed) and start accepting in a greenlet; OSError if it cannot."""
+        if self.closed:
+            raise ValueError("This server is closed: create a new StreamServer")
+        if self.socket is None:
+            family = AF_INET6 if ":" in self._address[0] else AF_INET  # noqa: F821
+            self.socket = create_server(self._address, family=family, backlog=self.backlog or self.backlog_default)
+        if not self.started:
+            self._acceptor = spawn(self._accept_loop)
+
+    def serve_forever(self) -> None:
+        """Start, and park until stop() or close() is called (then stop, if an exception ends the wait)."""
+        self.start()
+        try:
+            self._stopped.wait()
+        finally:
+            if not self.closed:
+                self.stop()
+
+    def close(self) -> None:
+        """Stop accepting and close the listener; the running handlers go on."""
+        self.closed = True
+        if self._acceptor is not None:
+            self._acceptor.kill()
+        if self.socket is not None:
+            self.socket.close()
+        self._stopped.set()
+
+    def stop(self, timeout=None) -> None:
+        """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest."""
+        self.close()
+        if not self._handlers.join(self.stop_timeout if timeout is None else timeout):
+            self._handlers.kill(timeout=1)  # a killed handler ends at once, unless it ignores GreenletExit
+
+    def _accept_loop(self):
+        delay = 0
+        while True:
+            if self.pool.full():  # leave further connections in the backlog
+                self.pool.wait_available()
+            try:
+                conn, address = self.socket.accept()
+            except OSError as exc:  # EMFILE and friends: back off until fds free up; log once per episode
+                if not delay:
+                    import logging
+                    logging.getLogger("coopsock").warning("accept() on %s failed, retrying with back-off "
+                                                          "up to 1 s: %s", self.address, exc)
+                delay = min(delay * 2 or 0.01, 1.0)
+                sleep(delay)
+                continue
+            delay = 0
+            self._handlers.add(self.pool.spawn(self._handle, conn, address))
+
+    def _handle(self, conn, address):
+        try:
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+            self.handle(conn, address)
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
 # The demo: python -m coopsock, an echo server written as a user would write it
 
 def _echo(conn, address, served, idle_timeout, log):
@@ -2063,29 +2802,20 @@ def _serve(args, log):
         return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
     log.info("echo server listening on %s:%d (loop backend: %s, pid %d)",
              *listener.getsockname()[:2], BACKEND, _os.getpid())
-    served, handlers = {"connections": 0, "bytes": 0}, set()
+    served = {"connections": 0, "bytes": 0}
+
+    def handle(conn, address):
+        if len(server._handlers) > args.max_connections:  # this one counts already
+            log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
+            return
+        served["connections"] += 1
+        _echo(conn, address, served, args.idle_timeout, log)
+    server = StreamServer(listener, handle)
+    server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
-        with listener:
-            while True:
-                try:
-                    conn, address = listener.accept()
-                except OSError as exc:  # EMFILE and friends: wait for fds to free up
-                    log.warning("accept failed: %s", exc)
-                    sleep(0.1)
-                    continue
-                if len(handlers) >= args.max_connections:
-                    log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
-                    conn.close()
-                    continue
-                served["connections"] += 1
-                handler = spawn(_echo, conn, address, served, args.idle_timeout, log)
-                handlers.add(handler)
-                handler.link(handlers.discard)
+        server.serve_forever()
     except KeyboardInterrupt:
-        log.info("stopping: closing %d open connection(s)", len(handlers))
-        for handler in list(handlers):
-            handler.kill(block=False)
-        joinall(handlers, timeout=2)
+        pass
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
     return 0
 

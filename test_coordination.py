@@ -1,0 +1,672 @@
+"""Tests of the coordination primitives (Event, Queue, locks, Pool...), on every backend."""
+
+import errno
+import gc
+import importlib.util
+import os
+import queue
+import re
+import select
+import socket as stdsocket
+import threading
+import time
+
+import pytest
+
+import coopsock
+from coopsock import Event, Greenlet, GreenletExit, LoopExit, Queue, Timeout, sleep, spawn
+from test_coopsock import hang_guard, hub_never_fails  # noqa: F401 - autouse fixtures shared with the main suite
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parked(*greenlets):
+    """Let the spawned greenlets run until they park."""
+    sleep(0)
+    assert all(g and not g.dead for g in greenlets)
+
+
+# ---------------------------------------------------------------------------
+# Greenlet extras
+
+def test_greenlet_name_args_kwargs_started_and_classmethod_spawn():
+    def f(a, b=0):
+        return a + b
+    g = Greenlet.spawn(f, 1, b=2)
+    assert isinstance(g, Greenlet) and re.fullmatch(r"Greenlet-\d+", g.name)
+    assert g.args == (1,) and g.kwargs == {"b": 2} and g.started
+    assert g.get() == 3 and not g.started
+    g.name = "adder"
+    assert g.name == "adder" and repr(g).startswith("<Greenlet 'adder' dead")
+    assert not Greenlet(f, 1).started
+
+
+def test_link_value_and_link_exception_call_only_on_their_outcome_and_unlink_undoes_them():
+    calls = []
+    good, bad = Greenlet(lambda: 1), Greenlet(lambda: 1 / 0)
+    for g in (good, bad):
+        g.link_value(lambda g: calls.append(("value", g)))
+        g.link_exception(lambda g: calls.append(("exception", g)))
+    dropped = calls.append
+    good.link_value(dropped)
+    good.unlink(dropped)
+    good.start()
+    bad.start()
+    coopsock.joinall([good, bad])
+    sleep(0)
+    assert calls == [("value", good), ("exception", bad)]
+
+
+def test_a_failing_greenlet_is_reported_with_its_call_the_exception_and_a_timestamp(capsys):
+    def fetch(url, timeout=1):
+        raise Timeout(timeout)
+    g = spawn(fetch, "http://x", timeout=5)
+    g.join()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* <Greenlet 'Greenlet-\d+' "
+                    r"test_.*fetch\('http://x', timeout=5\) failed at 0x[0-9a-f]+> failed with Timeout", last), last
+    assert "failed at" in repr(g) and "running" not in repr(g)
+
+
+# ---------------------------------------------------------------------------
+# Event and coopsock.AsyncResult
+
+def test_event_set_wakes_every_waiter_and_wait_returns_the_flag():
+    event = Event()
+    waiters = [spawn(event.wait) for _ in range(3)]
+    parked(*waiters)
+    assert not event.is_set()
+    event.set()
+    assert [g.get() for g in waiters] == [True] * 3
+    assert event.wait() is True and event.wait(0) is True
+    event.clear()
+    assert event.wait(0.01) is False
+
+
+def test_event_wait_is_interrupted_by_timeout_and_kill_and_the_others_still_wake():
+    event = Event()
+    killed, timed, woken = spawn(event.wait), spawn(event.wait, 0.01), spawn(event.wait)
+    parked(killed, timed, woken)
+    killed.kill()
+    assert timed.get() is False
+    event.set()
+    assert woken.get() is True and isinstance(killed.value, GreenletExit)
+    assert not event._waiters
+
+
+def test_event_set_while_a_waiter_is_being_killed_still_wakes_the_others():
+    event = Event()
+    first, second = spawn(event.wait), spawn(event.wait)
+    parked(first, second)
+    first.kill(block=False)  # the kill and the set are both pending on the same pass
+    event.set()
+    assert second.get(timeout=1) is True
+    first.join()
+    assert isinstance(first.value, GreenletExit)
+
+
+def test_waiting_for_an_event_nobody_can_set_raises_loop_exit_in_main():
+    with pytest.raises(LoopExit):
+        Event().wait()
+    with pytest.raises(LoopExit):
+        coopsock.AsyncResult().get()
+
+
+def test_async_result_value_exception_and_timeout():
+    result = coopsock.AsyncResult()
+    with pytest.raises(Timeout):
+        result.get_nowait()
+    with pytest.raises(Timeout):
+        result.get(timeout=0.01)
+    getter = spawn(result.get)
+    parked(getter)
+    result.set(42)
+    assert getter.get() == 42 and result.ready() and result.successful() and result.value == 42
+    failed = coopsock.AsyncResult()
+    failed.set_exception(KeyError("k"))
+    with pytest.raises(KeyError):
+        failed.get()
+    assert failed.ready() and not failed.successful() and isinstance(failed.exception, KeyError)
+
+
+def test_with_timeout_interrupts_an_async_result_get():
+    with pytest.raises(Timeout), Timeout(0.01):
+        coopsock.AsyncResult().get()
+
+
+# ---------------------------------------------------------------------------
+# wait, iwait, killall
+
+def test_iwait_yields_objects_in_the_order_they_become_ready():
+    event, result = Event(), coopsock.AsyncResult()
+    slow, fast = spawn(sleep, 0.3), spawn(sleep, 0)
+    spawn(lambda: (sleep(0.02), event.set(), sleep(0.01), result.set(1)))
+    assert list(coopsock.iwait([slow, result, event, fast])) == [fast, event, result, slow]
+
+
+def test_wait_with_count_and_timeout():
+    event, never = Event(), Event()
+    event.set()
+    assert coopsock.wait([never, event], count=1) == [event]
+    assert coopsock.wait([never], timeout=0.01) == []
+    assert not never._waiters  # the links are gone
+
+
+def test_wait_with_no_objects_runs_the_hub_until_nothing_is_left():
+    done = []
+    spawn(lambda: (sleep(0.02), done.append(1)))
+    assert coopsock.wait() is True and done == [1]
+    spawn(sleep, 10)
+    assert coopsock.wait(timeout=0.02) is False
+
+
+def test_killall_kills_and_waits():
+    greenlets = [spawn(sleep, 10) for _ in range(3)]
+    parked(*greenlets)
+    coopsock.killall(greenlets)
+    assert all(g.dead and isinstance(g.value, GreenletExit) for g in greenlets)
+    greenlets = [spawn(sleep, 10) for _ in range(2)]
+    parked(*greenlets)
+    coopsock.killall(greenlets, KeyError, block=False)
+    coopsock.joinall(greenlets)
+    assert all(isinstance(g.exception, KeyError) for g in greenlets)
+
+
+def test_getcurrent_is_public():
+    assert spawn(coopsock.getcurrent).get().__class__ is Greenlet
+
+
+# ---------------------------------------------------------------------------
+# Queues
+
+def test_queue_is_fifo_and_put_parks_while_full():
+    q = Queue(2)
+    producer = spawn(lambda: [q.put(i) for i in range(5)])
+    parked(producer)
+    assert q.full() and q.qsize() == len(q) == 2
+    assert [q.get() for _ in range(5)] == list(range(5))
+    producer.join()
+    assert q.empty() and not q.full()
+
+
+def test_queue_nowait_and_timeouts_raise_the_stdlib_exceptions():
+    q = Queue(1)
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.01)
+    with pytest.raises(queue.Empty):
+        q.peek_nowait()
+    q.put_nowait("a")
+    with pytest.raises(queue.Full):
+        q.put_nowait("b")
+    with pytest.raises(queue.Full):
+        q.put("b", timeout=0.01)
+    with pytest.raises(ValueError):
+        q.get(timeout=-1)
+    assert q.peek() == "a" and q.get() == "a"
+
+
+def test_waiting_getters_are_served_in_arrival_order():
+    q, got = Queue(), []
+    getters = [spawn(lambda i=i: got.append((i, q.get()))) for i in range(5)]
+    parked(*getters)
+    for item in "abcde":
+        q.put(item)
+    coopsock.joinall(getters)
+    assert got == list(enumerate("abcde"))
+
+
+def test_waiting_putters_are_served_in_arrival_order():
+    q = Queue(1)
+    q.put(0)
+    putters = [spawn(q.put, i) for i in range(1, 5)]
+    parked(*putters)
+    assert [q.get() for _ in range(5)] == list(range(5))
+
+
+def test_a_timed_out_or_killed_getter_loses_no_item():
+    q = Queue()
+    timed, killed, last = spawn(q.get, timeout=0.01), spawn(q.get), spawn(q.get)
+    parked(timed, killed, last)
+    with pytest.raises(queue.Empty):
+        timed.get()
+    killed.kill(block=False)
+    q.put("x")  # put as the kill is pending: it goes to the next getter
+    assert last.get(timeout=1) == "x"
+    killed.join()
+    q.put("y")  # put while nobody waits: it stays in the queue
+    assert q.get_nowait() == "y"
+
+
+def test_an_item_put_as_the_getter_times_out_is_never_lost():
+    q = Queue()
+
+    def get():
+        try:
+            return q.get(timeout=0.002)
+        except queue.Empty:
+            return None
+    for i in range(30):  # the put lands just before or just after the getter's deadline
+        getter = spawn(get)
+        coopsock.spawn_later(0.001 + i * 0.0001, q.put, i)
+        got = getter.get()
+        sleep(0.003)  # the put's timer comes before this one
+        assert (q.get_nowait() if got is None else got) == i and q.empty()
+
+
+def test_queue_get_is_interrupted_by_timeout_and_raises_loop_exit_when_nothing_can_put():
+    with pytest.raises(Timeout), Timeout(0.01):
+        Queue().get()
+    with pytest.raises(LoopExit):
+        Queue().get()
+    q = Queue(1)
+    q.put(1)
+    with pytest.raises(LoopExit):
+        q.put(2)
+
+
+def test_task_done_and_join():
+    q = Queue()
+    assert q.join(0) is True
+    for i in range(3):
+        q.put(i)
+
+    def worker():
+        while True:
+            q.get()
+            sleep(0)
+            q.task_done()
+    spawn(worker)
+    assert q.join(timeout=1) is True and q.unfinished_tasks == 0
+    with pytest.raises(ValueError, match="too many times"):
+        q.task_done()
+
+
+def test_a_peeker_waits_without_taking():
+    q = Queue()
+    peeker, getter = spawn(q.peek), spawn(q.get)
+    parked(peeker, getter)
+    q.put("x")
+    assert peeker.get() == "x" and getter.get() == "x" and q.empty()
+
+
+def test_lifo_and_priority_queues_use_the_stdlib_order():
+    lifo, prio = coopsock.LifoQueue(), coopsock.PriorityQueue()
+    for item in (3, 1, 2):
+        lifo.put(item)
+        prio.put(item)
+    assert lifo.peek() == 2 and [lifo.get() for _ in range(3)] == [2, 1, 3]
+    assert prio.peek() == 1 and [prio.get() for _ in range(3)] == [1, 2, 3]
+
+
+def test_a_second_threads_hub_is_independent():
+    results = []
+
+    def in_thread():
+        q = Queue()
+        spawn(lambda: [q.put(i) for i in range(100)])
+        results.append([q.get() for _ in range(100)])
+        coopsock.get_hub().destroy()
+    q = Queue()
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    spawn(lambda: [q.put(i) for i in range(100)])
+    mine = [q.get() for _ in range(100)]
+    thread.join()
+    assert results == [mine] == [list(range(100))]
+
+
+# ---------------------------------------------------------------------------
+# Semaphores and locks
+
+def test_semaphore_counts_and_serves_waiters_in_order():
+    sem, order = coopsock.Semaphore(2), []
+    assert sem.acquire() and sem.acquire(blocking=False) and sem.locked()
+    assert sem.acquire(blocking=False) is False and sem.acquire(timeout=0.01) is False
+    waiters = [spawn(lambda i=i: (sem.acquire(), order.append(i))) for i in range(3)]
+    parked(*waiters)
+    for _ in range(3):
+        sem.release()
+    coopsock.joinall(waiters)
+    assert order == [0, 1, 2] and sem.counter == 0
+    with pytest.raises(ValueError):
+        sem.acquire(False, 1)
+    with pytest.raises(ValueError):
+        coopsock.Semaphore(-1)
+
+
+def test_a_release_to_a_killed_waiter_passes_to_the_next():
+    sem = coopsock.Semaphore(0)
+    killed, last = spawn(sem.acquire), spawn(sem.acquire)
+    parked(killed, last)
+    killed.kill(block=False)
+    sem.release()  # as the kill is pending
+    assert last.get(timeout=1) is True
+    killed.join()
+    assert isinstance(killed.value, GreenletExit) and sem.counter == 0 and not sem._waiters
+
+
+def test_a_timed_out_waiter_leaves_the_line():
+    sem = coopsock.Semaphore(0)
+    timed, last = spawn(sem.acquire, timeout=0.01), spawn(sem.acquire)
+    parked(timed, last)
+    assert timed.get() is False
+    sem.release()
+    assert last.get(timeout=1) is True and sem.counter == 0 and not sem._waiters
+
+
+def test_bounded_semaphore_and_lock_raise_past_their_bound():
+    bounded = coopsock.BoundedSemaphore(1)
+    with pytest.raises(ValueError):
+        bounded.release()
+    lock = coopsock.Lock()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with lock:
+        assert lock.locked() and not lock.acquire(blocking=False)
+    assert not lock.locked()
+
+
+def test_lock_is_interrupted_by_timeout_and_kill_and_raises_loop_exit():
+    lock = coopsock.Lock()
+    lock.acquire()
+    with pytest.raises(Timeout), Timeout(0.01):
+        lock.acquire()
+    waiter = spawn(lock.acquire)
+    parked(waiter)
+    waiter.kill()
+    assert not lock._waiters
+    with pytest.raises(LoopExit):
+        lock.acquire()
+
+
+def test_rlock_is_reentrant_and_owned():
+    lock = coopsock.RLock()
+    with lock, lock:
+        assert lock.locked()
+        other = spawn(lock.acquire, timeout=0.01)
+        assert other.get() is False
+        releaser = spawn(lock.release)
+        with pytest.raises(RuntimeError):
+            releaser.get()
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+# ---------------------------------------------------------------------------
+# coopsock.Pool and Group
+
+def test_pool_spawn_parks_while_full_and_runs_at_most_size():
+    pool, running, peak = coopsock.Pool(2), [0], [0]
+
+    def task():
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        sleep(0.005)
+        running[0] -= 1
+    assert pool.free_count() == 2 and not pool.full()
+    for _ in range(6):
+        pool.spawn(task)
+    assert len(pool) == 2 and pool.full() and pool.free_count() == 0
+    assert pool.join(timeout=1) is True
+    assert peak == [2] and len(pool) == 0 and pool.free_count() == 2
+
+
+def test_pool_map_imap_and_imap_unordered():
+    pool = coopsock.Pool(3)
+
+    def slow_square(x):
+        sleep(0.001 * (5 - x))
+        return x * x
+    assert pool.map(slow_square, range(5)) == [0, 1, 4, 9, 16]
+    assert list(pool.imap(slow_square, range(5))) == [0, 1, 4, 9, 16]
+    assert sorted(pool.imap_unordered(slow_square, range(5))) == [0, 1, 4, 9, 16]
+    assert list(coopsock.Group().imap(pow, [2, 3], [2, 2])) == [4, 9]
+    assert pool.apply(slow_square, (3,)) == 9 and pool.apply(dict, kwds={"a": 1}) == {"a": 1}
+
+
+def test_a_failing_call_raises_in_the_consumer():
+    def f(x):
+        if x == 3:
+            raise KeyError(x)
+        return x
+    with pytest.raises(KeyError):
+        coopsock.Pool(2).map(f, range(6))
+    with pytest.raises(KeyError):
+        list(coopsock.Pool(2).imap_unordered(f, range(6)))
+
+
+def test_group_add_discard_iterate_join_and_kill():
+    group = coopsock.Group()
+    g = spawn(sleep, 10)
+    group.add(g)
+    short = group.spawn(sleep, 0)
+    assert set(group) == {g, short} and g in group and len(group) == 2
+    group.discard(g)
+    assert list(group) == [short]
+    assert group.join() is True
+    group.add(g)
+    assert group.join(timeout=0.01) is False
+    group.kill()
+    assert g.dead and len(group) == 0
+
+
+def test_pool_join_raise_error_and_wait_available():
+    pool = coopsock.Pool(1)
+    pool.spawn(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pool.join(raise_error=True)
+    sleeper = pool.spawn(sleep, 10)
+    assert pool.wait_available(timeout=0.01) == 0
+    spawn(sleeper.kill)
+    assert pool.wait_available() == 1
+
+
+def test_pool_spawn_parked_while_full_is_interrupted_by_timeout():
+    pool = coopsock.Pool(1)
+    pool.spawn(sleep, 10)
+    with pytest.raises(Timeout), Timeout(0.01):
+        pool.spawn(sleep, 0)
+    assert len(pool) == 1
+    pool.kill()
+    assert pool.free_count() == 1
+    with pytest.raises(ValueError):
+        coopsock.Pool(0)
+
+
+# ---------------------------------------------------------------------------
+# StreamServer
+
+def _echo_handler(conn, address):
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def _round_trip(address, payload=b"ping"):
+    with coopsock.create_connection(address[:2], timeout=5) as conn:
+        conn.sendall(payload)
+        conn.shutdown(coopsock.SHUT_WR)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_stream_server_serves_each_connection_in_a_greenlet(host):
+    if host == "::1" and not stdsocket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with coopsock.StreamServer((host, 0), _echo_handler) as server:
+        assert server.started and server.server_host == host and server.server_port > 0
+        assert server.socket.family == (stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET)
+        clients = [spawn(_round_trip, server.address, b"x%d" % i) for i in range(20)]
+        assert [g.get() for g in clients] == [b"x%d" % i for i in range(20)]
+    assert server.closed and not server.started and server.socket.fileno() == -1
+
+
+def test_stream_server_on_a_given_listener_with_a_pool_size():
+    running, release = [0], Event()
+
+    def handle(conn, address):
+        running[0] += 1
+        release.wait()
+        _echo_handler(conn, address)
+    with stdsocket.create_server(("127.0.0.1", 0)) as listener:
+        with pytest.raises(ValueError):
+            coopsock.StreamServer(listener, handle, backlog=5)
+        with coopsock.StreamServer(listener, handle, spawn=2) as server:
+            clients = [spawn(_round_trip, server.address) for _ in range(3)]
+            while running[0] < 2:
+                sleep(0.001)
+            sleep(0.05)  # the timing is the point: the third waits in the backlog
+            assert running[0] == 2
+            release.set()
+            assert [g.get() for g in clients] == [b"ping"] * 3 and running[0] == 3
+
+
+def test_stream_server_holds_a_burst_of_a_thousand_connects():
+    release = Event()
+    with coopsock.StreamServer(("127.0.0.1", 0), lambda conn, address: release.wait(), spawn=1) as server:
+        clients = [stdsocket.socket() for _ in range(1000)]
+        try:
+            for client in clients:
+                client.setblocking(False)
+                assert client.connect_ex(server.address) in (0, errno.EINPROGRESS)
+            poller, pending, deadline = select.poll(), {c.fileno(): c for c in clients}, time.monotonic() + 5
+            for client in clients:
+                poller.register(client, select.POLLOUT)
+            while pending and time.monotonic() < deadline:  # a connect the backlog cannot hold stays pending
+                for fd, _ in poller.poll(100):
+                    assert not pending.pop(fd).getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR)
+                    poller.unregister(fd)
+            assert not pending
+        finally:
+            release.set()
+            for client in clients:
+                client.close()
+
+
+def test_stream_server_stop_waits_for_handlers_then_kills_them():
+    finished, killed, count = [], [], iter(range(4))
+
+    def handle(conn, address):
+        try:
+            sleep(0.01 if next(count) % 2 else 10)
+            finished.append(address)
+        except GreenletExit:
+            killed.append(address)
+            raise
+    server = coopsock.StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    conns = [coopsock.create_connection(server.address) for _ in range(4)]
+    while len(server._handlers) < 4:
+        sleep(0)
+    started = time.monotonic()
+    server.stop(timeout=0.2)
+    assert 0.15 < time.monotonic() - started < 5
+    assert len(finished) == len(killed) == 2 and not server._handlers
+    with pytest.raises(ValueError):
+        server.start()
+    for conn in conns:
+        conn.close()
+
+
+def test_stream_server_backs_off_accept_errors_and_logs_once(caplog):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare, client = [], coopsock.socket()
+    with coopsock.StreamServer(("127.0.0.1", 0), _echo_handler) as server, client:
+        try:
+            gc.collect()  # so that no fd frees up while the test holds them all
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 5, hard))
+            with pytest.raises(OSError):
+                while True:
+                    spare.append(os.open(os.devnull, os.O_RDONLY))
+            client.connect(server.address)  # accept() has no fd left for it: EMFILE
+            sleep(0.3)  # the timing is the point: back-off, not a busy loop
+            warnings = [r.getMessage() for r in caplog.records if "accept() on" in r.getMessage()]
+            assert len(warnings) == 1 and "Too many open files" in warnings[0], caplog.text
+        finally:
+            for fd in spare:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.settimeout(5)
+        client.sendall(b"after")
+        assert client.recv(5) == b"after"
+
+
+# ---------------------------------------------------------------------------
+# The examples, end to end
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(HERE, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_line(conn):
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = conn.recv(1)
+        assert chunk, "closed before the end of the line"
+        line += chunk
+    return line
+
+
+def test_example_chat_broadcasts_to_every_other_client():
+    chat = _example("chat")
+    with chat.serve(("127.0.0.1", 0)) as server:
+        alice, bob, carol = [coopsock.create_connection(server.address, timeout=5) for _ in range(3)]
+        while len(chat.clients) < 3:
+            sleep(0.001)
+        for conn, joined in ((alice, 2), (bob, 1)):
+            for _ in range(joined):
+                assert b"joined" in _read_line(conn)
+        alice.sendall(b"hello\n")
+        assert _read_line(bob).endswith(b": hello\n") and _read_line(carol).endswith(b": hello\n")
+        bob.close()
+        assert b"left" in _read_line(alice)
+        alice.close()
+        carol.close()
+
+
+def test_example_forwarder_passes_data_both_ways_and_half_closes():
+    forward = _example("forward")
+
+    def upstream_handler(conn, address):  # reads the whole request, then answers: needs the half-close
+        request = b""
+        while chunk := conn.recv(65536):
+            request += chunk
+        conn.sendall(request.upper())
+    with coopsock.StreamServer(("127.0.0.1", 0), upstream_handler) as upstream, \
+            forward.serve(("127.0.0.1", 0), upstream.address) as forwarder:
+        clients = [spawn(_round_trip, forwarder.address, b"abc%d" % i * 5000) for i in range(5)]
+        assert [g.get() for g in clients] == [(b"ABC%d" % i) * 5000 for i in range(5)]
+
+
+def test_example_fetcher_with_a_pool_of_50_and_a_timeout_per_request():
+    fetch, running, peak = _example("fetch"), [0], [0]
+
+    def http_handler(conn, address):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            path = request.split()[1]
+            sleep(10 if path == b"/slow" else 0.01)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + path)
+        finally:
+            running[0] -= 1
+    with coopsock.StreamServer(("127.0.0.1", 0), http_handler) as server:
+        base = f"http://127.0.0.1:{server.server_port}"
+        urls = [f"{base}/{i}" for i in range(200)] + [f"{base}/slow"]
+        results = fetch.fetch_all(urls, size=50, timeout=0.5)
+        server.stop_timeout = 0
+    assert all(results[f"{base}/{i}"] == "HTTP/1.0 200 OK" for i in range(200))
+    assert isinstance(results[f"{base}/slow"], coopsock.Timeout)
+    assert peak[0] == 50
