@@ -1671,7 +1671,7 @@ def _wake_line(waiters, may_go, *args):
 
 
 class Event(_Lineup):
-    """A flag greenlets wait for; set() wakes every waiter (_threading.Event's API)."""
+    """A flag greenlets wait for; set() wakes every waiter (threading.Event's API)."""
 
     __slots__ = ("_flag", "_waiters")
 
@@ -1942,7 +1942,7 @@ class PriorityQueue(Queue):
 
 
 class Semaphore(_Lineup):
-    """A counter greenlets take from and give back (_threading.Semaphore's API, plus locked())."""
+    """A counter greenlets take from and give back (threading.Semaphore's API, plus locked())."""
 
     __slots__ = ("counter", "_waiters", "_bound")
 
@@ -2005,7 +2005,7 @@ class BoundedSemaphore(Semaphore):
 
 
 class Lock(BoundedSemaphore):
-    """A lock for greenlets (_threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
+    """A lock for greenlets (threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
 
     __slots__ = ()
 
@@ -2016,7 +2016,7 @@ class Lock(BoundedSemaphore):
 
 
 class RLock:
-    """A lock the greenlet holding it may take again (_threading.RLock's API)."""
+    """A lock the greenlet holding it may take again (threading.RLock's API)."""
 
     __slots__ = ("_lock", "_owner", "_count")
 
