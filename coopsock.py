@@ -264,7 +264,7 @@ def _load_libev():
         for cls, kind in ((_EvIo, "io"), (_EvTimer, "timer"), (_EvAsync, "async")):
             cls._start, cls._stop = getattr(lib, f"ev_{kind}_start"), getattr(lib, f"ev_{kind}_stop")
         lib.ev_set_syserr_cb(_ct.cast(_ev_syserr, _ct.c_void_p))
-        if isinstance(lib, _ct.PyDLL):
+        if hasattr(_ct, "pythonapi"):
             api = _ct.pythonapi
             api.PyGILState_Release.argtypes, api.PyGILState_Release.restype = [_ct.c_int], None
             _ev_gil_hooks = (_ct.cast(api.PyEval_SaveThread, _ct.c_void_p),
