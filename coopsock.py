@@ -2428,6 +2428,8 @@ def _cooperative(name, events, flags_at):
     call = getattr(_socket.socket, name)
 
     def method(self, *args, **kwargs):
+        if name in ("recvmsg_into", "sendmsg"):  # a retry must see iterators of buffers whole again
+            args = tuple(list(a) if i < 2 and hasattr(a, "__next__") else a for i, a in enumerate(args))
         try:
             return call(self, *args, **kwargs)
         except BlockingIOError:  # so flags parsed as an int: MSG_DONTWAIT never waits

@@ -236,3 +236,37 @@ def test_a_closed_fd_gives_ebadf_through_fromfd():
     with pytest.raises(OSError) as info:
         coopsock.fromfd(fd, stdsocket.AF_INET, stdsocket.SOCK_STREAM)
     assert info.value.errno == errno.EBADF
+
+
+# ---------------------------------------------------------------------------
+# Arguments a retry must see again
+
+
+def test_recvmsg_into_and_sendmsg_take_generators_that_a_retry_sees_whole(pair):
+    a, b = pair
+    coopsock.spawn_later(0.05, b.send, b"x")
+    buffer = bytearray(1)
+    assert a.recvmsg_into(buf for buf in [buffer])[0] == 1 and buffer == b"x"
+    sent = fill(a)
+    reader = spawn(lambda: _drain(b, sent + 3))
+    assert a.sendmsg(part for part in [b"a", b"bc"]) == 3
+    assert reader.get(timeout=10)[-3:] == b"abc"
+
+
+def fill(sock):
+    sock.setblocking(False)
+    total = 0
+    try:
+        while True:
+            total += sock.send(b"f" * 65536)
+    except BlockingIOError:
+        return total
+    finally:
+        sock.setblocking(True)
+
+
+def _drain(sock, count):
+    data = b""
+    while len(data) < count:
+        data += sock.recv(count - len(data))
+    return data
