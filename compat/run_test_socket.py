@@ -143,9 +143,12 @@ def child(args):
     import faulthandler
     with open(args.out, "w") as out:
         try:
-            replaced = _install_coopsock(args.coopsock, args.leave or ())
-            import coopsock
-            out.write(json.dumps({"replaced": replaced, "backend": coopsock.BACKEND,
+            if args.stdlib:
+                replaced, backend = ["nothing (--stdlib)"], "none"
+            else:
+                replaced = _install_coopsock(args.coopsock, args.leave or ())
+                backend = sys.modules["coopsock"].BACKEND
+            out.write(json.dumps({"replaced": replaced, "backend": backend,
                                   "python": sys.version.split()[0]}) + "\n")
             module = __import__(MODULE, fromlist=["*"])
         except BaseException:
@@ -177,7 +180,7 @@ def _spawn(args, extra, log_path):
     env = dict(os.environ)
     if args.loop:
         env["COOPSOCK_LOOP"] = args.loop
-    leave = [f"--leave={name}" for name in args.leave or ()]
+    leave = [f"--leave={name}" for name in args.leave or ()] + ["--stdlib"] * args.stdlib
     command = [sys.executable, os.path.abspath(__file__), "--out", out_path, *leave,
                "--coopsock", args.coopsock, "--timeout", str(args.timeout), *extra]
     with open(log_path, "w+b") as log:
@@ -317,6 +320,8 @@ def main(argv=None):
                         help="the directory coopsock.py is imported from (default: this repository)")
     parser.add_argument("--leave", action="append", metavar="NAME",
                         help="without coopsock.patch: leave the stdlib's socket.NAME in place (repeatable)")
+    parser.add_argument("--stdlib", action="store_true",
+                        help="run with the stdlib socket, no coopsock: the baseline of this machine")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-list", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
