@@ -17,6 +17,7 @@ each get a hub of their own, as any thread does.
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,7 @@ def _spawn(args, extra, log_path):
     fd, out_path = tempfile.mkstemp(prefix="coopsock-compat-", suffix=".jsonl")
     os.close(fd)
     env = dict(os.environ)
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # --coopsock may name a tree that is not ours
     if args.loop:
         env["COOPSOCK_LOOP"] = args.loop
     leave = [f"--leave={name}" for name in args.leave or ()] + ["--stdlib"] * args.stdlib
@@ -284,8 +286,11 @@ def parent(args):
     rate = 100.0 * total["passed"] / ran if ran else 0.0
     print(f"{'total':<{width}}  {total['passed']:>6} {total['failed']:>6} {total['error']:>6} "
           f"{total['skipped']:>7}")
-    print(f"pass rate: {total['passed']} of {ran} not skipped = {rate:.1f}%  "
-          f"(loop {header['backend']}; logs in {log_dir})")
+    kept = args.logs or any(results[name]["status"] for name in names)
+    if not kept:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    print(f"pass rate: {total['passed']} of {ran} not skipped = {rate:.1f}%  (loop {header['backend']}"
+          + (f"; logs in {log_dir})" if kept else ")"))
 
     if args.failures:
         for name in names:
