@@ -1,0 +1,201 @@
+"""TLS, select/selectors and patch(): the stdlib and real clients, cooperatively."""
+
+import errno
+import os
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+import trustme
+
+import coopsock
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def cert(ca):
+    return ca.issue_cert("localhost", "127.0.0.1")
+
+
+@pytest.fixture
+def server_ctx(cert):
+    ctx = coopsock.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def client_ctx(ca):
+    ctx = coopsock.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+def tls_pair(client_ctx, server_ctx, server_hostname="localhost"):
+    """Return (client, server) TLS sockets over a socket pair, both handshaken."""
+    a, b = coopsock.socketpair()
+    server = coopsock.spawn(server_ctx.wrap_socket, a, server_side=True)
+    try:
+        client = client_ctx.wrap_socket(b, server_hostname=server_hostname)
+    finally:
+        server.join()
+    return client, server.get()
+
+
+class Ticker:
+    """A greenlet waking every 5 ms that records the longest gap: how long the hub stalled."""
+
+    def __enter__(self):
+        self.longest, self.ticks = 0.0, 0
+        self.greenlet = coopsock.spawn(self._run)
+        return self
+
+    def _run(self):
+        last = time.monotonic()
+        while True:
+            coopsock.sleep(0.005)
+            now = time.monotonic()
+            self.longest, last, self.ticks = max(self.longest, now - last), now, self.ticks + 1
+
+    def __exit__(self, *exc):
+        self.greenlet.kill()
+
+
+# ---------------------------------------------------------------------------
+# TLS
+
+def test_import_does_not_import_ssl():
+    code = ("import sys, coopsock; print('ssl' in sys.modules);"
+            "import ssl; print(issubclass(coopsock.SSLContext, ssl.SSLContext))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE, check=True)
+    assert out.stdout.split() == ["False", "True"]  # ssl loads only when TLS is first used
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"])
+def test_tls_handshake_sni_alpn_and_echo(client_ctx, server_ctx, version):
+    seen = []
+    server_ctx.sni_callback = lambda sock, name, ctx: seen.append(name)
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    client_ctx.set_alpn_protocols(["http/1.1"])
+    client_ctx.maximum_version = client_ctx.minimum_version = version
+    client, server = tls_pair(client_ctx, server_ctx)  # both ends in one thread: each parks in turn
+    with client, server:
+        assert isinstance(client, coopsock.SSLSocket) and isinstance(server, coopsock.SSLSocket)
+        assert client.version() == server.version() == version.name.replace("_", ".")
+        assert seen == ["localhost"]
+        assert client.selected_alpn_protocol() == server.selected_alpn_protocol() == "http/1.1"
+        client.sendall(b"ping")
+        assert server.recv(10) == b"ping"
+        buf = bytearray(10)
+        server.write(b"pong")
+        assert client.recv_into(buf) == 4 and buf[:4] == b"pong"
+
+
+def test_tls_big_sendall_parks_while_the_peer_reads(client_ctx, server_ctx):
+    client, server = tls_pair(client_ctx, server_ctx)
+    data = os.urandom(4 << 20)
+    with client, server:
+        def read_all():
+            got = bytearray()
+            while len(got) < len(data):
+                got += server.read(65536)
+            return bytes(got)
+        reader = coopsock.spawn(read_all)
+        with Ticker() as ticker:
+            client.sendall(data)
+            assert reader.get(timeout=10) == data
+        assert ticker.ticks > 0
+
+
+def test_tls_makefile_and_sendfile(client_ctx, server_ctx, tmp_path):
+    client, server = tls_pair(client_ctx, server_ctx)
+    path = tmp_path / "f"
+    path.write_bytes(b"line one\nline two\n" * 1000)
+    with client, server, open(path, "rb") as f:
+        sender = coopsock.spawn(client.sendfile, f)
+        reader = server.makefile("rb")
+        assert reader.readline() == b"line one\n"
+        assert reader.read(len(path.read_bytes()) - 9) == path.read_bytes()[9:]
+        assert sender.get() == len(path.read_bytes())
+        reader.close()
+
+
+def test_tls_timeout_is_one_deadline_and_raises_timeout_error(client_ctx, server_ctx):
+    client, server = tls_pair(client_ctx, server_ctx)
+    with client, server:
+        client.settimeout(0.2)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.recv(10)
+        assert 0.15 < time.monotonic() - start < 1.0
+        client.settimeout(0.0)
+        with pytest.raises(ssl.SSLWantReadError):  # non-blocking: the stdlib's error
+            client.recv(10)
+
+
+def test_tls_handshake_timeout_against_a_silent_peer(client_ctx):
+    a, b = coopsock.socketpair()
+    with a, b:
+        b.settimeout(0.2)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client_ctx.wrap_socket(b, server_hostname="localhost")
+        assert time.monotonic() - start < 1.0
+
+
+def test_tls_verification_failure_raises_the_ssl_error(server_ctx):
+    untrusting = coopsock.create_default_context()
+    untrusting.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_pair(untrusting, server_ctx)
+
+
+def test_tls_wrong_hostname_raises_the_ssl_error(client_ctx, server_ctx):
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        tls_pair(client_ctx, server_ctx, server_hostname="example.org")
+
+
+def test_tls_close_while_waiting_and_one_waiter_per_direction(client_ctx, server_ctx):
+    client, server = tls_pair(client_ctx, server_ctx)
+    with server:
+        first = coopsock.spawn(client.recv, 10)
+        second = coopsock.spawn(client.recv, 10)
+        coopsock.joinall([second])
+        assert isinstance(second.exception, coopsock.ConcurrentObjectUseError)
+        client.close()
+        first.join()
+        assert isinstance(first.exception, OSError) and first.exception.errno == errno.EBADF
+
+
+def test_tls_unwrap_leaves_a_plain_socket(client_ctx, server_ctx):
+    client, server = tls_pair(client_ctx, server_ctx)
+    other = coopsock.spawn(server.unwrap)
+    plain = client.unwrap()
+    plain_server = other.get()
+    with plain, plain_server:
+        plain.sendall(b"clear")
+        assert plain_server.recv(10) == b"clear"
+
+
+def test_tls_over_tcp_accept_and_connect(client_ctx, server_ctx):
+    listener = coopsock.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with server_ctx.wrap_socket(listener, server_side=True) as tls_listener:
+        def serve():
+            conn, _ = tls_listener.accept()
+            with conn:
+                conn.sendall(conn.recv(100).upper())
+        server = coopsock.spawn(serve)
+        with client_ctx.wrap_socket(coopsock.socket(), server_hostname="localhost") as client:
+            client.connect(("127.0.0.1", port))
+            client.sendall(b"hello")
+            assert client.recv(100) == b"HELLO"
+        server.get()
