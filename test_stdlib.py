@@ -199,3 +199,101 @@ def test_tls_over_tcp_accept_and_connect(client_ctx, server_ctx):
             client.sendall(b"hello")
             assert client.recv(100) == b"HELLO"
         server.get()
+
+
+# ---------------------------------------------------------------------------
+# select, poll, selectors
+
+def test_select_parks_only_the_caller():
+    pairs = [coopsock.socketpair() for _ in range(10)]
+    try:
+        waiters = [coopsock.spawn(coopsock.select, [a], [], [], 5) for a, _ in pairs]
+        coopsock.sleep(0.01)
+        assert not any(w.ready() for w in waiters)  # all parked, and this greenlet runs
+        for _, b in pairs:
+            b.send(b"x")
+        results = [w.get(timeout=5) for w in waiters]
+        assert results == [([a], [], []) for a, _ in pairs]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_select_many_fds_returns_the_ready_ones_and_frees_them(pair):
+    a, b = pair
+    c, d = coopsock.socketpair()
+    with c, d:
+        coopsock.spawn_later(0.02, d.send, b"y")
+        assert coopsock.select([a, c.fileno()], [], [], 5) == ([c.fileno()], [], [])
+        assert c.recv(1) == b"y"  # no helper still waits on c
+        coopsock.spawn_later(0.02, b.send, b"z")
+        assert a.recv(1) == b"z"
+        assert coopsock.select([a], [a], [], 1) == ([], [a], [])  # writable at once
+
+
+def test_select_timeout_and_sleep():
+    a, b = coopsock.socketpair()
+    with a, b:
+        start = time.monotonic()
+        assert coopsock.select([a], [], [], 0.1) == ([], [], [])
+        assert coopsock.select([], [], [], 0.1) == ([], [], [])
+        assert 0.18 < time.monotonic() - start < 1.0
+        assert coopsock.select([a], [], [], 0) == ([], [], [])
+
+
+@pytest.mark.parametrize("args", [([], [], [], -1), ([], [], [], "1"), ([], [], [], float("nan")),
+                                  ([-1], [], [], 0), (["x"], [], [], 0), (5, [], [], 0), ([object()], [], [], 0)])
+def test_select_raises_what_select_select_raises(args):
+    import select as stdselect
+    with pytest.raises(Exception) as expected:
+        stdselect.select(*args)
+    with pytest.raises(expected.type) as got:
+        coopsock.select(*args)
+    assert str(got.value) == str(expected.value)
+
+
+def test_select_closed_fd_raises_ebadf():
+    a, b = coopsock.socketpair()
+    fd = a.fileno()
+    a.close()
+    b.close()
+    with pytest.raises(OSError) as exc:
+        coopsock.select([fd], [], [], 0.1)
+    assert exc.value.errno == errno.EBADF
+
+
+@pytest.mark.skipif(not hasattr(coopsock, "poll"), reason="no poll on this platform")
+def test_poll_waits_cooperatively_and_checks_as_the_stdlib(pair):
+    import select as stdselect
+    a, b = pair
+    p = coopsock.poll()
+    p.register(a, stdselect.POLLIN)
+    start = time.monotonic()
+    assert p.poll(100) == []
+    assert 0.08 < time.monotonic() - start < 1.0
+    coopsock.spawn_later(0.02, b.send, b"x")
+    assert p.poll() == [(a.fileno(), stdselect.POLLIN)]
+    p.modify(a, stdselect.POLLOUT)
+    assert p.poll(0) == [(a.fileno(), stdselect.POLLOUT)]
+    p.unregister(a)
+    with pytest.raises(KeyError):
+        p.unregister(a)
+    with pytest.raises(FileNotFoundError):
+        p.modify(a, stdselect.POLLIN)
+    with pytest.raises(TypeError, match="timeout must be an integer or None"):
+        p.poll("1")
+
+
+def test_default_selector_is_a_cooperative_base_selector(pair):
+    import selectors
+    a, b = pair
+    with coopsock.DefaultSelector() as selector:
+        assert isinstance(selector, selectors.BaseSelector)
+        selector.register(a, selectors.EVENT_READ, "data")
+        assert selector.select(0.05) == []
+        coopsock.spawn_later(0.02, b.send, b"x")
+        with Ticker() as ticker:
+            [(key, events)] = selector.select(5)
+        assert (key.fileobj, key.data, events) == (a, "data", selectors.EVENT_READ)
+        assert ticker.ticks > 0
