@@ -297,3 +297,72 @@ def test_default_selector_is_a_cooperative_base_selector(pair):
             [(key, events)] = selector.select(5)
         assert (key.fileobj, key.data, events) == (a, "data", selectors.EVENT_READ)
         assert ticker.ticks > 0
+
+
+# ---------------------------------------------------------------------------
+# patch() and unpatch()
+
+@pytest.fixture
+def patched():
+    coopsock.patch()
+    try:
+        yield
+    finally:
+        coopsock.unpatch()
+
+
+def _patchable():
+    import select as stdselect
+    import selectors
+    import socket as stdsocket
+    return [(stdsocket, "socket"), (stdsocket, "socketpair"), (stdsocket, "create_connection"),
+            (stdsocket, "getaddrinfo"), (ssl.SSLContext, "sslsocket_class"), (stdselect, "select"),
+            (stdselect, "poll"), (selectors, "DefaultSelector"), (selectors, "PollSelector"), (time, "sleep")]
+
+
+def test_patch_is_idempotent_and_unpatch_restores_the_exact_originals():
+    originals = [getattr(target, name) for target, name in _patchable()]
+    try:
+        coopsock.patch()
+        coopsock.patch()
+        replaced = [getattr(target, name) for target, name in _patchable()]
+        assert replaced == [coopsock.socket, coopsock.socketpair, coopsock.create_connection, coopsock.getaddrinfo,
+                            coopsock.SSLSocket, coopsock.select, coopsock.poll, coopsock.DefaultSelector,
+                            coopsock.DefaultSelector, coopsock.sleep]
+    finally:
+        coopsock.unpatch()
+    assert all(got is want for got, want in zip([getattr(t, n) for t, n in _patchable()], originals))
+    coopsock.unpatch()
+    assert all(got is want for got, want in zip([getattr(t, n) for t, n in _patchable()], originals))
+
+
+def test_patch_only_what_is_asked():
+    import socket as stdsocket
+    original_socket, original_sleep = stdsocket.socket, time.sleep
+    try:
+        coopsock.patch(socket=False, ssl=False, select=False, selectors=False)
+        assert stdsocket.socket is original_socket and time.sleep is coopsock.sleep
+    finally:
+        coopsock.unpatch()
+    assert time.sleep is original_sleep
+
+
+def test_patched_stdlib_helpers_are_cooperative(patched, ca, cert):
+    import socket as stdsocket
+    a, b = stdsocket.socketpair()  # coopsock's helpers reach the stdlib's originals: no recursion
+    with a, b, stdsocket.create_server(("127.0.0.1", 0)) as listener:
+        assert type(a) is coopsock.socket and type(listener) is coopsock.socket
+        reader = coopsock.spawn(a.recv, 10)
+        time.sleep(0.01)  # the patched sleep lets the reader park
+        assert not reader.ready()
+        b.send(b"x")
+        assert reader.get(timeout=5) == b"x"
+        with stdsocket.create_connection(listener.getsockname()) as conn:
+            assert type(conn) is coopsock.socket
+        ctx = ssl.create_default_context()  # a plain stdlib context, made after patch()
+        ca.configure_trust(ctx)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(server_ctx)
+        client, server = tls_pair(ctx, server_ctx)
+        with client, server:
+            assert type(client) is coopsock.SSLSocket and type(server) is coopsock.SSLSocket
