@@ -1936,10 +1936,10 @@ def wait_write(fileno, timeout=None, timeout_exc=None):
 # TLS and the stdlib patch
 #
 # coopsock's own code keeps reaching the stdlib's originals after patch():
-# it looks socket and selectors up on copies taken here, at import. (The
-# helpers above call _stdsocket.socketpair and friends at call time; until
-# they capture their originals themselves, this keeps them from calling
-# their own patched selves.)
+# it looks socket, select and selectors up on copies taken here, at import.
+# (The helpers above call _stdsocket.socketpair and friends at call time;
+# until they capture their originals themselves, this keeps them from
+# calling their own patched selves.)
 
 import select as _select
 
@@ -1950,7 +1950,7 @@ def _stdlib_copy(module):
     return copy
 
 
-_stdsocket, selectors = _stdlib_copy(_stdsocket), _stdlib_copy(selectors)
+_stdsocket, _select, selectors = map(_stdlib_copy, (_stdsocket, _select, selectors))
 _TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
 
 
