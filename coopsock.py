@@ -1934,23 +1934,9 @@ def wait_write(fileno, timeout=None, timeout_exc=None):
 
 # ---------------------------------------------------------------------------
 # TLS and the stdlib patch
-#
-# coopsock's own code keeps reaching the stdlib's originals after patch():
-# it looks socket, select and selectors up on copies taken here, at import.
-# (The helpers above call _stdsocket.socketpair and friends at call time;
-# until they capture their originals themselves, this keeps them from
-# calling their own patched selves.)
 
 import select as _select
 
-
-def _stdlib_copy(module):
-    copy = type(module)(module.__name__)
-    copy.__dict__.update(vars(module))
-    return copy
-
-
-_stdsocket, _select, selectors = map(_stdlib_copy, (_stdsocket, _select, selectors))
 _TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
 
 
@@ -2177,6 +2163,20 @@ _SOCKET_NAMES = ("socket", "create_connection", "create_server", "socketpair", "
                  "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn")
 _MISSING = object()
 _originals = {}  # {(module or class, attribute): what patch() replaced there}
+_STDLIB = {"_stdsocket": _stdsocket, "_select": _select, "selectors": selectors}  # coopsock's names for them
+
+
+def _use_stdlib_copies(use):
+    # While patched, coopsock's own code (the helpers call _stdsocket.socketpair
+    # and friends at call time, the selectors loop selectors.DefaultSelector)
+    # reaches the stdlib's originals through copies of the modules taken
+    # before patch() replaced anything, instead of calling its patched self.
+    if use == (globals()["_stdsocket"] is not _STDLIB["_stdsocket"]):
+        return  # already so (a second copy would hold the patched names)
+    for name, module in _STDLIB.items():
+        copy = type(module)(module.__name__)
+        copy.__dict__.update(vars(module))
+        globals()[name] = copy if use else module
 
 
 def _patch_table(wanted):
@@ -2220,6 +2220,7 @@ def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selecto
     Idempotent; unpatch() undoes it. Raises nothing of its own.
     """
     wanted = {"socket": socket, "ssl": ssl, "select": select, "selectors": selectors, "time": time}
+    _use_stdlib_copies(True)
     for target, attribute, replacement in list(_patch_table(wanted)):
         key = (target, attribute)
         if key not in _originals:  # recorded first: an interrupted patch() is still undone
@@ -2237,6 +2238,7 @@ def unpatch() -> None:
         else:
             setattr(target, attribute, original)
         del _originals[key]
+    _use_stdlib_copies(False)
 
 
 # ---------------------------------------------------------------------------
