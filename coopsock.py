@@ -1934,6 +1934,11 @@ def wait_write(fileno, timeout=None, timeout_exc=None):
 
 # ---------------------------------------------------------------------------
 # TLS and the stdlib patch
+#
+# ssl.SSLSocket drives OpenSSL over its fd; under coopsock's socket the fd is
+# always non-blocking, so OpenSSL answers "want read" or "want write" where
+# it would block, and coopsock's SSLSocket parks on that and retries. ssl is
+# imported when TLS is first used (the module's __getattr__), not at import.
 
 import select as _select
 
@@ -2082,7 +2087,7 @@ def _wait_any(fds, timeout):
         raise raised[0]
 
 
-def select(rlist, wlist, xlist, timeout=None):
+def select(rlist, wlist, xlist, timeout: "float | None" = None) -> "tuple[list, list, list]":
     """select.select, cooperative: park until an fd is ready or timeout seconds pass.
 
     Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
@@ -2129,7 +2134,7 @@ if hasattr(_select, "poll"):
             self._poll.unregister(fd)
             del self._fds[_fileno(fd)]
 
-        def poll(self, timeout=None):
+        def poll(self, timeout: "int | None" = None) -> "list[tuple[int, int]]":
             """Return [(fd, events)] once something is ready, waiting at most timeout ms (None, < 0: no limit)."""
             timeout = _select_timeout(timeout, "an integer")
             deadline = None if timeout is None or timeout < 0 else _monotonic() + timeout / 1000
