@@ -55,6 +55,10 @@ __all__ = [
     "socket", "socketpair", "create_connection", "create_server", "fromfd",
     "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn",
     "wait_read", "wait_write", "wait_readwrite",
+    # TLS and the stdlib patch
+    "SSLContext", "SSLSocket", "create_default_context",  # noqa: F822 (built on first use: __getattr__)
+    "select", "poll", "DefaultSelector",
+    "patch", "unpatch",
     # errors
     "LoopExit", "BlockingSwitchOutError", "ConcurrentObjectUseError",
     # the demo server
@@ -432,6 +436,8 @@ from heapq import heapify as _heapify
 from heapq import heappop as _heappop
 from heapq import heappush as _heappush
 
+_DefaultSelector = _selectors.DefaultSelector  # the stdlib's, even once patch() has put coopsock's there
+
 
 class _SelError(Exception):
     """pyev.Error for the selectors stand-in."""
@@ -454,7 +460,7 @@ class _SelLoop:
         self._open()
 
     def _open(self):
-        selector = _selectors.DefaultSelector()
+        selector = _DefaultSelector()
         try:
             self._wake_r, self._wake_w = _nonblocking_pipe()
         except OSError:
@@ -741,8 +747,11 @@ class _LoopCloser:
         self.hub = hub
 
     def __del__(self):
+        hub = self.hub
         try:
-            self.hub._close_loop()
+            if hub._thread != _threading.get_ident() and hub._runner.is_alive():
+                return  # a daemon thread at interpreter exit, still in its loop: leave that to the OS
+            hub._close_loop()
         except Exception:  # noqa: S110 - interpreter shutdown: nothing left to release
             pass
 
@@ -795,7 +804,7 @@ class Hub(_greenlet):
         self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
         self._clock_when = None        # when the clock is set to fire (None: stopped)
         self._incoming = _deque()       # (func, args) handed over by other threads
-        self._thread, self._pid = _threading.get_ident(), _os.getpid()
+        self._thread, self._pid, self._runner = _threading.get_ident(), _os.getpid(), _threading.current_thread()
         self._wake_lock = _threading.Lock()  # no thread wakes the loop while destroy() closes it
         self._wakeup = _pyev.Async(self.loop, self._record)
         self._destroyed = False
@@ -2676,7 +2685,7 @@ class StreamServer:
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
 
     def __init__(self, listener, handle, backlog=None, spawn="default", ssl_context=None):
-        if isinstance(listener, _stdsocket.socket):
+        if isinstance(listener, _socket.socket):
             if backlog is not None:
                 raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
             self.socket = listener if isinstance(listener, socket) else fromfd(
@@ -2764,6 +2773,309 @@ class StreamServer:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+# ---------------------------------------------------------------------------
+# TLS and the stdlib patch
+#
+# ssl.SSLSocket drives OpenSSL over its fd; under coopsock's socket the fd is
+# always non-blocking, so OpenSSL answers "want read" or "want write" where
+# it would block, and coopsock's SSLSocket parks on that and retries. ssl is
+# imported when TLS is first used (the module's __getattr__), not at import.
+
+import select as _select
+
+_std_select, _std_poll = _select.select, getattr(_select, "poll", None)  # before patch() replaces them
+_TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
+
+
+def __getattr__(name):
+    # PEP 562: the TLS classes are built, and ssl imported, on first use only.
+    if name in _TLS_NAMES:
+        _build_tls()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_TLS_NAMES})
+
+
+def _build_tls():
+    import ssl
+
+    class SSLSocket(ssl.SSLSocket, socket):
+        """ssl.SSLSocket, cooperative: the handshake, reads and writes park only the calling greenlet.
+
+        Made by SSLContext.wrap_socket(). Raises the ssl module's errors, and
+        TimeoutError once the socket's timeout (one deadline per call) passes.
+        """
+
+        def _tls_retry(self, call, *args, block=False, deadline=False):
+            # OpenSSL on a non-blocking fd says which way it must wait (a read
+            # may need to write, in a handshake or a TLS 1.3 key update):
+            # wait for that, then make the very same call again.
+            while True:
+                try:
+                    return call(*args)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                    if self._timeout == 0.0 and not block:
+                        raise
+                    events = _EV_READ if isinstance(exc, ssl.SSLWantReadError) else _EV_WRITE
+                if deadline is False:
+                    deadline = None if block and self._timeout == 0.0 else self._deadline()
+                self._wait(events, deadline)
+
+        def do_handshake(self, block=False):
+            """Perform the TLS handshake (wrap_socket and connect do it unless told not to)."""
+            self._check_connected()
+            self._tls_retry(self._sslobj.do_handshake, block=block)
+
+        def read(self, len=1024, buffer=None):
+            """Read up to len bytes (into buffer: return the count); b"" or 0 at the end."""
+            return self._tls_retry(super().read, len, buffer)
+
+        def write(self, data):
+            """Write data as TLS records; return how many bytes were written."""
+            return self._tls_retry(super().write, data)
+
+        def send(self, data, flags=0):
+            """Send data (over TLS once it is set up); return how many bytes were sent."""
+            return self._tls_retry(super().send, data, flags)
+
+        def sendall(self, data, flags=0):
+            """Send all of data; the timeout bounds the whole call, not each piece."""
+            if self._sslobj is None or flags:
+                return super().sendall(data, flags)  # plain, or the stdlib's ValueError
+            deadline = self._deadline()
+            with memoryview(data) as view, view.cast("B") as view:
+                sent = 0
+                while sent < len(view):
+                    sent += self._tls_retry(self._sslobj.write, view[sent:], deadline=deadline)
+
+        def unwrap(self):
+            """Close TLS (close_notify both ways) and return the socket, now plain."""
+            return self._tls_retry(super().unwrap)
+
+    class SSLContext(ssl.SSLContext):
+        """ssl.SSLContext whose wrap_socket() returns a cooperative coopsock.SSLSocket.
+
+        wrap_socket(sock, server_side=False, do_handshake_on_connect=True,
+        suppress_ragged_eofs=True, server_hostname=None, session=None) takes
+        and raises what the stdlib's does.
+        """
+
+        sslsocket_class = SSLSocket
+
+    std_create_default_context = ssl.create_default_context
+
+    def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+        """Return ssl.create_default_context(...) as a coopsock.SSLContext; raise what it raises."""
+        context = std_create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
+        context.__class__ = SSLContext  # the same layout: only the class wrap_socket() uses changes
+        return context
+
+    for public in (SSLSocket, SSLContext, create_default_context):
+        public.__module__, public.__qualname__ = __name__, public.__name__
+    globals().update(SSLSocket=SSLSocket, SSLContext=SSLContext, create_default_context=create_default_context)
+    return ssl
+
+
+# -- select, poll, selectors ------------------------------------------------
+#
+# Each call first asks the stdlib's own select or poll, with a zero timeout:
+# that checks the arguments (and raises) exactly as the stdlib does and
+# answers at once when something is ready. Only then does the greenlet park,
+# on the fds' watchers, and ask again when one fires. Exceptional conditions
+# (xlist, POLLPRI) are reported but not waited for: libev cannot watch them.
+
+def _select_timeout(timeout, name="a float"):
+    if timeout is None:
+        return None
+    if isinstance(timeout, float):
+        if timeout != timeout:
+            raise ValueError("Invalid value NaN (not a number)")
+    else:
+        try:
+            timeout = _index(timeout)
+        except TypeError:
+            raise TypeError(f"timeout must be {name} or None") from None
+    return timeout
+
+
+def _fileno(fd):  # of an argument the stdlib's call has accepted
+    return fd if isinstance(fd, int) else _index(fd.fileno())
+
+
+def _wait_any(fds, timeout):
+    """Park until one of fds ({fd: _EV_READ and/or _EV_WRITE}) is ready, or timeout seconds pass."""
+    if len(fds) == 1:  # the common case costs one wait and no greenlet
+        (fd, events), = fds.items()
+        try:
+            wait_readwrite(fd, timeout, events=events)
+        except TimeoutError:
+            pass
+        return
+    waiter, raised = _Waiter(), []
+
+    def watch(fd, events):
+        try:
+            wait_readwrite(fd, events=events)
+        except Exception as exc:  # handed to the caller, as if it had waited itself
+            raised.append(exc)
+        waiter()
+    watchers = [spawn(watch, fd, events) for fd, events in fds.items()]
+    try:
+        waiter.wait(timeout)
+    finally:
+        for watcher in watchers:
+            watcher.kill(block=False)
+        joinall(watchers)  # so that none still holds an fd's waiter slot when this returns
+    if raised:
+        raise raised[0]
+
+
+def select(rlist, wlist, xlist, timeout: "float | None" = None) -> "tuple[list, list, list]":
+    """select.select, cooperative: park until an fd is ready or timeout seconds pass.
+
+    Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
+    """
+    timeout = _select_timeout(timeout)
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be non-negative")
+    deadline = None if timeout is None else _monotonic() + timeout
+    while True:
+        ready = _std_select(rlist, wlist, xlist, 0)
+        remaining = None if deadline is None else deadline - _monotonic()
+        if any(ready) or (remaining is not None and remaining <= 0):
+            return ready
+        fds = {}
+        for fds_in, events in ((rlist, _EV_READ), (wlist, _EV_WRITE)):
+            for fd in fds_in:
+                fd = _fileno(fd)
+                fds[fd] = fds.get(fd, 0) | events
+        if not fds:  # nothing to wait for but the time (or xlist, which libev cannot watch)
+            sleep(remaining if remaining is not None else 2 ** 31)
+            continue
+        _wait_any(fds, remaining)
+
+
+if hasattr(_select, "poll"):
+    class poll:
+        """select.poll(), cooperative: poll() parks only the calling greenlet."""
+
+        def __init__(self):
+            self._poll, self._fds = _std_poll(), {}  # {fd: eventmask}
+
+        def register(self, fd, eventmask=_select.POLLIN | _select.POLLPRI | _select.POLLOUT):
+            """Watch fd for eventmask; raise what select.poll().register raises."""
+            self._poll.register(fd, eventmask)
+            self._fds[_fileno(fd)] = eventmask
+
+        def modify(self, fd, eventmask):
+            """Change what fd is watched for; OSError(ENOENT) if it is not registered."""
+            self._poll.modify(fd, eventmask)
+            self._fds[_fileno(fd)] = eventmask
+
+        def unregister(self, fd):
+            """Stop watching fd; KeyError if it is not registered."""
+            self._poll.unregister(fd)
+            del self._fds[_fileno(fd)]
+
+        def poll(self, timeout: "int | None" = None) -> "list[tuple[int, int]]":
+            """Return [(fd, events)] once something is ready, waiting at most timeout ms (None, < 0: no limit)."""
+            timeout = _select_timeout(timeout, "an integer")
+            deadline = None if timeout is None or timeout < 0 else _monotonic() + timeout / 1000
+            while True:
+                ready = self._poll.poll(0)
+                remaining = None if deadline is None else deadline - _monotonic()
+                if ready or (remaining is not None and remaining <= 0):
+                    return ready
+                fds = {fd: (_EV_READ if mask & (_select.POLLIN | _select.POLLPRI) else 0)
+                       | (_EV_WRITE if mask & _select.POLLOUT else 0) for fd, mask in self._fds.items()}
+                fds = {fd: events for fd, events in fds.items() if events}
+                if fds:
+                    _wait_any(fds, remaining)
+                else:
+                    sleep(remaining if remaining is not None else 2 ** 31)
+
+    class DefaultSelector(_selectors.PollSelector):
+        """selectors.DefaultSelector, cooperative: select() parks only the calling greenlet."""
+
+        _selector_cls = poll
+else:
+    class DefaultSelector(_selectors.SelectSelector):
+        """selectors.DefaultSelector, cooperative: select() parks only the calling greenlet."""
+
+        _select = staticmethod(select)
+
+
+# -- patch() and unpatch() --------------------------------------------------
+
+_SOCKET_NAMES = ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
+                 "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn")
+_MISSING = object()
+_originals = {}  # {(module or class, attribute): what patch() replaced there}
+
+
+def _patch_table(wanted):
+    """Yield (object, attribute, replacement) for each kind of patch wanted."""
+    if wanted["socket"]:
+        for name in _SOCKET_NAMES:
+            if name in globals():  # whatever coopsock defines
+                yield _sys.modules["socket"], name, globals()[name]
+    if wanted["ssl"]:
+        # Every context the stdlib makes, before or after patch() and however
+        # its class was imported, wraps with its class's sslsocket_class.
+        # (Replacing ssl.SSLContext itself would make its property setters,
+        # which call super(SSLContext, SSLContext), recurse.)
+        ssl = _build_tls() if "SSLSocket" not in globals() else _sys.modules["ssl"]
+        yield ssl.SSLContext, "sslsocket_class", globals()["SSLSocket"]
+    if wanted["select"]:
+        yield _sys.modules["select"], "select", select
+        if hasattr(_select, "poll"):
+            yield _sys.modules["select"], "poll", poll
+    if wanted["selectors"]:
+        std_selectors = _sys.modules["selectors"]
+        yield std_selectors, "DefaultSelector", DefaultSelector
+        if hasattr(std_selectors, "PollSelector"):  # what socketserver picks when imported later
+            yield std_selectors, "PollSelector", DefaultSelector
+        if "socketserver" in _sys.modules:  # what it picked, if imported already
+            yield _sys.modules["socketserver"], "_ServerSelector", DefaultSelector
+    if wanted["time"]:
+        yield _sys.modules["time"], "sleep", sleep
+
+
+def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selectors: bool = True,
+          time: bool = True) -> None:
+    """Make the stdlib's blocking entry points coopsock's, so libraries using them cooperate.
+
+    Covers socket.socket and the socket module's functions coopsock has, TLS
+    (every ssl.SSLContext wraps sockets cooperatively), select.select and
+    poll, selectors.DefaultSelector (and the one socketserver picks), and
+    time.sleep. Call it first thing in __main__: names bound earlier with
+    `from socket import socket` stay the stdlib's. Threads still work, each
+    with a hub of its own; C extensions that do their own I/O still block.
+    Idempotent; unpatch() undoes it. Raises nothing of its own.
+    """
+    wanted = {"socket": socket, "ssl": ssl, "select": select, "selectors": selectors, "time": time}
+    for target, attribute, replacement in list(_patch_table(wanted)):
+        key = (target, attribute)
+        if key not in _originals:  # recorded first: an interrupted patch() is still undone
+            _originals[key] = target.__dict__.get(attribute, _MISSING)
+        setattr(target, attribute, replacement)
+
+
+def unpatch() -> None:
+    """Put back every original patch() replaced; safe to call twice. Raises nothing."""
+    for key in reversed(list(_originals)):
+        target, attribute = key
+        original = _originals[key]
+        if original is _MISSING:
+            delattr(target, attribute)
+        else:
+            setattr(target, attribute, original)
+        del _originals[key]
 
 
 # ---------------------------------------------------------------------------
