@@ -504,6 +504,32 @@ def test_a_raw_wait_leaves_no_watcher_behind(pair):
     assert coopsock.get_hub().stats()["fds"] == 0  # nothing says when a raw fd closes
 
 
+def test_only_its_own_thread_closes_a_hubs_loop():
+    # When the thread-local that holds a hub goes (at interpreter exit, in the
+    # main thread), the loop of a thread still running it must be left alone.
+    code = """
+    stop, ticks = [], []
+    def tick():
+        while not stop:
+            sleep(0.0005)
+            ticks.append(1)
+        ticks.append("done")
+    thread = threading.Thread(target=tick)
+    thread.start()
+    while len(ticks) < 10:
+        time.sleep(0.01)
+    coopsock._local = threading.local()  # the old one goes: its closers run here, in the main thread
+    before = len(ticks)
+    while len(ticks) < before + 10 and thread.is_alive():
+        time.sleep(0.01)
+    stop.append(True)
+    thread.join(10)
+    assert ticks[-1] == "done", "the thread's hub stopped working"
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
+
+
 def test_a_fork_leaves_the_parents_other_hubs_watching_their_fds():
     # The child frees the hub of a thread that did not survive the fork; that
     # hub shares its epoll instance with the parent's, which must keep its fds.
@@ -511,7 +537,7 @@ def test_a_fork_leaves_the_parents_other_hubs_watching_their_fds():
     ready = []
     def serve():
         listener = coopsock.create_server(("127.0.0.1", 0))
-        ready.append(listener.getsockname())
+        ready.append(listener)
         def echo(conn):
             while True:
                 data = conn.recv(100)
@@ -519,11 +545,15 @@ def test_a_fork_leaves_the_parents_other_hubs_watching_their_fds():
                     return
                 conn.sendall(data)
         while True:
-            spawn(echo, listener.accept()[0])
-    threading.Thread(target=serve, daemon=True).start()
+            try:
+                spawn(echo, listener.accept()[0])
+            except OSError:  # closed by the main thread: done
+                return
+    server = threading.Thread(target=serve)  # joined: a daemon thread in a greenlet can crash at exit
+    server.start()
     while not ready:
         time.sleep(0.01)
-    clients = [coopsock.create_connection(ready[0], timeout=5) for _ in range(5)]
+    clients = [coopsock.create_connection(ready[0].getsockname(), timeout=5) for _ in range(5)]
     for _ in range(3):
         pid = os.fork()
         if pid == 0:
@@ -532,6 +562,8 @@ def test_a_fork_leaves_the_parents_other_hubs_watching_their_fds():
         for c in clients:
             c.sendall(b"x")
             assert c.recv(1) == b"x"
+    ready[0].close()
+    server.join(10)
     print("OK")
     """
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
