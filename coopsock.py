@@ -1240,21 +1240,21 @@ class _Waiter:
         self.greenlet = None
 
     def __call__(self, *args):
-        waiting, self.greenlet = self.greenlet, None
+        waiting = self.greenlet  # the woken side clears it: a call a signal cut short can be made again
         if waiting is not None:
-            waiting.switch()
+            waiting.switch(self)
 
     def wait(self, timeout=None):
         """Park until called; return False if `timeout` seconds passed first."""
-        self.greenlet = getcurrent()
+        self.greenlet, woken = getcurrent(), False
         try:
             if timeout is None:
-                get_hub().switch()
+                woken = get_hub().switch() is self
             else:
                 with Timeout(timeout, False):
-                    get_hub().switch()
+                    woken = get_hub().switch() is self
         finally:
-            woken, self.greenlet = self.greenlet is None, None
+            self.greenlet = None
         return woken
 
 
@@ -1627,68 +1627,98 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
 # ---------------------------------------------------------------------------
 # Coordination: events, queues, locks, pools
 #
-# Each primitive keeps a line of waiters (a deque of _Waiter, or of link
-# callbacks). A change that may let one through (set, put, release) schedules
-# the primitive's _notify on the hub, which wakes the head of the line while
-# the way is open. The woken greenlet runs at once, inside that call, and
-# takes its item or count before anything else can run: no later greenlet
-# gets in first, and the line is served in arrival order. A waiter leaves the
-# line itself, in a finally: one that is killed or times out leaves nothing
-# behind, and the next one in line gets what it did not take.
+# These belong to the thread whose greenlets use them; only Event.set(),
+# AsyncResult.set() and set_exception() may be called from another thread.
 
-class _Lineup:
+def _always():
+    return True
+
+
+class _Line(_deque):
+    """The greenlets (their _Waiter) and link callbacks waiting on a primitive, in arrival order.
+
+    A change that may let some through (set, put, release) schedules wake()
+    before it makes the change: a signal landing in between leaves at worst a
+    wake-up that finds nothing to do. wake() runs on the hub and wakes the head
+    of the line while may_go(). The woken greenlet runs at once, inside wake(),
+    and takes its item or count before anything else can run: no later
+    greenlet gets in first. A waiter leaves the line itself, in a finally: one
+    that is killed or times out leaves nothing behind, and the next in line
+    gets what it did not take.
+    """
+
     __slots__ = ()
 
-    def _park(self, waiters, timeout):
-        """Wait in line until _notify wakes this greenlet (then it may go); False on timeout."""
+    def park(self, timeout, may_go, *args):
+        """Wait in line until wake() lets this greenlet go; False on timeout."""
         waiter, woken = _Waiter(), False
         try:
-            waiters.append(waiter)
+            self.append(waiter)
             woken = waiter.wait(timeout)
             return woken
         finally:
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not woken and waiters:  # interrupted: pass on a wake-up that may have been ours
-                self._schedule()
+            if waiter in self:
+                self.remove(waiter)
+            if not woken and self:  # interrupted: pass on a wake-up that may have been ours
+                self.schedule(may_go, *args)
 
-    def _schedule(self):
-        get_hub().run_callback(self._notify)
+    def schedule(self, may_go, *args):
+        get_hub().run_callback(self.wake, may_go, *args)
+
+    def wake(self, may_go, *args):
+        """From the hub: wake the head of the line while may_go(); call a link callback with args."""
+        try:
+            for _ in range(len(self)):  # at most once each: a woken greenlet may queue up again
+                if not self or not may_go():
+                    return
+                waiter = self[0]
+                if type(waiter) is not _Waiter:
+                    self.popleft()  # a link callback: called once; if it fails, the line goes on
+                    try:
+                        waiter(*args)
+                    except BaseException as exc:
+                        get_hub().handle_error(waiter, exc)
+                    continue
+                waiter()  # its greenlet runs now, and leaves the line itself
+                if self and self[0] is waiter:
+                    self.popleft()  # a waiter that was gone already
+        finally:  # more may go, or a signal cut this pass short: another pass
+            if self and may_go():
+                self.schedule(may_go, *args)
 
 
-def _wake_line(waiters, may_go, *args):
-    """From the hub: wake the head of the line while may_go(); True if some are left who may go."""
-    for _ in range(len(waiters)):  # at most once each: a woken greenlet may queue up again
-        if not waiters or not may_go():
-            return False
-        waiter = waiters[0]
-        if type(waiter) is not _Waiter:
-            waiters.popleft()  # a link callback: called once, even if it raises
-        waiter(*args)  # a _Waiter's greenlet runs now, and leaves the line itself
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()  # a waiter that was gone already
-    return bool(waiters) and bool(may_go())
+class Event:
+    """A flag greenlets wait for; set() wakes every waiter (threading.Event's API).
 
+    set() may be called from another thread: the waiters' hub wakes them.
+    """
 
-class Event(_Lineup):
-    """A flag greenlets wait for; set() wakes every waiter (threading.Event's API)."""
-
-    __slots__ = ("_flag", "_waiters")
+    __slots__ = ("_flag", "_waiters", "_hub")
 
     def __init__(self):
-        self._flag, self._waiters = False, _deque()  # deque of _Waiter and rawlink callbacks
+        self._flag, self._waiters, self._hub = False, _Line(), None  # _hub: the waiters' hub, see set()
 
     def is_set(self) -> bool:
         """Return the flag."""
         return self._flag
 
-    ready = isSet = is_set
+    ready = is_set
 
     def set(self) -> None:
-        """Set the flag and wake every waiter."""
-        self._flag = True
-        if self._waiters:
-            self._schedule()
+        """Set the flag and wake every waiter, from any thread."""
+        hub = self._hub
+        if hub is not None and hub._thread != _threading.get_ident():
+            self._flag = True  # wait() notes its hub before it reads the flag: one of them sees the other
+            hub._run_threadsafe(self._release)
+        else:
+            self._release()
+            self._flag = True
+
+    def _release(self):
+        line = self._waiters
+        if line:  # all those waiting now go, even if the flag is cleared before they run
+            line.schedule(_always, self)
+            self._waiters = _Line()
 
     def clear(self) -> None:
         """Reset the flag."""
@@ -1696,12 +1726,14 @@ class Event(_Lineup):
 
     def wait(self, timeout=None) -> bool:
         """Park until the flag is set, or `timeout` seconds pass; return the flag."""
-        return self._flag or self._park(self._waiters, timeout) or self._flag
+        self._hub = get_hub()
+        return self._flag or self._waiters.park(timeout, self.is_set, self) or self._flag
 
     def rawlink(self, callback):
         """Call callback(self) from the hub once the flag is set (at once if it is)."""
-        if self.ready():
-            get_hub().run_callback(callback, self)
+        self._hub = get_hub()
+        if self._flag:
+            self._hub.run_callback(callback, self)
         else:
             self._waiters.append(callback)
 
@@ -1710,12 +1742,12 @@ class Event(_Lineup):
         if callback in self._waiters:
             self._waiters.remove(callback)
 
-    def _notify(self):
-        _wake_line(self._waiters, self.ready, self)
-
 
 class AsyncResult(Event):
-    """A value (or exception) one greenlet sets and others wait for."""
+    """A value (or exception) one greenlet sets and others wait for; g.link(result) makes it g's outcome.
+
+    set() and set_exception() may be called from another thread.
+    """
 
     __slots__ = ("value", "exception")
 
@@ -1732,6 +1764,13 @@ class AsyncResult(Event):
         """Store exception (raised by get()) and wake every waiter."""
         self.exception = exception
         super().set()
+
+    def __call__(self, source):
+        """Take the outcome of source, a finished greenlet: its value, or its exception."""
+        if source.exception is None:
+            self.set(source.value)
+        else:
+            self.set_exception(source.exception)
 
     def successful(self) -> bool:
         """Return True if set with a value."""
@@ -1811,34 +1850,38 @@ def killall(greenlets, exception=GreenletExit, block=True, timeout=None):
         joinall([g for g in greenlets if isinstance(g, Greenlet)], timeout)
 
 
-class Queue(_Lineup):
-    """A FIFO queue for greenlets (queue.Queue's API, plus peek); maxsize None or 0: unbounded."""
+def _check_timeout(block, timeout):
+    if block and timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+
+
+class Queue:
+    """A FIFO queue for greenlets (queue.Queue's API, plus peek); maxsize None or 0: unbounded.
+
+    True even when empty, as gevent's.
+    """
 
     __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
 
     def __init__(self, maxsize=None):
         self.maxsize, self.queue = maxsize, self._init()
-        self._getters, self._putters = _deque(), _deque()  # _Waiter of each parked greenlet, in arrival order
+        self._getters, self._putters = _Line(), _Line()
         self.unfinished_tasks, self._all_done = 0, Event()
         self._all_done.set()
 
-    def _init(self):
-        return _deque()
-
-    def _put(self, item):
-        self.queue.append(item)
-
-    def _get(self):
-        return self.queue.popleft()
-
-    def _peek(self):
-        return self.queue[0]
+    def _init(self): return _deque()
+    def _put(self, item): self.queue.append(item)
+    def _get(self): return self.queue.popleft()
+    def _peek(self): return self.queue[0]
 
     def qsize(self) -> int:
         """Return the number of items."""
         return len(self.queue)
 
     __len__ = qsize
+
+    def __bool__(self):
+        return True
 
     def empty(self) -> bool:
         """Return True if there is no item."""
@@ -1848,36 +1891,35 @@ class Queue(_Lineup):
         """Return True if there are maxsize items."""
         return 0 < (self.maxsize or 0) <= len(self.queue)
 
+    def _room(self):
+        return not self.full()
+
     def put(self, item, block=True, timeout=None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
-        if block and timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
+        _check_timeout(block, timeout)
         if (self.full() or block and self._putters) and not (
-                block and self._park(self._putters, timeout)):
+                block and self._putters.park(timeout, self._room)):
             raise _Full
+        if self._getters:
+            self._getters.schedule(self.qsize)
         self._put(item)
         self.unfinished_tasks += 1
         self._all_done.clear()
-        if self._getters:
-            self._schedule()
 
     def get(self, block=True, timeout=None):
         """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
-        if block and timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
+        _check_timeout(block, timeout)
         if (not self.queue or block and self._getters) and not (
-                block and self._park(self._getters, timeout)):
+                block and self._getters.park(timeout, self.qsize)):
             raise _Empty
-        item = self._get()
         if self._putters:
-            self._schedule()
-        return item
+            self._putters.schedule(self._room)
+        return self._get()
 
     def peek(self, block=True, timeout=None):
         """Return the next item without removing it; raise queue.Empty as get() does."""
-        if block and timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
-        if not self.queue and not (block and self._park(self._getters, timeout)):
+        _check_timeout(block, timeout)
+        if not self.queue and not (block and self._getters.park(timeout, self.qsize)):
             raise _Empty
         return self._peek()
 
@@ -1905,25 +1947,15 @@ class Queue(_Lineup):
         """Park until every item put has been marked done; False if `timeout` passed first."""
         return self._all_done.wait(timeout)
 
-    def _notify(self):
-        more = _wake_line(self._getters, self.qsize)
-        if _wake_line(self._putters, lambda: not self.full()) or more:
-            self._schedule()
-
 
 class LifoQueue(Queue):
     """A queue that returns the newest item first."""
 
     __slots__ = ()
 
-    def _init(self):
-        return []
-
-    def _get(self):
-        return self.queue.pop()
-
-    def _peek(self):
-        return self.queue[-1]
+    def _init(self): return []
+    def _get(self): return self.queue.pop()
+    def _peek(self): return self.queue[-1]
 
 
 class PriorityQueue(Queue):
@@ -1931,29 +1963,28 @@ class PriorityQueue(Queue):
 
     __slots__ = ()
 
-    def _init(self):
-        return []
-
-    def _put(self, item):
-        _heappush(self.queue, item)
-
-    def _get(self):
-        return _heappop(self.queue)
+    def _init(self): return []
+    def _put(self, item): _heappush(self.queue, item)
+    def _get(self): return _heappop(self.queue)
 
 
-class Semaphore(_Lineup):
+class Semaphore:
     """A counter greenlets take from and give back (threading.Semaphore's API, plus locked())."""
 
     __slots__ = ("counter", "_waiters", "_bound")
+    _overflow = (ValueError, "Semaphore released too many times")
 
     def __init__(self, value=1):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        self.counter, self._waiters, self._bound = value, _deque(), None
+        self.counter, self._waiters, self._bound = value, _Line(), None
 
     def locked(self) -> bool:
         """Return True if acquire() would park."""
         return self.counter <= 0
+
+    def _free(self):
+        return self.counter > 0
 
     def acquire(self, blocking=True, timeout=None) -> bool:
         """Take one, parking in line while there is none; return False if `timeout` passed first.
@@ -1963,7 +1994,7 @@ class Semaphore(_Lineup):
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         if (self.counter <= 0 or blocking and self._waiters) and not (
-                blocking and self._park(self._waiters, timeout)):
+                blocking and self._waiters.park(timeout, self._free)):
             return False
         self.counter -= 1
         return True
@@ -1971,20 +2002,16 @@ class Semaphore(_Lineup):
     def wait(self, timeout=None) -> int:
         """Park until acquire() would not, or `timeout` passes; return the counter."""
         if self.counter <= 0 or self._waiters:
-            self._park(self._waiters, timeout)
+            self._waiters.park(timeout, self._free)
         return self.counter
 
     def release(self) -> None:
         """Give one back, waking the first in line."""
         if self._bound is not None and self.counter >= self._bound:
-            raise self._overflow
-        self.counter += 1
+            raise self._overflow[0](self._overflow[1])
         if self._waiters:
-            self._schedule()
-
-    def _notify(self):
-        if _wake_line(self._waiters, lambda: self.counter > 0):
-            self._schedule()
+            self._waiters.schedule(self._free)
+        self.counter += 1
 
     __enter__ = acquire
 
@@ -2001,18 +2028,30 @@ class BoundedSemaphore(Semaphore):
         super().__init__(value)
         self._bound = value
 
-    _overflow = property(lambda self: ValueError("Semaphore released too many times"))
+
+def _lock_timeout(blocking, timeout):
+    """Return threading.Lock.acquire's timeout as Semaphore.acquire's; ValueError as threading's."""
+    if timeout == -1:
+        return None
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0:
+        raise ValueError("timeout value must be positive")
+    return timeout
 
 
 class Lock(BoundedSemaphore):
     """A lock for greenlets (threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
 
     __slots__ = ()
+    _overflow = (RuntimeError, "release unlocked lock")
 
     def __init__(self):
         super().__init__(1)
 
-    _overflow = property(lambda self: RuntimeError("release unlocked lock"))
+    def acquire(self, blocking=True, timeout=-1) -> bool:
+        """Take the lock, parking in line while held; False if `timeout` (-1: none) passed first."""
+        return super().acquire(blocking, _lock_timeout(blocking, timeout))
 
 
 class RLock:
@@ -2023,13 +2062,13 @@ class RLock:
     def __init__(self):
         self._lock, self._owner, self._count = Lock(), None, 0
 
-    def acquire(self, blocking=True, timeout=None) -> bool:
-        """Take the lock (again, if this greenlet holds it); False if `timeout` passed first."""
-        me = getcurrent()
+    def acquire(self, blocking=True, timeout=-1) -> bool:
+        """Take the lock (again, if this greenlet holds it); False if `timeout` (-1: none) passed first."""
+        timeout, me = _lock_timeout(blocking, timeout), getcurrent()
         if self._owner is me:
             self._count += 1
             return True
-        if not self._lock.acquire(blocking, timeout):
+        if not Semaphore.acquire(self._lock, blocking, timeout):
             return False
         self._owner, self._count = me, 1
         return True
