@@ -1265,12 +1265,13 @@ class Greenlet(_greenlet):
     kills the hub.
     """
 
-    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "_name")
+    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "name")
 
     def __init__(self, func, *args, **kwargs):
         super().__init__(parent=get_hub())
         self._func, self._args, self._kwargs = func, args, kwargs
-        self.value = self.exception = self._starter = self._name = None
+        self.value = self.exception = self._starter = None
+        self.name = f"Greenlet-{next(_greenlet_numbers)}"  # for reports; settable
         self._links = []
         self._finished = False
 
@@ -1280,17 +1281,6 @@ class Greenlet(_greenlet):
         g = cls(func, *args, **kwargs)
         g.start()
         return g
-
-    @property
-    def name(self):
-        """A name for reports, "Greenlet-N" unless set."""
-        if self._name is None:
-            self._name = f"Greenlet-{next(_greenlet_numbers)}"
-        return self._name
-
-    @name.setter
-    def name(self, value):
-        self._name = value
 
     args = property(lambda self: self._args or (), doc="The positional arguments (() once finished).")
     kwargs = property(lambda self: self._kwargs or {}, doc="The keyword arguments ({} once finished).")
@@ -1321,7 +1311,8 @@ class Greenlet(_greenlet):
 
     def _finish(self):
         self._finished = True
-        self._func = self._args = self._kwargs = None
+        self._func = getattr(self._func, "__qualname__", None) or _reprlib.repr(self._func)  # for the repr
+        self._args = self._kwargs = None
         links, self._links = self._links, []
         for link in links:
             self.parent.run_callback(link, self)
@@ -1396,17 +1387,15 @@ class Greenlet(_greenlet):
                 self.exception = exc
             self._finish()
             return
-        if getcurrent() is self:
-            raise exception
-        self.parent.run_callback(_throw_into, self, exception)
+        self.parent.run_callback(_throw_into, self, exception)  # itself too: at its next switch, as gevent
         if block:
             self.join(timeout)
 
     def __repr__(self):
-        call = ""
-        if self._func is not None:
+        call = f" {getattr(self._func, '__qualname__', self._func)}"
+        if not self._finished:
             args = [_reprlib.repr(a) for a in self._args] + [f"{k}={_reprlib.repr(v)}" for k, v in self._kwargs.items()]
-            call = f" {getattr(self._func, '__qualname__', self._func)}({', '.join(args)})"
+            call += f"({', '.join(args)})"
         state = ("failed" if self.exception is not None else "dead" if self._finished
                  else "running" if self else "pending")
         return f"<Greenlet {self.name!r}{call} {state} at {id(self):#x}>"
@@ -1842,12 +1831,16 @@ def wait(objects=None, timeout=None, count=None):
 
 
 def killall(greenlets, exception=GreenletExit, block=True, timeout=None):
-    """Raise `exception` in every greenlet; unless block is False, wait up to `timeout` for them to end."""
+    """Raise `exception` in every greenlet; unless block is False, wait up to `timeout` for them to end.
+
+    Raises Timeout if one is still running then. From one of them: the others, then the caller at its next switch.
+    """
     greenlets = list(greenlets)
     for g in greenlets:
         kill(g, exception, block=False)
-    if block:
-        joinall([g for g in greenlets if isinstance(g, Greenlet)], timeout)
+    waited = [g for g in greenlets if isinstance(g, Greenlet)]
+    if block and len(joinall(waited, timeout)) < len(waited):
+        raise Timeout(timeout)
 
 
 def _check_timeout(block, timeout):
@@ -2205,8 +2198,10 @@ class Pool:
         return not self.greenlets
 
     def kill(self, exception=GreenletExit, block=True, timeout=None) -> None:
-        """Raise `exception` in every greenlet of the group; see killall()."""
-        killall(self.greenlets, exception, block, timeout)
+        """Raise `exception` in every greenlet of the group; unless block is False, wait up to `timeout`."""
+        killall(self.greenlets, exception, block=False)
+        if block:
+            self.join(timeout)
 
     def full(self) -> bool:
         """Return True if spawn() would park."""

@@ -79,7 +79,7 @@ def test_greenlet_name_args_kwargs_started_and_classmethod_spawn():
     assert g.args == (1,) and g.kwargs == {"b": 2} and g.started
     assert g.get() == 3 and not g.started
     g.name = "adder"
-    assert g.name == "adder" and repr(g).startswith("<Greenlet 'adder' dead")
+    assert g.name == "adder" and re.match(r"<Greenlet 'adder' \S*\.f dead at", repr(g)), repr(g)
     assert not Greenlet(f, 1).started
 
 
