@@ -2155,34 +2155,25 @@ class Pool:
         return self._imap(func, iterables, False)
 
     def _imap(self, func, iterables, ordered):
-        finished, results, total = Queue(), {}, None
+        out = Queue()  # ordered: the greenlets in spawn order; unordered: as they finish; the feeder last
 
         def feed():  # spawns park while a pool is full: here, not in the consumer
             n = 0
-            try:
-                for n, args in enumerate(zip(*iterables), 1):
-                    self.spawn(func, *args).link(lambda g, i=n - 1: finished.put((i, g)))
-            finally:
-                finished.put((None, n))
-        feeder, done = spawn(feed), 0
+            for n, args in enumerate(zip(*iterables), 1):
+                g = self.spawn(func, *args)
+                out.put(g) if ordered else g.link(out.put)
+            return n
+        feeder, done, total = Greenlet(feed), 0, None
+        feeder.link(out.put)
+        feeder.start()
         try:
             while total is None or done < total:
-                index, g = finished.get()
-                if index is None:
-                    total = g
-                    if feeder.exception is not None:
-                        raise feeder.exception
+                g = out.get()
+                if g is feeder:
+                    total = feeder.get()  # raises what the iterable raised
                     continue
-                if g.exception is not None:
-                    raise g.exception
-                if not ordered:
-                    done += 1
-                    yield g.value
-                    continue
-                results[index] = g.value
-                while done in results:
-                    done += 1
-                    yield results.pop(done - 1)
+                done += 1
+                yield g.get()  # ordered: raises at the failing call's index
         finally:
             feeder.kill(block=False)
 
@@ -2698,8 +2689,9 @@ class StreamServer:
     """Accept TCP connections on `listener` and run handle(socket, address) in a greenlet for each.
 
     listener: a (host, port) address (the family taken from the host) or a
-    listening socket. spawn: 'default' (a greenlet per connection), a Pool, or
-    an int (a Pool of that size; connections beyond it wait in the backlog).
+    listening socket, which the server then owns: it makes it blocking and
+    closes it on close(). spawn: 'default' (a greenlet per connection), a Pool,
+    or an int (a Pool of that size; connections beyond it wait in the backlog).
     The connection is closed when handle returns. With ssl_context, each
     connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
     """
@@ -2708,25 +2700,28 @@ class StreamServer:
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
 
     def __init__(self, listener, handle, backlog=None, spawn="default", ssl_context=None):
+        self._given = None  # a listener given: the server owns it, and closes it with the one it accepts on
         if isinstance(listener, _stdsocket.socket):
             if backlog is not None:
                 raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
-            self.socket = listener if isinstance(listener, socket) else fromfd(
+            self._given, self.socket = listener, listener if isinstance(listener, socket) else fromfd(
                 listener.fileno(), listener.family, listener.type, listener.proto)
-            self._address = self.socket.getsockname()
+            self.socket.settimeout(None)  # accept() waits, whatever timeout the listener had
+            self.address = self.socket.getsockname()
         else:
-            self.socket, self._address = None, tuple(listener)
+            self.socket, self.address = None, tuple(listener)
+        self._handlers = Group() if isinstance(spawn, Pool) else None  # a Pool of the user's may hold others
         if spawn == "default":
             spawn = Group()
         elif isinstance(spawn, int):
             spawn = Pool(spawn)
         self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, spawn, ssl_context
-        self._handlers, self._acceptor, self._stopped, self.closed = Group(), None, Event(), False
+        self._acceptor, self.closed = None, False
+        if self._handlers is None:
+            self._handlers = spawn
 
     started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
                        doc="True while accepting connections.")
-    address = property(lambda self: self.socket.getsockname() if self.socket else self._address,
-                       doc="The address listened on (with the real port once started).")
     server_host = property(lambda self: self.address[0])
     server_port = property(lambda self: self.address[1])
 
@@ -2735,16 +2730,17 @@ class StreamServer:
         if self.closed:
             raise ValueError("This server is closed: create a new StreamServer")
         if self.socket is None:
-            family = AF_INET6 if ":" in self._address[0] else AF_INET  # noqa: F821
-            self.socket = create_server(self._address, family=family, backlog=self.backlog or self.backlog_default)
+            family = AF_INET6 if ":" in self.address[0] else AF_INET  # noqa: F821
+            self.socket = create_server(self.address, family=family, backlog=self.backlog or self.backlog_default)
+            self.address = self.socket.getsockname()  # the real port; kept once the socket is closed
         if not self.started:
             self._acceptor = spawn(self._accept_loop)
 
     def serve_forever(self) -> None:
-        """Start, and park until stop() or close() is called (then stop, if an exception ends the wait)."""
+        """Start, and park until the server is closed (then stop, if an exception ends the wait)."""
         self.start()
         try:
-            self._stopped.wait()
+            self._acceptor.join()
         finally:
             if not self.closed:
                 self.stop()
@@ -2752,17 +2748,22 @@ class StreamServer:
     def close(self) -> None:
         """Stop accepting and close the listener; the running handlers go on."""
         self.closed = True
-        if self._acceptor is not None:
+        if self._acceptor is not None and self._acceptor is not getcurrent():
             self._acceptor.kill()
-        if self.socket is not None:
-            self.socket.close()
-        self._stopped.set()
+        for sock in (self.socket, self._given):
+            if sock is not None:
+                sock.close()
 
     def stop(self, timeout=None) -> None:
-        """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest."""
+        """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest.
+
+        Called from a handler, it waits for and kills the others, and returns.
+        """
         self.close()
-        if not self._handlers.join(self.stop_timeout if timeout is None else timeout):
-            self._handlers.kill(timeout=1)  # a killed handler ends at once, unless it ignores GreenletExit
+        others = [g for g in self._handlers if g is not getcurrent()]
+        if len(joinall(others, self.stop_timeout if timeout is None else timeout)) < len(others):
+            killall(others, block=False)
+            joinall(others, 1)  # a killed handler ends at once, unless it ignores GreenletExit
 
     def _accept_loop(self):
         delay = 0
@@ -2771,8 +2772,10 @@ class StreamServer:
                 self.pool.wait_available()
             try:
                 conn, address = self.socket.accept()
-            except OSError as exc:  # EMFILE and friends: back off until fds free up; log once per episode
-                if not delay:
+            except OSError as exc:
+                if exc.errno in (_errno.EBADF, _errno.EINVAL, _errno.ENOTSOCK):  # the listener is gone
+                    return self.close()
+                if not delay:  # EMFILE and friends: back off until fds free up; log once per episode
                     import logging
                     logging.getLogger("coopsock").warning("accept() on %s failed, retrying with back-off "
                                                           "up to 1 s: %s", self.address, exc)
@@ -2780,7 +2783,11 @@ class StreamServer:
                 sleep(delay)
                 continue
             delay = 0
-            self._handlers.add(self.pool.spawn(self._handle, conn, address))
+            try:
+                self._handlers.add(self.pool.spawn(self._handle, conn, address))
+            except BaseException:  # killed while the pool was full
+                conn.close()
+                raise
 
     def _handle(self, conn, address):
         try:
