@@ -1619,21 +1619,16 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
 # These belong to the thread whose greenlets use them; only Event.set(),
 # AsyncResult.set() and set_exception() may be called from another thread.
 
-def _always():
-    return True
-
-
 class _Line(_deque):
     """The greenlets (their _Waiter) and link callbacks waiting on a primitive, in arrival order.
 
     A change that may let some through (set, put, release) schedules wake()
-    before it makes the change: a signal landing in between leaves at worst a
-    wake-up that finds nothing to do. wake() runs on the hub and wakes the head
-    of the line while may_go(). The woken greenlet runs at once, inside wake(),
-    and takes its item or count before anything else can run: no later
-    greenlet gets in first. A waiter leaves the line itself, in a finally: one
-    that is killed or times out leaves nothing behind, and the next in line
-    gets what it did not take.
+    before it makes the change: a signal in between leaves at worst a wake-up
+    with nothing to do. On the hub, wake() wakes the head of the line while
+    may_go(); the woken greenlet runs at once and takes its item or count
+    before anything else runs, so no later greenlet gets in first. A waiter
+    leaves the line itself, in a finally: one killed or timed out leaves
+    nothing behind, and the next in line gets what it did not take.
     """
 
     __slots__ = ()
@@ -1677,10 +1672,7 @@ class _Line(_deque):
 
 
 class Event:
-    """A flag greenlets wait for; set() wakes every waiter (threading.Event's API).
-
-    set() may be called from another thread: the waiters' hub wakes them.
-    """
+    """A flag greenlets wait for; set(), from any thread, wakes every waiter (threading.Event's API)."""
 
     __slots__ = ("_flag", "_waiters", "_hub")
 
@@ -1706,7 +1698,7 @@ class Event:
     def _release(self):
         line = self._waiters
         if line:  # all those waiting now go, even if the flag is cleared before they run
-            line.schedule(_always, self)
+            line.schedule(lambda: True, self)
             self._waiters = _Line()
 
     def clear(self) -> None:
@@ -1733,10 +1725,7 @@ class Event:
 
 
 class AsyncResult(Event):
-    """A value (or exception) one greenlet sets and others wait for; g.link(result) makes it g's outcome.
-
-    set() and set_exception() may be called from another thread.
-    """
+    """A value (or exception) one greenlet sets and others wait for; g.link(result) makes it g's outcome."""
 
     __slots__ = ("value", "exception")
 
@@ -1849,10 +1838,7 @@ def _check_timeout(block, timeout):
 
 
 class Queue:
-    """A FIFO queue for greenlets (queue.Queue's API, plus peek); maxsize None or 0: unbounded.
-
-    True even when empty, as gevent's.
-    """
+    """A FIFO queue for one thread's greenlets (queue.Queue's API, plus peek; true when empty); maxsize None, 0: unbounded."""
 
     __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
 
@@ -1871,10 +1857,7 @@ class Queue:
         """Return the number of items."""
         return len(self.queue)
 
-    __len__ = qsize
-
-    def __bool__(self):
-        return True
+    __len__, __bool__ = qsize, lambda self: True
 
     def empty(self) -> bool:
         """Return True if there is no item."""
@@ -1884,8 +1867,7 @@ class Queue:
         """Return True if there are maxsize items."""
         return 0 < (self.maxsize or 0) <= len(self.queue)
 
-    def _room(self):
-        return not self.full()
+    def _room(self): return not self.full()
 
     def put(self, item, block=True, timeout=None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
@@ -1962,7 +1944,7 @@ class PriorityQueue(Queue):
 
 
 class Semaphore:
-    """A counter greenlets take from and give back (threading.Semaphore's API, plus locked())."""
+    """A counter one thread's greenlets take from and give back (threading.Semaphore's API, plus locked())."""
 
     __slots__ = ("counter", "_waiters", "_bound")
     _overflow = (ValueError, "Semaphore released too many times")
@@ -1976,14 +1958,10 @@ class Semaphore:
         """Return True if acquire() would park."""
         return self.counter <= 0
 
-    def _free(self):
-        return self.counter > 0
+    def _free(self): return self.counter > 0
 
     def acquire(self, blocking=True, timeout=None) -> bool:
-        """Take one, parking in line while there is none; return False if `timeout` passed first.
-
-        Raises ValueError for a timeout with blocking=False, as the stdlib does.
-        """
+        """Take one, parking in line while there is none; False if `timeout` passed first (ValueError if not blocking)."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         if (self.counter <= 0 or blocking and self._waiters) and not (
@@ -2034,7 +2012,7 @@ def _lock_timeout(blocking, timeout):
 
 
 class Lock(BoundedSemaphore):
-    """A lock for greenlets (threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
+    """A lock for one thread's greenlets (threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
 
     __slots__ = ()
     _overflow = (RuntimeError, "release unlocked lock")
@@ -2048,7 +2026,7 @@ class Lock(BoundedSemaphore):
 
 
 class RLock:
-    """A lock the greenlet holding it may take again (threading.RLock's API)."""
+    """A lock the greenlet holding it may take again (threading.RLock's API), for one thread's greenlets."""
 
     __slots__ = ("_lock", "_owner", "_count")
 
@@ -2079,14 +2057,11 @@ class RLock:
         """Return True if some greenlet holds the lock."""
         return self._lock.locked()
 
-    __enter__ = acquire
-
-    def __exit__(self, *exc_info):
-        self.release()
+    __enter__, __exit__ = acquire, Semaphore.__exit__
 
 
 class Pool:
-    """The greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
+    """One thread's greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
 
     def __init__(self, size=None):
         if size is not None and size < 1:
@@ -2095,14 +2070,9 @@ class Pool:
         self.greenlets, self._empty = set(), Event()
         self._empty.set()
 
-    def __len__(self):
-        return len(self.greenlets)
-
-    def __iter__(self):
-        return iter(list(self.greenlets))
-
-    def __contains__(self, g):
-        return g in self.greenlets
+    def __len__(self): return len(self.greenlets)
+    def __iter__(self): return iter(list(self.greenlets))
+    def __contains__(self, g): return g in self.greenlets
 
     def add(self, g) -> None:
         """Track greenlet g until it finishes, parking while the pool is full."""
@@ -2178,10 +2148,7 @@ class Pool:
             feeder.kill(block=False)
 
     def join(self, timeout=None, raise_error=False) -> bool:
-        """Wait until the group is empty, or `timeout`; return True if it is.
-
-        With raise_error, raise the first exception a greenlet of the group dies of.
-        """
+        """Wait until the group is empty (True) or `timeout` passes (False); raise_error: raise the first failure."""
         with Timeout(timeout, False):
             if raise_error:
                 joinall(self.greenlets, raise_error=True)
@@ -2710,15 +2677,13 @@ class StreamServer:
             self.address = self.socket.getsockname()
         else:
             self.socket, self.address = None, tuple(listener)
-        self._handlers = Group() if isinstance(spawn, Pool) else None  # a Pool of the user's may hold others
+        handlers = Group() if isinstance(spawn, Pool) else None  # a Pool of the user's may hold others
         if spawn == "default":
             spawn = Group()
         elif isinstance(spawn, int):
             spawn = Pool(spawn)
         self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, spawn, ssl_context
-        self._acceptor, self.closed = None, False
-        if self._handlers is None:
-            self._handlers = spawn
+        self._handlers, self._acceptor, self.closed = spawn if handlers is None else handlers, None, False
 
     started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
                        doc="True while accepting connections.")
