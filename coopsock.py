@@ -2667,16 +2667,16 @@ class StreamServer:
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
 
     def __init__(self, listener, handle, backlog=None, spawn="default", ssl_context=None):
-        self._given = None  # a listener given: the server owns it, and closes it with the one it accepts on
-        if isinstance(listener, _stdsocket.socket):
+        if isinstance(listener, _socket.socket):
             if backlog is not None:
                 raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
+            # The server owns a listener given: it closes it with the one it accepts on.
             self._given, self.socket = listener, listener if isinstance(listener, socket) else fromfd(
                 listener.fileno(), listener.family, listener.type, listener.proto)
             self.socket.settimeout(None)  # accept() waits, whatever timeout the listener had
             self.address = self.socket.getsockname()
         else:
-            self.socket, self.address = None, tuple(listener)
+            self.socket, self.address, self._given = None, tuple(listener), None
         handlers = Group() if isinstance(spawn, Pool) else None  # a Pool of the user's may hold others
         if spawn == "default":
             spawn = Group()
