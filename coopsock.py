@@ -1249,21 +1249,21 @@ class _Waiter:
         self.greenlet = None
 
     def __call__(self, *args):
-        waiting, self.greenlet = self.greenlet, None
+        waiting = self.greenlet  # the woken side clears it: a call a signal cut short can be made again
         if waiting is not None:
-            waiting.switch()
+            waiting.switch(self)
 
     def wait(self, timeout=None):
         """Park until called; return False if `timeout` seconds passed first."""
-        self.greenlet = getcurrent()
+        self.greenlet, woken = getcurrent(), False
         try:
             if timeout is None:
-                get_hub().switch()
+                woken = get_hub().switch() is self
             else:
                 with Timeout(timeout, False):
-                    get_hub().switch()
+                    woken = get_hub().switch() is self
         finally:
-            woken, self.greenlet = self.greenlet is None, None
+            self.greenlet = None
         return woken
 
 
@@ -1274,12 +1274,13 @@ class Greenlet(_greenlet):
     kills the hub.
     """
 
-    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "_name")
+    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "name")
 
     def __init__(self, func, *args, **kwargs):
         super().__init__(parent=get_hub())
         self._func, self._args, self._kwargs = func, args, kwargs
-        self.value = self.exception = self._starter = self._name = None
+        self.value = self.exception = self._starter = None
+        self.name = f"Greenlet-{next(_greenlet_numbers)}"  # for reports; settable
         self._links = []
         self._finished = False
 
@@ -1289,17 +1290,6 @@ class Greenlet(_greenlet):
         g = cls(func, *args, **kwargs)
         g.start()
         return g
-
-    @property
-    def name(self):
-        """A name for reports, "Greenlet-N" unless set."""
-        if self._name is None:
-            self._name = f"Greenlet-{next(_greenlet_numbers)}"
-        return self._name
-
-    @name.setter
-    def name(self, value):
-        self._name = value
 
     args = property(lambda self: self._args or (), doc="The positional arguments (() once finished).")
     kwargs = property(lambda self: self._kwargs or {}, doc="The keyword arguments ({} once finished).")
@@ -1330,7 +1320,8 @@ class Greenlet(_greenlet):
 
     def _finish(self):
         self._finished = True
-        self._func = self._args = self._kwargs = None
+        self._func = getattr(self._func, "__qualname__", None) or _reprlib.repr(self._func)  # for the repr
+        self._args = self._kwargs = None
         links, self._links = self._links, []
         for link in links:
             self.parent.run_callback(link, self)
@@ -1405,17 +1396,15 @@ class Greenlet(_greenlet):
                 self.exception = exc
             self._finish()
             return
-        if getcurrent() is self:
-            raise exception
-        self.parent.run_callback(_throw_into, self, exception)
+        self.parent.run_callback(_throw_into, self, exception)  # itself too: at its next switch, as gevent
         if block:
             self.join(timeout)
 
     def __repr__(self):
-        call = ""
-        if self._func is not None:
+        call = f" {getattr(self._func, '__qualname__', self._func)}"
+        if not self._finished:
             args = [_reprlib.repr(a) for a in self._args] + [f"{k}={_reprlib.repr(v)}" for k, v in self._kwargs.items()]
-            call = f" {getattr(self._func, '__qualname__', self._func)}({', '.join(args)})"
+            call += f"({', '.join(args)})"
         state = ("failed" if self.exception is not None else "dead" if self._finished
                  else "running" if self else "pending")
         return f"<Greenlet {self.name!r}{call} {state} at {id(self):#x}>"
@@ -1636,68 +1625,90 @@ def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
 # ---------------------------------------------------------------------------
 # Coordination: events, queues, locks, pools
 #
-# Each primitive keeps a line of waiters (a deque of _Waiter, or of link
-# callbacks). A change that may let one through (set, put, release) schedules
-# the primitive's _notify on the hub, which wakes the head of the line while
-# the way is open. The woken greenlet runs at once, inside that call, and
-# takes its item or count before anything else can run: no later greenlet
-# gets in first, and the line is served in arrival order. A waiter leaves the
-# line itself, in a finally: one that is killed or times out leaves nothing
-# behind, and the next one in line gets what it did not take.
+# These belong to the thread whose greenlets use them; only Event.set(),
+# AsyncResult.set() and set_exception() may be called from another thread.
 
-class _Lineup:
+class _Line(_deque):
+    """The greenlets (their _Waiter) and link callbacks waiting on a primitive, in arrival order.
+
+    A change that may let some through (set, put, release) schedules wake()
+    before it makes the change: a signal in between leaves at worst a wake-up
+    with nothing to do. On the hub, wake() wakes the head of the line while
+    may_go(); the woken greenlet runs at once and takes its item or count
+    before anything else runs, so no later greenlet gets in first. A waiter
+    leaves the line itself, in a finally: one killed or timed out leaves
+    nothing behind, and the next in line gets what it did not take.
+    """
+
     __slots__ = ()
 
-    def _park(self, waiters, timeout):
-        """Wait in line until _notify wakes this greenlet (then it may go); False on timeout."""
+    def park(self, timeout, may_go, *args):
+        """Wait in line until wake() lets this greenlet go; False on timeout."""
         waiter, woken = _Waiter(), False
         try:
-            waiters.append(waiter)
+            self.append(waiter)
             woken = waiter.wait(timeout)
             return woken
         finally:
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not woken and waiters:  # interrupted: pass on a wake-up that may have been ours
-                self._schedule()
+            if waiter in self:
+                self.remove(waiter)
+            if not woken and self:  # interrupted: pass on a wake-up that may have been ours
+                self.schedule(may_go, *args)
 
-    def _schedule(self):
-        get_hub().run_callback(self._notify)
+    def schedule(self, may_go, *args):
+        get_hub().run_callback(self.wake, may_go, *args)
+
+    def wake(self, may_go, *args):
+        """From the hub: wake the head of the line while may_go(); call a link callback with args."""
+        try:
+            for _ in range(len(self)):  # at most once each: a woken greenlet may queue up again
+                if not self or not may_go():
+                    return
+                waiter = self[0]
+                if type(waiter) is not _Waiter:
+                    self.popleft()  # a link callback: called once; if it fails, the line goes on
+                    try:
+                        waiter(*args)
+                    except BaseException as exc:
+                        get_hub().handle_error(waiter, exc)
+                    continue
+                waiter()  # its greenlet runs now, and leaves the line itself
+                if self and self[0] is waiter:
+                    self.popleft()  # a waiter that was gone already
+        finally:  # more may go, or a signal cut this pass short: another pass
+            if self and may_go():
+                self.schedule(may_go, *args)
 
 
-def _wake_line(waiters, may_go, *args):
-    """From the hub: wake the head of the line while may_go(); True if some are left who may go."""
-    for _ in range(len(waiters)):  # at most once each: a woken greenlet may queue up again
-        if not waiters or not may_go():
-            return False
-        waiter = waiters[0]
-        if type(waiter) is not _Waiter:
-            waiters.popleft()  # a link callback: called once, even if it raises
-        waiter(*args)  # a _Waiter's greenlet runs now, and leaves the line itself
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()  # a waiter that was gone already
-    return bool(waiters) and bool(may_go())
+class Event:
+    """A flag greenlets wait for; set(), from any thread, wakes every waiter (threading.Event's API)."""
 
-
-class Event(_Lineup):
-    """A flag greenlets wait for; set() wakes every waiter (threading.Event's API)."""
-
-    __slots__ = ("_flag", "_waiters")
+    __slots__ = ("_flag", "_waiters", "_hub")
 
     def __init__(self):
-        self._flag, self._waiters = False, _deque()  # deque of _Waiter and rawlink callbacks
+        self._flag, self._waiters, self._hub = False, _Line(), None  # _hub: the waiters' hub, see set()
 
     def is_set(self) -> bool:
         """Return the flag."""
         return self._flag
 
-    ready = isSet = is_set
+    ready = is_set
 
     def set(self) -> None:
-        """Set the flag and wake every waiter."""
-        self._flag = True
-        if self._waiters:
-            self._schedule()
+        """Set the flag and wake every waiter, from any thread."""
+        hub = self._hub
+        if hub is not None and hub._thread != _threading.get_ident():
+            self._flag = True  # wait() notes its hub before it reads the flag: one of them sees the other
+            hub._run_threadsafe(self._release)
+        else:
+            self._release()
+            self._flag = True
+
+    def _release(self):
+        line = self._waiters
+        if line:  # all those waiting now go, even if the flag is cleared before they run
+            line.schedule(lambda: True, self)
+            self._waiters = _Line()
 
     def clear(self) -> None:
         """Reset the flag."""
@@ -1705,12 +1716,14 @@ class Event(_Lineup):
 
     def wait(self, timeout=None) -> bool:
         """Park until the flag is set, or `timeout` seconds pass; return the flag."""
-        return self._flag or self._park(self._waiters, timeout) or self._flag
+        self._hub = get_hub()
+        return self._flag or self._waiters.park(timeout, self.is_set, self) or self._flag
 
     def rawlink(self, callback):
         """Call callback(self) from the hub once the flag is set (at once if it is)."""
-        if self.ready():
-            get_hub().run_callback(callback, self)
+        self._hub = get_hub()
+        if self._flag:
+            self._hub.run_callback(callback, self)
         else:
             self._waiters.append(callback)
 
@@ -1719,12 +1732,9 @@ class Event(_Lineup):
         if callback in self._waiters:
             self._waiters.remove(callback)
 
-    def _notify(self):
-        _wake_line(self._waiters, self.ready, self)
-
 
 class AsyncResult(Event):
-    """A value (or exception) one greenlet sets and others wait for."""
+    """A value (or exception) one greenlet sets and others wait for; g.link(result) makes it g's outcome."""
 
     __slots__ = ("value", "exception")
 
@@ -1741,6 +1751,13 @@ class AsyncResult(Event):
         """Store exception (raised by get()) and wake every waiter."""
         self.exception = exception
         super().set()
+
+    def __call__(self, source):
+        """Take the outcome of source, a finished greenlet: its value, or its exception."""
+        if source.exception is None:
+            self.set(source.value)
+        else:
+            self.set_exception(source.exception)
 
     def successful(self) -> bool:
         """Return True if set with a value."""
@@ -1812,42 +1829,44 @@ def wait(objects=None, timeout=None, count=None):
 
 
 def killall(greenlets, exception=GreenletExit, block=True, timeout=None):
-    """Raise `exception` in every greenlet; unless block is False, wait up to `timeout` for them to end."""
+    """Raise `exception` in every greenlet; unless block is False, wait up to `timeout` for them to end.
+
+    Raises Timeout if one is still running then. From one of them: the others, then the caller at its next switch.
+    """
     greenlets = list(greenlets)
     for g in greenlets:
         kill(g, exception, block=False)
-    if block:
-        joinall([g for g in greenlets if isinstance(g, Greenlet)], timeout)
+    waited = [g for g in greenlets if isinstance(g, Greenlet)]
+    if block and len(joinall(waited, timeout)) < len(waited):
+        raise Timeout(timeout)
 
 
-class Queue(_Lineup):
-    """A FIFO queue for greenlets (queue.Queue's API, plus peek); maxsize None or 0: unbounded."""
+def _check_timeout(block, timeout):
+    if block and timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+
+
+class Queue:
+    """A FIFO queue for one thread's greenlets (queue.Queue's API, plus peek; true when empty); maxsize None, 0: unbounded."""
 
     __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
 
     def __init__(self, maxsize=None):
         self.maxsize, self.queue = maxsize, self._init()
-        self._getters, self._putters = _deque(), _deque()  # _Waiter of each parked greenlet, in arrival order
+        self._getters, self._putters = _Line(), _Line()
         self.unfinished_tasks, self._all_done = 0, Event()
         self._all_done.set()
 
-    def _init(self):
-        return _deque()
-
-    def _put(self, item):
-        self.queue.append(item)
-
-    def _get(self):
-        return self.queue.popleft()
-
-    def _peek(self):
-        return self.queue[0]
+    def _init(self): return _deque()
+    def _put(self, item): self.queue.append(item)
+    def _get(self): return self.queue.popleft()
+    def _peek(self): return self.queue[0]
 
     def qsize(self) -> int:
         """Return the number of items."""
         return len(self.queue)
 
-    __len__ = qsize
+    __len__, __bool__ = qsize, lambda self: True
 
     def empty(self) -> bool:
         """Return True if there is no item."""
@@ -1857,36 +1876,34 @@ class Queue(_Lineup):
         """Return True if there are maxsize items."""
         return 0 < (self.maxsize or 0) <= len(self.queue)
 
+    def _room(self): return not self.full()
+
     def put(self, item, block=True, timeout=None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
-        if block and timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
+        _check_timeout(block, timeout)
         if (self.full() or block and self._putters) and not (
-                block and self._park(self._putters, timeout)):
+                block and self._putters.park(timeout, self._room)):
             raise _Full
+        if self._getters:
+            self._getters.schedule(self.qsize)
         self._put(item)
         self.unfinished_tasks += 1
         self._all_done.clear()
-        if self._getters:
-            self._schedule()
 
     def get(self, block=True, timeout=None):
         """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
-        if block and timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
+        _check_timeout(block, timeout)
         if (not self.queue or block and self._getters) and not (
-                block and self._park(self._getters, timeout)):
+                block and self._getters.park(timeout, self.qsize)):
             raise _Empty
-        item = self._get()
         if self._putters:
-            self._schedule()
-        return item
+            self._putters.schedule(self._room)
+        return self._get()
 
     def peek(self, block=True, timeout=None):
         """Return the next item without removing it; raise queue.Empty as get() does."""
-        if block and timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
-        if not self.queue and not (block and self._park(self._getters, timeout)):
+        _check_timeout(block, timeout)
+        if not self.queue and not (block and self._getters.park(timeout, self.qsize)):
             raise _Empty
         return self._peek()
 
@@ -1914,25 +1931,15 @@ class Queue(_Lineup):
         """Park until every item put has been marked done; False if `timeout` passed first."""
         return self._all_done.wait(timeout)
 
-    def _notify(self):
-        more = _wake_line(self._getters, self.qsize)
-        if _wake_line(self._putters, lambda: not self.full()) or more:
-            self._schedule()
-
 
 class LifoQueue(Queue):
     """A queue that returns the newest item first."""
 
     __slots__ = ()
 
-    def _init(self):
-        return []
-
-    def _get(self):
-        return self.queue.pop()
-
-    def _peek(self):
-        return self.queue[-1]
+    def _init(self): return []
+    def _get(self): return self.queue.pop()
+    def _peek(self): return self.queue[-1]
 
 
 class PriorityQueue(Queue):
@@ -1940,39 +1947,34 @@ class PriorityQueue(Queue):
 
     __slots__ = ()
 
-    def _init(self):
-        return []
-
-    def _put(self, item):
-        _heappush(self.queue, item)
-
-    def _get(self):
-        return _heappop(self.queue)
+    def _init(self): return []
+    def _put(self, item): _heappush(self.queue, item)
+    def _get(self): return _heappop(self.queue)
 
 
-class Semaphore(_Lineup):
-    """A counter greenlets take from and give back (threading.Semaphore's API, plus locked())."""
+class Semaphore:
+    """A counter one thread's greenlets take from and give back (threading.Semaphore's API, plus locked())."""
 
     __slots__ = ("counter", "_waiters", "_bound")
+    _overflow = (ValueError, "Semaphore released too many times")
 
     def __init__(self, value=1):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        self.counter, self._waiters, self._bound = value, _deque(), None
+        self.counter, self._waiters, self._bound = value, _Line(), None
 
     def locked(self) -> bool:
         """Return True if acquire() would park."""
         return self.counter <= 0
 
-    def acquire(self, blocking=True, timeout=None) -> bool:
-        """Take one, parking in line while there is none; return False if `timeout` passed first.
+    def _free(self): return self.counter > 0
 
-        Raises ValueError for a timeout with blocking=False, as the stdlib does.
-        """
+    def acquire(self, blocking=True, timeout=None) -> bool:
+        """Take one, parking in line while there is none; False if `timeout` passed first (ValueError if not blocking)."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         if (self.counter <= 0 or blocking and self._waiters) and not (
-                blocking and self._park(self._waiters, timeout)):
+                blocking and self._waiters.park(timeout, self._free)):
             return False
         self.counter -= 1
         return True
@@ -1980,20 +1982,16 @@ class Semaphore(_Lineup):
     def wait(self, timeout=None) -> int:
         """Park until acquire() would not, or `timeout` passes; return the counter."""
         if self.counter <= 0 or self._waiters:
-            self._park(self._waiters, timeout)
+            self._waiters.park(timeout, self._free)
         return self.counter
 
     def release(self) -> None:
         """Give one back, waking the first in line."""
         if self._bound is not None and self.counter >= self._bound:
-            raise self._overflow
-        self.counter += 1
+            raise self._overflow[0](self._overflow[1])
         if self._waiters:
-            self._schedule()
-
-    def _notify(self):
-        if _wake_line(self._waiters, lambda: self.counter > 0):
-            self._schedule()
+            self._waiters.schedule(self._free)
+        self.counter += 1
 
     __enter__ = acquire
 
@@ -2010,35 +2008,47 @@ class BoundedSemaphore(Semaphore):
         super().__init__(value)
         self._bound = value
 
-    _overflow = property(lambda self: ValueError("Semaphore released too many times"))
+
+def _lock_timeout(blocking, timeout):
+    """Return threading.Lock.acquire's timeout as Semaphore.acquire's; ValueError as threading's."""
+    if timeout == -1:
+        return None
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0:
+        raise ValueError("timeout value must be positive")
+    return timeout
 
 
 class Lock(BoundedSemaphore):
-    """A lock for greenlets (threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
+    """A lock for one thread's greenlets (threading.Lock's API); release() of an unlocked lock raises RuntimeError."""
 
     __slots__ = ()
+    _overflow = (RuntimeError, "release unlocked lock")
 
     def __init__(self):
         super().__init__(1)
 
-    _overflow = property(lambda self: RuntimeError("release unlocked lock"))
+    def acquire(self, blocking=True, timeout=-1) -> bool:
+        """Take the lock, parking in line while held; False if `timeout` (-1: none) passed first."""
+        return super().acquire(blocking, _lock_timeout(blocking, timeout))
 
 
 class RLock:
-    """A lock the greenlet holding it may take again (threading.RLock's API)."""
+    """A lock the greenlet holding it may take again (threading.RLock's API), for one thread's greenlets."""
 
     __slots__ = ("_lock", "_owner", "_count")
 
     def __init__(self):
         self._lock, self._owner, self._count = Lock(), None, 0
 
-    def acquire(self, blocking=True, timeout=None) -> bool:
-        """Take the lock (again, if this greenlet holds it); False if `timeout` passed first."""
-        me = getcurrent()
+    def acquire(self, blocking=True, timeout=-1) -> bool:
+        """Take the lock (again, if this greenlet holds it); False if `timeout` (-1: none) passed first."""
+        timeout, me = _lock_timeout(blocking, timeout), getcurrent()
         if self._owner is me:
             self._count += 1
             return True
-        if not self._lock.acquire(blocking, timeout):
+        if not Semaphore.acquire(self._lock, blocking, timeout):
             return False
         self._owner, self._count = me, 1
         return True
@@ -2056,14 +2066,11 @@ class RLock:
         """Return True if some greenlet holds the lock."""
         return self._lock.locked()
 
-    __enter__ = acquire
-
-    def __exit__(self, *exc_info):
-        self.release()
+    __enter__, __exit__ = acquire, Semaphore.__exit__
 
 
 class Pool:
-    """The greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
+    """One thread's greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
 
     def __init__(self, size=None):
         if size is not None and size < 1:
@@ -2072,14 +2079,9 @@ class Pool:
         self.greenlets, self._empty = set(), Event()
         self._empty.set()
 
-    def __len__(self):
-        return len(self.greenlets)
-
-    def __iter__(self):
-        return iter(list(self.greenlets))
-
-    def __contains__(self, g):
-        return g in self.greenlets
+    def __len__(self): return len(self.greenlets)
+    def __iter__(self): return iter(list(self.greenlets))
+    def __contains__(self, g): return g in self.greenlets
 
     def add(self, g) -> None:
         """Track greenlet g until it finishes, parking while the pool is full."""
@@ -2132,42 +2134,30 @@ class Pool:
         return self._imap(func, iterables, False)
 
     def _imap(self, func, iterables, ordered):
-        finished, results, total = Queue(), {}, None
+        out = Queue()  # ordered: the greenlets in spawn order; unordered: as they finish; the feeder last
 
         def feed():  # spawns park while a pool is full: here, not in the consumer
             n = 0
-            try:
-                for n, args in enumerate(zip(*iterables), 1):
-                    self.spawn(func, *args).link(lambda g, i=n - 1: finished.put((i, g)))
-            finally:
-                finished.put((None, n))
-        feeder, done = spawn(feed), 0
+            for n, args in enumerate(zip(*iterables), 1):
+                g = self.spawn(func, *args)
+                out.put(g) if ordered else g.link(out.put)
+            return n
+        feeder, done, total = Greenlet(feed), 0, None
+        feeder.link(out.put)
+        feeder.start()
         try:
             while total is None or done < total:
-                index, g = finished.get()
-                if index is None:
-                    total = g
-                    if feeder.exception is not None:
-                        raise feeder.exception
+                g = out.get()
+                if g is feeder:
+                    total = feeder.get()  # raises what the iterable raised
                     continue
-                if g.exception is not None:
-                    raise g.exception
-                if not ordered:
-                    done += 1
-                    yield g.value
-                    continue
-                results[index] = g.value
-                while done in results:
-                    done += 1
-                    yield results.pop(done - 1)
+                done += 1
+                yield g.get()  # ordered: raises at the failing call's index
         finally:
             feeder.kill(block=False)
 
     def join(self, timeout=None, raise_error=False) -> bool:
-        """Wait until the group is empty, or `timeout`; return True if it is.
-
-        With raise_error, raise the first exception a greenlet of the group dies of.
-        """
+        """Wait until the group is empty (True) or `timeout` passes (False); raise_error: raise the first failure."""
         with Timeout(timeout, False):
             if raise_error:
                 joinall(self.greenlets, raise_error=True)
@@ -2175,8 +2165,10 @@ class Pool:
         return not self.greenlets
 
     def kill(self, exception=GreenletExit, block=True, timeout=None) -> None:
-        """Raise `exception` in every greenlet of the group; see killall()."""
-        killall(self.greenlets, exception, block, timeout)
+        """Raise `exception` in every greenlet of the group; unless block is False, wait up to `timeout`."""
+        killall(self.greenlets, exception, block=False)
+        if block:
+            self.join(timeout)
 
     def full(self) -> bool:
         """Return True if spawn() would park."""
@@ -2675,8 +2667,9 @@ class StreamServer:
     """Accept TCP connections on `listener` and run handle(socket, address) in a greenlet for each.
 
     listener: a (host, port) address (the family taken from the host) or a
-    listening socket. spawn: 'default' (a greenlet per connection), a Pool, or
-    an int (a Pool of that size; connections beyond it wait in the backlog).
+    listening socket, which the server then owns: it makes it blocking and
+    closes it on close(). spawn: 'default' (a greenlet per connection), a Pool,
+    or an int (a Pool of that size; connections beyond it wait in the backlog).
     The connection is closed when handle returns. With ssl_context, each
     connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
     """
@@ -2688,22 +2681,23 @@ class StreamServer:
         if isinstance(listener, _socket.socket):
             if backlog is not None:
                 raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
-            self.socket = listener if isinstance(listener, socket) else fromfd(
+            # The server owns a listener given: it closes it with the one it accepts on.
+            self._given, self.socket = listener, listener if isinstance(listener, socket) else fromfd(
                 listener.fileno(), listener.family, listener.type, listener.proto)
-            self._address = self.socket.getsockname()
+            self.socket.settimeout(None)  # accept() waits, whatever timeout the listener had
+            self.address = self.socket.getsockname()
         else:
-            self.socket, self._address = None, tuple(listener)
+            self.socket, self.address, self._given = None, tuple(listener), None
+        handlers = Group() if isinstance(spawn, Pool) else None  # a Pool of the user's may hold others
         if spawn == "default":
             spawn = Group()
         elif isinstance(spawn, int):
             spawn = Pool(spawn)
         self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, spawn, ssl_context
-        self._handlers, self._acceptor, self._stopped, self.closed = Group(), None, Event(), False
+        self._handlers, self._acceptor, self.closed = spawn if handlers is None else handlers, None, False
 
     started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
                        doc="True while accepting connections.")
-    address = property(lambda self: self.socket.getsockname() if self.socket else self._address,
-                       doc="The address listened on (with the real port once started).")
     server_host = property(lambda self: self.address[0])
     server_port = property(lambda self: self.address[1])
 
@@ -2712,16 +2706,17 @@ class StreamServer:
         if self.closed:
             raise ValueError("This server is closed: create a new StreamServer")
         if self.socket is None:
-            family = AF_INET6 if ":" in self._address[0] else AF_INET  # noqa: F821
-            self.socket = create_server(self._address, family=family, backlog=self.backlog or self.backlog_default)
+            family = AF_INET6 if ":" in self.address[0] else AF_INET  # noqa: F821
+            self.socket = create_server(self.address, family=family, backlog=self.backlog or self.backlog_default)
+            self.address = self.socket.getsockname()  # the real port; kept once the socket is closed
         if not self.started:
             self._acceptor = spawn(self._accept_loop)
 
     def serve_forever(self) -> None:
-        """Start, and park until stop() or close() is called (then stop, if an exception ends the wait)."""
+        """Start, and park until the server is closed (then stop, if an exception ends the wait)."""
         self.start()
         try:
-            self._stopped.wait()
+            self._acceptor.join()
         finally:
             if not self.closed:
                 self.stop()
@@ -2729,17 +2724,22 @@ class StreamServer:
     def close(self) -> None:
         """Stop accepting and close the listener; the running handlers go on."""
         self.closed = True
-        if self._acceptor is not None:
+        if self._acceptor is not None and self._acceptor is not getcurrent():
             self._acceptor.kill()
-        if self.socket is not None:
-            self.socket.close()
-        self._stopped.set()
+        for sock in (self.socket, self._given):
+            if sock is not None:
+                sock.close()
 
     def stop(self, timeout=None) -> None:
-        """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest."""
+        """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest.
+
+        Called from a handler, it waits for and kills the others, and returns.
+        """
         self.close()
-        if not self._handlers.join(self.stop_timeout if timeout is None else timeout):
-            self._handlers.kill(timeout=1)  # a killed handler ends at once, unless it ignores GreenletExit
+        others = [g for g in self._handlers if g is not getcurrent()]
+        if len(joinall(others, self.stop_timeout if timeout is None else timeout)) < len(others):
+            killall(others, block=False)
+            joinall(others, 1)  # a killed handler ends at once, unless it ignores GreenletExit
 
     def _accept_loop(self):
         delay = 0
@@ -2748,8 +2748,10 @@ class StreamServer:
                 self.pool.wait_available()
             try:
                 conn, address = self.socket.accept()
-            except OSError as exc:  # EMFILE and friends: back off until fds free up; log once per episode
-                if not delay:
+            except OSError as exc:
+                if exc.errno in (_errno.EBADF, _errno.EINVAL, _errno.ENOTSOCK):  # the listener is gone
+                    return self.close()
+                if not delay:  # EMFILE and friends: back off until fds free up; log once per episode
                     import logging
                     logging.getLogger("coopsock").warning("accept() on %s failed, retrying with back-off "
                                                           "up to 1 s: %s", self.address, exc)
@@ -2757,7 +2759,11 @@ class StreamServer:
                 sleep(delay)
                 continue
             delay = 0
-            self._handlers.add(self.pool.spawn(self._handle, conn, address))
+            try:
+                self._handlers.add(self.pool.spawn(self._handle, conn, address))
+            except BaseException:  # killed while the pool was full
+                conn.close()
+                raise
 
     def _handle(self, conn, address):
         try:

@@ -8,6 +8,7 @@ import queue
 import re
 import select
 import socket as stdsocket
+import sys
 import threading
 import time
 
@@ -26,6 +27,47 @@ def parked(*greenlets):
     assert all(g and not g.dead for g in greenlets)
 
 
+def each_interrupt(func):
+    """Yield once per bytecode of func; a KeyboardInterrupt lands there the first time func runs it.
+
+    A signal handler's exception can land between any two bytecodes: whatever
+    the call was doing, nobody may be left waiting for a wake-up that never comes.
+    """
+    import dis
+    code = func.__code__
+    for instruction in dis.get_instructions(code):
+        armed = [True]
+
+        def local(frame, event, arg, offset=instruction.offset, armed=armed):
+            if event == "opcode" and frame.f_lasti == offset and armed[0]:
+                armed[0] = False
+                raise KeyboardInterrupt
+            return local
+
+        def trace(frame, event, arg, local=local):
+            if frame.f_code is code:
+                frame.f_trace_opcodes = True
+                return local
+            return None
+        previous = sys.gettrace()
+        sys.settrace(trace)
+        try:
+            yield
+        finally:
+            sys.settrace(previous)
+
+
+def interrupted(call):
+    """Call call(); return True if a KeyboardInterrupt cut it short (here or in the hub)."""
+    try:
+        call()
+        sleep(0)  # an interrupt in the hub reaches the main greenlet here
+        sleep(0)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------
 # Greenlet extras
 
@@ -37,8 +79,51 @@ def test_greenlet_name_args_kwargs_started_and_classmethod_spawn():
     assert g.args == (1,) and g.kwargs == {"b": 2} and g.started
     assert g.get() == 3 and not g.started
     g.name = "adder"
-    assert g.name == "adder" and repr(g).startswith("<Greenlet 'adder' dead")
+    assert g.name == "adder" and re.match(r"<Greenlet 'adder' \S*\.f dead at", repr(g)), repr(g)
     assert not Greenlet(f, 1).started
+
+
+def test_greenlet_names_are_numbered_at_creation_and_a_dead_ones_repr_names_its_function():
+    def work():
+        return 1
+    first, second = Greenlet(work), Greenlet(work)
+    repr(second)
+    assert int(first.name.rsplit("-", 1)[1]) + 1 == int(second.name.rsplit("-", 1)[1])
+    first.start()
+    first.join()
+    assert re.fullmatch(r"<Greenlet 'Greenlet-\d+' \S*work dead at 0x[0-9a-f]+>", repr(first)), repr(first)
+
+
+def test_kill_from_a_member_kills_the_others_and_the_caller_carries_on_to_its_next_switch():
+    group, log = coopsock.Group(), []
+    sleepers = [group.spawn(sleep, 10) for _ in range(3)]
+
+    def canceller():
+        group.kill(block=False)
+        log.append("went on")
+        sleep(0)  # the kill lands here, as in gevent
+        log.append("not reached")
+    group.spawn(canceller)
+    sleepers += [group.spawn(sleep, 10) for _ in range(3)]
+    assert group.join(timeout=5) and log == ["went on"]
+    assert all(isinstance(g.value, GreenletExit) for g in sleepers)
+
+    others = [spawn(sleep, 10) for _ in range(3)]
+
+    def killer():
+        coopsock.killall([others[0], coopsock.getcurrent(), *others[1:]], block=False)
+        log.append("killer went on")
+    spawn(killer).join()
+    coopsock.joinall(others, timeout=5)
+    assert log[-1] == "killer went on" and all(g.dead for g in others)
+
+    def suicide():
+        coopsock.getcurrent().kill(block=False)
+        log.append("after its own kill")
+        sleep(0)
+    g = spawn(suicide)
+    g.join()
+    assert log[-1] == "after its own kill" and isinstance(g.value, GreenletExit)
 
 
 def test_link_value_and_link_exception_call_only_on_their_outcome_and_unlink_undoes_them():
@@ -103,6 +188,69 @@ def test_event_set_while_a_waiter_is_being_killed_still_wakes_the_others():
     assert second.get(timeout=1) is True
     first.join()
     assert isinstance(first.value, GreenletExit)
+
+
+def test_event_set_then_clear_still_wakes_every_greenlet_waiting_at_set_time():
+    event = Event()
+    waiters = [spawn(event.wait, 1) for _ in range(3)]
+    parked(*waiters)
+    event.set()
+    event.clear()
+    assert [g.get() for g in waiters] == [True] * 3 and not event.is_set()
+
+    def wait_then_clear():
+        return event.wait(1) and (event.clear() or True)
+    first = spawn(wait_then_clear)
+    others = [spawn(event.wait, 1) for _ in range(2)]
+    parked(first, *others)
+    event.set()
+    assert [g.get() for g in [first, *others]] == [True] * 3
+
+
+def test_a_failing_rawlink_callback_is_reported_and_the_rest_of_the_line_still_wakes(capsys):
+    event = Event()
+    first = spawn(event.wait)
+    parked(first)
+    event.rawlink(lambda e: 1 / 0)
+    last = spawn(event.wait)
+    parked(last)
+    event.set()
+    assert first.get(timeout=1) is True and last.get(timeout=1) is True
+    assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setter", ["set", "set_exception"])
+def test_an_event_set_from_another_thread_wakes_the_waiters_promptly(setter):
+    result = coopsock.AsyncResult()
+    getter, waiter = spawn(result.get, timeout=2), spawn(result.wait, 2)
+    parked(getter, waiter)
+    started = time.monotonic()
+    args = (KeyError("k"),) if setter == "set_exception" else (7,)
+    thread = threading.Thread(target=getattr(result, setter), args=args)
+    thread.start()
+    if setter == "set":
+        assert getter.get() == 7
+    else:
+        with pytest.raises(KeyError):
+            getter.get()
+    assert waiter.get() is True and time.monotonic() - started < 1
+    thread.join()
+    event = Event()
+    thread = threading.Thread(target=event.set)
+    waiter = spawn(event.wait, 2)
+    parked(waiter)
+    thread.start()
+    assert waiter.get() is True
+    thread.join()
+
+
+def test_an_async_result_is_a_link_target_taking_the_greenlets_outcome():
+    result, failed = coopsock.AsyncResult(), coopsock.AsyncResult()
+    spawn(lambda: 7).link(result)
+    spawn(lambda: 1 / 0).link(failed)
+    assert result.get(timeout=1) == 7
+    with pytest.raises(ZeroDivisionError):
+        failed.get(timeout=1)
 
 
 def test_waiting_for_an_event_nobody_can_set_raises_loop_exit_in_main():
@@ -172,6 +320,27 @@ def test_killall_kills_and_waits():
     assert all(isinstance(g.exception, KeyError) for g in greenlets)
 
 
+def test_killall_raises_timeout_when_a_greenlet_outlives_it_and_group_kill_does_not():
+    stop = []
+
+    def stubborn():
+        while not stop:
+            try:
+                sleep(10)
+            except GreenletExit:
+                pass
+    g = spawn(stubborn)
+    parked(g)
+    with pytest.raises(Timeout):
+        coopsock.killall([g], timeout=0.02)
+    group = coopsock.Group()
+    group.add(g)
+    assert group.kill(timeout=0.02) is None and not g.dead
+    stop.append(True)
+    g.kill()
+    assert g.dead
+
+
 def test_getcurrent_is_public():
     assert spawn(coopsock.getcurrent).get().__class__ is Greenlet
 
@@ -187,6 +356,10 @@ def test_queue_is_fifo_and_put_parks_while_full():
     assert [q.get() for _ in range(5)] == list(range(5))
     producer.join()
     assert q.empty() and not q.full()
+
+
+def test_a_queue_is_true_even_when_empty():
+    assert Queue() and coopsock.LifoQueue() and coopsock.PriorityQueue() and not len(Queue())
 
 
 def test_queue_nowait_and_timeouts_raise_the_stdlib_exceptions():
@@ -289,6 +462,24 @@ def test_a_peeker_waits_without_taking():
     parked(peeker, getter)
     q.put("x")
     assert peeker.get() == "x" and getter.get() == "x" and q.empty()
+
+
+def test_a_signal_anywhere_in_put_or_get_loses_no_wake_up():
+    q = Queue()
+    for _ in each_interrupt(Queue.put):
+        getter = spawn(q.get)
+        parked(getter)
+        if interrupted(lambda: q.put("x")) and not q.qsize() and not getter.dead:
+            q.put("x")  # the put did not happen: do it again
+        assert getter.get(timeout=1) == "x" and q.empty()
+    q = Queue(1)
+    for _ in each_interrupt(Queue.get):
+        q.put(0)
+        putter = spawn(q.put, 1)
+        parked(putter)
+        if interrupted(q.get) and q.qsize() == 1 and q.queue[0] == 0:
+            q.get()  # the get did not happen
+        assert q.get(timeout=1) == 1 and putter.get(timeout=1) is None
 
 
 def test_lifo_and_priority_queues_use_the_stdlib_order():
@@ -395,6 +586,55 @@ def test_rlock_is_reentrant_and_owned():
         lock.release()
 
 
+def test_lock_and_rlock_acquire_take_threadings_arguments_and_raise_its_errors():
+    def error(lock, *args, **kwargs):
+        with pytest.raises(ValueError) as info:
+            lock.acquire(*args, **kwargs)
+        return str(info.value)
+    for ours, theirs in ((coopsock.Lock, threading.Lock), (coopsock.RLock, threading.RLock)):
+        assert ours().acquire(False, -1) is True and theirs().acquire(False, -1) is True
+        assert error(ours(), timeout=-2) == error(theirs(), timeout=-2) == "timeout value must be positive"
+        assert error(ours(), False, 1) == error(theirs(), False, 1)
+        held = ours()
+        held.acquire()
+        waiter = spawn(held.acquire, timeout=-1)  # -1: for ever
+        parked(waiter)
+        held.release()
+        assert waiter.get(timeout=1) is True
+    owned, theirs = coopsock.RLock(), threading.RLock()
+    owned.acquire()
+    theirs.acquire()
+    assert error(owned, False, 1) == error(theirs, False, 1)
+
+
+def test_a_signal_anywhere_in_release_or_in_a_wake_up_loses_no_wake_up():
+    lock = coopsock.Lock()
+    for _ in each_interrupt(coopsock.Semaphore.release):
+        lock.acquire()
+        waiter = spawn(lock.acquire)
+        parked(waiter)
+        if interrupted(lock.release) and lock.counter == 0 and not waiter.dead:
+            lock.release()  # the release did not happen
+        assert waiter.get(timeout=1) is True
+        lock.release()
+    sem = coopsock.Semaphore(0)
+    for _ in each_interrupt(coopsock._Waiter.__call__):
+        waiter = spawn(sem.acquire)
+        parked(waiter)
+        interrupted(sem.release)
+        assert waiter.get(timeout=1) is True and sem.counter == 0
+
+
+def test_a_signal_anywhere_in_event_set_loses_no_wake_up():
+    for _ in each_interrupt(Event.set):
+        event = Event()
+        waiter = spawn(event.wait)
+        parked(waiter)
+        if interrupted(event.set) and not event.is_set():
+            event.set()
+        assert waiter.get(timeout=1) is True
+
+
 # ---------------------------------------------------------------------------
 # coopsock.Pool and Group
 
@@ -436,6 +676,32 @@ def test_a_failing_call_raises_in_the_consumer():
         coopsock.Pool(2).map(f, range(6))
     with pytest.raises(KeyError):
         list(coopsock.Pool(2).imap_unordered(f, range(6)))
+
+
+def test_imap_yields_the_results_before_a_failing_one_then_raises_at_its_index():
+    release = Event()
+
+    def f(i):
+        if i == 0:
+            release.wait()
+        if i == 3:
+            release.set()
+        if i == 2:
+            raise KeyError(i)
+        return i
+    results = coopsock.Pool(4).imap(f, range(4))
+    assert [next(results), next(results)] == [0, 1]
+    with pytest.raises(KeyError):
+        next(results)
+
+    def broken():
+        yield 1
+        yield 2
+        raise KeyError("the iterable")
+    results = coopsock.Pool(2).imap(abs, broken())
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(KeyError, match="the iterable"):
+        next(results)
 
 
 def test_group_add_discard_iterate_join_and_kill():
@@ -573,6 +839,71 @@ def test_stream_server_stop_waits_for_handlers_then_kills_them():
         conn.close()
 
 
+def test_stream_server_stop_from_a_handler_kills_the_others_and_returns():
+    ended, done = [], Event()
+
+    def handle(conn, address):
+        if conn.recv(4) == b"stop":
+            server.stop(timeout=0.01)
+            ended.append("stopper returned")
+            done.set()
+        else:
+            try:
+                conn.recv(1)
+            except GreenletExit:
+                ended.append("killed")
+                raise
+    server = coopsock.StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    conns = [coopsock.create_connection(server.address) for _ in range(3)]
+    for conn in conns[:2]:
+        conn.sendall(b"wait")
+    while len(server._handlers) < 3:
+        sleep(0.001)
+    conns[2].sendall(b"stop")
+    assert done.wait(2) and ended == ["killed", "killed", "stopper returned"]
+    for conn in conns:
+        conn.close()
+
+
+def test_stream_server_whose_listener_is_closed_under_it_closes_and_serve_forever_returns(caplog):
+    server = coopsock.StreamServer(("127.0.0.1", 0), _echo_handler)
+    server.start()
+    address = server.address
+    spawn(server.socket.close)
+    server.serve_forever()
+    assert server.closed and not server.started and not caplog.records
+    assert server.address == address and server.server_port == address[1] > 0
+
+
+def test_stream_server_owns_a_given_listener_makes_it_blocking_and_closes_it(caplog):
+    listener = coopsock.create_server(("127.0.0.1", 0))
+    listener.settimeout(0)
+    with coopsock.StreamServer(listener, _echo_handler) as server:
+        assert server.socket.gettimeout() is None
+        sleep(0.05)  # the timing is the point: a non-blocking accept() would fail and log meanwhile
+        assert _round_trip(server.address) == b"ping" and not caplog.records
+    assert listener.fileno() == -1
+    stdlib = stdsocket.create_server(("127.0.0.1", 0))
+    with coopsock.StreamServer(stdlib, _echo_handler) as server:
+        assert _round_trip(server.address) == b"ping"
+    assert stdlib.fileno() == -1
+
+
+def test_an_accepted_connection_is_closed_if_the_acceptor_is_killed_waiting_for_the_pool():
+    pool = coopsock.Pool(1)
+    server = coopsock.StreamServer(("127.0.0.1", 0), _echo_handler, spawn=pool)
+    server.start()
+    sleep(0)  # the acceptor waits in accept(), the pool not full
+    with stdsocket.create_connection(server.address, timeout=5) as client:
+        pool.spawn(sleep, 10)  # the pool fills before the acceptor wakes up
+        while not pool._slots._waiters:
+            sleep(0.001)
+        server.stop()
+        assert client.recv(1) == b""
+    pool.kill()
+
+
 def test_stream_server_backs_off_accept_errors_and_logs_once(caplog):
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -631,6 +962,20 @@ def test_example_chat_broadcasts_to_every_other_client():
         assert b"left" in _read_line(alice)
         alice.close()
         carol.close()
+
+
+def test_example_chat_takes_a_client_that_resets_as_one_that_left(capsys):
+    chat = _example("chat")
+    with chat.serve(("127.0.0.1", 0)) as server:
+        alice, bob = [coopsock.create_connection(server.address, timeout=5) for _ in range(2)]
+        while len(chat.clients) < 2:
+            sleep(0.001)
+        assert b"joined" in _read_line(alice)
+        bob.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close sends RST
+        bob.close()
+        assert b"left" in _read_line(alice)
+        alice.close()
+    assert "Error" not in capsys.readouterr().err
 
 
 def test_example_forwarder_passes_data_both_ways_and_half_closes():

@@ -1,6 +1,6 @@
 """A chat server: every line a client sends goes to every other client.
 
-    python examples/chat.py [port]      then: nc localhost 8001
+    PYTHONPATH=. python examples/chat.py [port]      then: nc localhost 8001
 
 Each client has an outbox (a Queue) and a greenlet that drains it, so that a
 slow client delays nobody else.
@@ -20,8 +20,11 @@ def broadcast(line, sender=None):
 
 
 def send_loop(conn, outbox):
-    while True:
-        conn.sendall(outbox.get())
+    try:
+        while True:
+            conn.sendall(outbox.get())
+    except OSError:  # the client went away: handle() sees it too, and says so
+        pass
 
 
 def handle(conn, address):
@@ -33,6 +36,8 @@ def handle(conn, address):
         with conn.makefile("rb") as lines:
             for line in lines:
                 broadcast(f"{name}: ".encode() + line, conn)
+    except ConnectionError:  # a client that drops (a reset) has left, as one that closes
+        pass
     finally:
         del clients[conn]
         sender.kill()

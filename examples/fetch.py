@@ -1,6 +1,6 @@
 """Fetch many URLs at once, at most 50 at a time, each with a time limit.
 
-    python examples/fetch.py http://127.0.0.1:8000/a http://127.0.0.1:8000/b ...
+    PYTHONPATH=. python examples/fetch.py http://127.0.0.1:8000/a http://127.0.0.1:8000/b ...
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""A TCP port forwarder: python examples/forward.py LISTEN_PORT HOST PORT
+"""A TCP port forwarder: PYTHONPATH=. python examples/forward.py LISTEN_PORT HOST PORT
 
 Two greenlets pump the bytes, one per direction. When one side stops sending
 (EOF), the pump passes that on with shutdown(SHUT_WR) and the other direction
