@@ -2010,7 +2010,7 @@ class BoundedSemaphore(Semaphore):
 
 
 def _lock_timeout(blocking, timeout):
-    """Return threading.Lock.acquire's timeout as Semaphore.acquire's; ValueError as threading's."""
+    """Return _threading.Lock.acquire's timeout as Semaphore.acquire's; ValueError as threading's."""
     if timeout == -1:
         return None
     if not blocking:
@@ -3058,7 +3058,7 @@ def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selecto
 
     Covers socket.socket and the socket module's functions coopsock has, TLS
     (every ssl.SSLContext wraps sockets cooperatively), select.select and
-    poll, selectors.DefaultSelector (and the one socketserver picks), and
+    poll, _selectors.DefaultSelector (and the one socketserver picks), and
     time.sleep. Call it first thing in __main__: names bound earlier with
     `from socket import socket` stay the stdlib's. Threads still work, each
     with a hub of its own; C extensions that do their own I/O still block.
