@@ -1449,12 +1449,27 @@ def spawn_later(seconds, func, *args, **kwargs):
     return g
 
 
+def _seconds_int(value):
+    """An int of a seconds argument that is not a float, as time.sleep() and select() take it."""
+    try:
+        return _index(value)
+    except TypeError:
+        if _sys.version_info >= (3, 10) or not hasattr(type(value), "__int__"):
+            raise
+    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated
+    import warnings
+    warnings.warn(f"an integer is required (got type {type(value).__name__}).  Implicit conversion to integers "
+                  "using __int__ is deprecated, and may be removed in a future version of Python.",
+                  DeprecationWarning, stacklevel=3)
+    return result
+
+
 def _delay(seconds):
     """Return seconds as a number >= 0; TypeError and ValueError as socket.settimeout() has them."""
     if type(seconds) in (int, float) and seconds >= 0:  # the common case (NaN fails >=)
         return seconds
     if not isinstance(seconds, float):
-        seconds = _index(seconds)
+        seconds = _seconds_int(seconds)
     elif seconds != seconds:
         raise ValueError("Invalid value NaN (not a number)")
     return max(seconds, 0.0)
@@ -1470,7 +1485,7 @@ def sleep(seconds=0):
     if current is hub:
         raise BlockingSwitchOutError("cannot sleep inside the hub: sleep in a spawned greenlet")
     if type(seconds) not in (int, float) or not 0 <= seconds <= 9.2e9:  # the checks time.sleep() makes
-        seconds = seconds if isinstance(seconds, float) else _index(seconds)
+        seconds = seconds if isinstance(seconds, float) else _seconds_int(seconds)
         if seconds != seconds:
             raise ValueError("Invalid value NaN (not a number)")
         if seconds < 0:
@@ -2633,7 +2648,7 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=_EV_READ | 
     coopsock socket on the fd is closed meanwhile.
     """
     if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
-        timeout = timeout if isinstance(timeout, float) else _index(timeout)  # TypeError, as select's
+        timeout = timeout if isinstance(timeout, float) else _seconds_int(timeout)  # TypeError, as select's
         if not timeout >= 0:
             raise ValueError("timeout must be non-negative")
     fd, hub = _check_fd(fileno), get_hub()
@@ -2903,7 +2918,7 @@ def _select_timeout(timeout, name="a float"):
             raise ValueError("Invalid value NaN (not a number)")
     else:
         try:
-            timeout = _index(timeout)
+            timeout = _seconds_int(timeout)
         except TypeError:
             raise TypeError(f"timeout must be {name} or None") from None
     return timeout
@@ -2919,7 +2934,7 @@ def _wait_any(fds, timeout):
         (fd, events), = fds.items()
         try:
             wait_readwrite(fd, timeout, events=events)
-        except TimeoutError:
+        except _timed_out:
             pass
         return
     waiter, raised = _Waiter(), []

@@ -3,6 +3,7 @@
 import errno
 import gc
 import os
+import socket as stdsocket
 import ssl
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def test_tls_timeout_is_one_deadline_and_raises_timeout_error(client_ctx, server
     with client, server:
         client.settimeout(0.2)
         start = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(stdsocket.timeout):
             client.recv(10)
         assert 0.15 < time.monotonic() - start < 1.0
         client.settimeout(0.0)
@@ -168,7 +169,7 @@ def test_tls_handshake_timeout_against_a_silent_peer(client_ctx):
     with a, b:
         b.settimeout(0.2)
         start = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(stdsocket.timeout):
             client_ctx.wrap_socket(b, server_hostname="localhost")
         assert time.monotonic() - start < 1.0
 
@@ -336,7 +337,7 @@ def patched():
 def _patchable():
     import select as stdselect
     import selectors
-    import socket as stdsocket
+
     return [(stdsocket, "socket"), (stdsocket, "socketpair"), (stdsocket, "create_connection"),
             (stdsocket, "getaddrinfo"), (ssl.SSLContext, "sslsocket_class"), (stdselect, "select"),
             (stdselect, "poll"), (selectors, "DefaultSelector"), (selectors, "PollSelector"), (time, "sleep")]
@@ -359,7 +360,7 @@ def test_patch_is_idempotent_and_unpatch_restores_the_exact_originals():
 
 
 def test_patch_only_what_is_asked():
-    import socket as stdsocket
+
     original_socket, original_sleep = stdsocket.socket, time.sleep
     try:
         coopsock.patch(socket=False, ssl=False, select=False, selectors=False)
@@ -370,7 +371,7 @@ def test_patch_only_what_is_asked():
 
 
 def test_patched_stdlib_helpers_are_cooperative(patched, ca, cert):
-    import socket as stdsocket
+
     a, b = stdsocket.socketpair()  # coopsock's helpers reach the stdlib's originals: no recursion
     with a, b, stdsocket.create_server(("127.0.0.1", 0)) as listener:
         assert type(a) is coopsock.socket and type(listener) is coopsock.socket
@@ -543,7 +544,7 @@ def test_smtplib(patched, slow_servers):
 
 
 def test_socketserver_serve_forever_with_a_greenlet_per_request(patched):
-    import socket as stdsocket
+
     import socketserver
 
     class GreenletMixIn:
@@ -597,7 +598,7 @@ def test_requests(patched, slow_servers, scheme):
 def redis_port():
     """The port of a redis-server of our own on loopback, stopped after the module's tests."""
     import shutil
-    import socket as stdsocket
+
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed: apt-get install redis-server")
     with stdsocket.socket() as probe:
