@@ -456,6 +456,7 @@ class _SelLoop:
         self._timers = []      # heap of [when, sequence, watcher, or None once stopped]
         self._asyncs = {}      # {active async watcher: None}
         self._always_ready = set()  # fds with watchers that the selector refuses (EPERM)
+        self._cut_short = set()     # fds whose last _sync() an exception interrupted
         self._sequence = 0
         self._open()
 
@@ -506,6 +507,28 @@ class _SelLoop:
         events = 0
         for watcher in self._ios.get(fd, ()):
             events |= watcher._revents
+        # The selectors module's register/modify are Python: a signal landing
+        # between its map and epoll_ctl leaves them disagreeing. So an fd whose
+        # last sync was cut short is forgotten in both before it is applied.
+        if fd in self._cut_short:
+            self._forget(fd)
+        self._cut_short.add(fd)
+        try:
+            self._apply(fd, events)
+        except (FileExistsError, FileNotFoundError):  # epoll's set and the map disagree anyway
+            self._forget(fd)
+            self._apply(fd, events)
+        self._cut_short.discard(fd)
+
+    def _forget(self, fd):
+        if fd in self._selector.get_map():
+            self._selector.unregister(fd)
+        try:
+            self._selector._selector.unregister(fd)
+        except (AttributeError, OSError):  # not epoll, or not in the kernel's set either
+            pass
+
+    def _apply(self, fd, events):
         try:
             if events:
                 self._selector.modify(fd, events)
@@ -2371,11 +2394,13 @@ class socket(_stdsocket.socket):
             sent = 0
         if type(data) is bytes and sent == len(data):
             return
-        with memoryview(data) as view, view.cast("B") as view:
+        with memoryview(data) as view:
+            if view.format != "B" or view.ndim != 1:  # count bytes (not always: a cast view is slow on PyPy)
+                view = view.cast("B")
             deadline = None
             while sent < len(view):
                 try:
-                    sent += _socket.socket.send(self, view[sent:], flags)
+                    sent += _socket.socket.send(self, view[sent:sent + 0x100000], flags)  # PyPy copies it
                 except BlockingIOError:
                     if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                         raise
