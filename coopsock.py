@@ -101,7 +101,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any, Literal, Protocol, TypeVar
 
-    from _typeshed import FileDescriptorLike, ReadableBuffer
+    from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
     from typing_extensions import Self
 
     _T = TypeVar("_T")
@@ -1733,8 +1733,9 @@ class Event:
 
     __slots__ = ("_flag", "_waiters", "_hub")
 
-    def __init__(self):
-        self._flag, self._waiters, self._hub = False, _Line(), None  # _hub: the waiters' hub, see set()
+    def __init__(self) -> None:
+        self._flag, self._waiters = False, _Line()
+        self._hub: Hub | None = None  # the waiters' hub, see set()
 
     def is_set(self) -> bool:
         """Return the flag."""
@@ -2485,7 +2486,7 @@ class socket(_stdsocket.socket):
 def _cooperative(name, events, flags_at):
     call = getattr(_socket.socket, name)
 
-    def method(self, *args, **kwargs):
+    def method(self: socket, *args: Any, **kwargs: Any) -> Any:  # what the stdlib's takes and returns
         if name in ("recvmsg_into", "sendmsg"):  # a retry must see iterators of buffers whole again
             args = tuple(list(a) if i < 2 and hasattr(a, "__next__") else a for i, a in enumerate(args))
         try:
@@ -2875,7 +2876,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_TLS_NAMES})
 
 
-def _build_tls():
+def _build_tls() -> Any:
     import ssl
 
     class SSLSocket(ssl.SSLSocket, socket):  # type: ignore[misc]  # accept(): each returns its own class
@@ -2884,6 +2885,9 @@ def _build_tls():
         Made by SSLContext.wrap_socket(). Raises the ssl module's errors, and
         TimeoutError once the socket's timeout (one deadline per call) passes.
         """
+
+        _sslobj: Any  # (for type checkers) ssl.SSLSocket's own, absent from typeshed
+        _check_connected: Callable[[], None]
 
         def _tls_retry(self, call, *args, block=False, deadline=False):
             # OpenSSL on a non-blocking fd says which way it must wait (a read
@@ -2900,24 +2904,24 @@ def _build_tls():
                     deadline = None if block and self._timeout == 0.0 else self._deadline()
                 self._wait(events, deadline)
 
-        def do_handshake(self, block=False):
+        def do_handshake(self, block: bool = False) -> None:
             """Perform the TLS handshake (wrap_socket and connect do it unless told not to)."""
             self._check_connected()
             self._tls_retry(self._sslobj.do_handshake, block=block)
 
-        def read(self, len=1024, buffer=None):
+        def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
             """Read up to len bytes (into buffer: return the count); b"" or 0 at the end."""
             return self._tls_retry(super().read, len, buffer)
 
-        def write(self, data):
+        def write(self, data: ReadableBuffer) -> int:
             """Write data as TLS records; return how many bytes were written."""
             return self._tls_retry(super().write, data)
 
-        def send(self, data, flags=0):
+        def send(self, data: ReadableBuffer, flags: int = 0) -> int:
             """Send data (over TLS once it is set up); return how many bytes were sent."""
             return self._tls_retry(super().send, data, flags)
 
-        def sendall(self, data, flags=0):
+        def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
             """Send all of data; the timeout bounds the whole call, not each piece."""
             if self._sslobj is None or flags:
                 return super().sendall(data, flags)  # plain, or the stdlib's ValueError
@@ -2927,7 +2931,7 @@ def _build_tls():
                 while sent < len(view):
                     sent += self._tls_retry(self._sslobj.write, view[sent:], deadline=deadline)
 
-        def unwrap(self):
+        def unwrap(self) -> socket:
             """Close TLS (close_notify both ways) and return the socket, now plain."""
             return self._tls_retry(super().unwrap)
 
@@ -2943,7 +2947,8 @@ def _build_tls():
 
     std_create_default_context = ssl.create_default_context
 
-    def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+    def create_default_context(purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: str | None = None,
+                               capath: str | None = None, cadata: str | bytes | None = None) -> ssl.SSLContext:
         """Return ssl.create_default_context(...) as a coopsock.SSLContext; raise what it raises."""
         context = std_create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
         context.__class__ = SSLContext  # the same layout: only the class wrap_socket() uses changes
