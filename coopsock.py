@@ -127,7 +127,7 @@ globals().update((name, getattr(_stdsocket, name)) for name in _STDLIB_NAMES)
 __all__.extend(_STDLIB_NAMES)
 error, timeout, gaierror, herror = OSError, _stdsocket.timeout, _stdsocket.gaierror, _stdsocket.herror
 _std_create_server, _std_getaddrinfo = _stdsocket.create_server, _stdsocket.getaddrinfo
-_DEFAULT_TIMEOUT: float = _stdsocket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # private: not in typeshed
+_DEFAULT_TIMEOUT: Any = _stdsocket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # private: not in typeshed
 _timed_out = _stdsocket.timeout  # TimeoutError on 3.10+; on 3.9 an OSError of its own
 _monotonic = _time.monotonic
 _MSG_DONTWAIT = getattr(_socket, "MSG_DONTWAIT", 0)
@@ -1594,7 +1594,8 @@ class Timeout(BaseException):
 
     @classmethod
     def start_new(cls, seconds: Timeout | float | None = None,
-                  exception: type[BaseException] | BaseException | str | bool | None = None, ref: bool = True) -> Timeout:
+                  exception: type[BaseException] | BaseException | str | bool | None = None,
+                  ref: bool = True) -> Timeout:
         """Create a Timeout and start it; a Timeout given as `seconds` is started as is."""
         timeout = seconds if isinstance(seconds, Timeout) else cls(seconds, exception, ref)
         timeout.start()
@@ -1830,7 +1831,8 @@ class AsyncResult(Event):
         self._flag, self.value, self.exception = False, None, None
 
 
-def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int | None = None) -> Iterator[_Waitable]:
+def iwait(objects: Iterable[_Waitable], timeout: float | None = None,
+          count: int | None = None) -> Iterator[_Waitable]:
     """Yield greenlets, events and async results as they become ready, up to `count` of them.
 
     Stops early, without an error, once `timeout` seconds have passed.
@@ -2686,7 +2688,8 @@ def getfqdn(name: str = "") -> str:
 
 
 def wait_readwrite(fileno: FileDescriptorLike, timeout: float | None = None,
-                   timeout_exc: type[BaseException] | BaseException | None = None, *, events: int = _EV_READ | _EV_WRITE) -> None:
+                   timeout_exc: type[BaseException] | BaseException | None = None, *,
+                   events: int = _EV_READ | _EV_WRITE) -> None:
     """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds.
 
     timeout_exc defaults to TimeoutError("timed out"), as a socket's timeout raises.
@@ -3015,7 +3018,8 @@ def _wait_any(fds, timeout):
 
 
 def select(rlist: Iterable[FileDescriptorLike], wlist: Iterable[FileDescriptorLike],
-           xlist: Iterable[FileDescriptorLike], timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+           xlist: Iterable[FileDescriptorLike],
+           timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
     """select.select, cooperative: park until an fd is ready or timeout seconds pass.
 
     Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
