@@ -40,6 +40,8 @@ The invariants a reader must hold:
   forces one; ``coopsock.BACKEND`` names the one in use.
 """
 
+from __future__ import annotations as _annotations  # hints stay strings: typing is never imported
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -93,6 +95,24 @@ from weakref import ref as _weakref
 from greenlet import GreenletExit, getcurrent
 from greenlet import greenlet as _greenlet
 
+TYPE_CHECKING = False  # type checkers read the block as true; the module never imports typing
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any, Literal, Protocol, TypeVar
+
+    from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
+    from typing_extensions import Self
+
+    _T = TypeVar("_T")
+
+    class _Linkable(Protocol):  # a Greenlet, an Event, an AsyncResult
+        def rawlink(self, callback: Callable[[Any], object], /) -> None: ...
+        def unlink(self, callback: Callable[[Any], object], /) -> None: ...
+
+    _Waitable = TypeVar("_Waitable", bound=_Linkable)
+del TYPE_CHECKING
+
 # `import coopsock as socket` is the stdlib module, cooperative: every public
 # name of the running Python's socket module, the very same objects except
 # those that would block, which coopsock defines below. The stdlib functions
@@ -107,6 +127,7 @@ globals().update((name, getattr(_stdsocket, name)) for name in _STDLIB_NAMES)
 __all__.extend(_STDLIB_NAMES)
 error, timeout, gaierror, herror = OSError, _stdsocket.timeout, _stdsocket.gaierror, _stdsocket.herror
 _std_create_server, _std_getaddrinfo = _stdsocket.create_server, _stdsocket.getaddrinfo
+_DEFAULT_TIMEOUT: Any = _stdsocket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # private: not in typeshed
 _timed_out = _stdsocket.timeout  # TimeoutError on 3.10+; on 3.9 an OSError of its own
 _monotonic = _time.monotonic
 _MSG_DONTWAIT = getattr(_socket, "MSG_DONTWAIT", 0)
@@ -204,7 +225,7 @@ import ctypes as _ct
 
 _ev_lib = None      # the PyDLL, once loaded
 _ev_gil_hooks = ()  # (release hook, acquire hook) addresses, and PyGILState_Release
-_ev_errors = {}     # {thread id: message} from libev's syserr callback
+_ev_errors: dict[int, str] = {}  # {thread id: message} from libev's syserr callback
 
 
 class _ev_watcher(_ct.Structure):  # libev 4's EV_WATCHER with priorities and "void *data"
@@ -748,7 +769,7 @@ _CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
 _NOT_FROM_HUB = "cannot block inside the hub: call blocking functions from a spawned greenlet, not a hub callback"
 
 
-def get_hub():
+def get_hub() -> Hub:
     """Return this thread's hub, creating it (and its loop) on first use."""
     try:
         return _local.hub
@@ -804,7 +825,9 @@ class _Drain:
 class Hub(_greenlet):
     """The greenlet that runs this thread's event loop and wakes parked greenlets."""
 
-    def __init__(self):
+    parent: _greenlet  # (for type checkers) the thread's main greenlet, never None
+
+    def __init__(self) -> None:
         root = getcurrent()
         while root.parent is not None:
             root = root.parent
@@ -815,25 +838,25 @@ class Hub(_greenlet):
             _os.close(fd)
         self.ev = _pyev
         self.loop = _pyev.Loop()
-        self._fired = {}               # {watcher: revents} recorded by the loop in one pass
+        self._fired: dict[Any, int] = {}  # {watcher: revents} recorded by the loop in one pass
         self._record = self._fired.__setitem__
-        self._fds = {}                 # {fd: _Fd}
-        self._spare_ios = ([], [])     # stopped watchers for reading, writing, to reuse
+        self._fds: dict[int, _Fd] = {}
+        self._spare_ios: tuple[list[Any], list[Any]] = ([], [])  # stopped watchers for reading, writing, to reuse
         self._waiting = 0              # greenlets parked on an fd or on a worker thread
-        self._callbacks = _deque()      # _Callback handles, run in order on the next pass
-        self._timers = []              # heap of (when, sequence, _Callback)
+        self._callbacks: _deque[_Callback] = _deque()  # _Callback handles, run in order on the next pass
+        self._timers: list[tuple[float, int, _Callback]] = []  # a heap
         self._timer_sequence = 0
         self._timer_refs = 0           # pending timers that keep the hub alive (ref=True)
         self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
         self._clock_when = None        # when the clock is set to fire (None: stopped)
-        self._incoming = _deque()       # (func, args) handed over by other threads
+        self._incoming: _deque[tuple[Callable[..., object], tuple[Any, ...]]] = _deque()  # from other threads
         self._thread, self._pid, self._runner = _threading.get_ident(), _os.getpid(), _threading.current_thread()
         self._wake_lock = _threading.Lock()  # no thread wakes the loop while destroy() closes it
         self._wakeup = _pyev.Async(self.loop, self._record)
         self._destroyed = False
-        self._escaped = None           # what escaped a pass, for the main greenlet
+        self._escaped: BaseException | None = None  # what escaped a pass, for the main greenlet
         self._next_poll = 0.0          # when rounds of callbacks next let I/O in
-        self._signal_wakeup = None
+        self._signal_wakeup: tuple[_Fd, tuple[int, int]] | None = None
         self._wakeup.start()
         _install_process_hooks()
         try:
@@ -842,7 +865,7 @@ class Hub(_greenlet):
             # Start the hub greenlet here, and let it park at once: a signal
             # handler that raises as it starts then fails this call, and no
             # dead hub is ever handed out.
-            self._creator = getcurrent()
+            self._creator: _greenlet | None = getcurrent()
             _greenlet.switch(self)
         except BaseException:
             self._close_loop()  # pyev would free its watchers active
@@ -886,7 +909,7 @@ class Hub(_greenlet):
 
     # -- parking and waking -------------------------------------------------
 
-    def wait(self, entry, events, deadline=None):
+    def wait(self, entry: _Fd, events: int, deadline: float | None = None) -> Any:
         """Park the current greenlet until entry's fd is ready for events (EV_READ, EV_WRITE, both).
 
         The one primitive that parks a greenlet on I/O. Raises TimeoutError
@@ -972,19 +995,19 @@ class Hub(_greenlet):
             if waiter is not None:
                 self.run_callback(_wake_closed, entry, waiter)
 
-    def switch(self, *args):
+    def switch(self, *args: Any) -> Any:
         """Switch to the hub; it switches back when something wakes this greenlet."""
         if getcurrent() is self:
             raise BlockingSwitchOutError(_NOT_FROM_HUB)
         return _greenlet.switch(self, *args)
 
-    def run_callback(self, func, *args):
+    def run_callback(self, func: Callable[..., object], *args: Any) -> _Callback:
         """Call func(*args) from the hub on its next pass; return a handle with .stop()."""
         callback = _Callback(func, args, self, 0)
         self._callbacks.append(callback)
         return callback
 
-    def run_later(self, seconds, func, *args, ref=True):
+    def run_later(self, seconds: float, func: Callable[..., object], *args: Any, ref: bool = True) -> _Callback:
         """Call func(*args) from the hub after `seconds`; return a handle with .stop().
 
         With ref=False the pending call does not keep the hub alive.
@@ -1041,7 +1064,7 @@ class Hub(_greenlet):
 
     # -- the loop -----------------------------------------------------------
 
-    def run(self):
+    def run(self) -> None:
         """Run the loop until destroy(); what escapes a pass is raised in the main greenlet."""
         while not self._destroyed:
             try:
@@ -1113,7 +1136,7 @@ class Hub(_greenlet):
                                     return
                                 self.handle_error(waiter, exc)
 
-    def handle_error(self, where, exc):
+    def handle_error(self, where: object, exc: BaseException) -> None:
         """Report an exception that escaped a callback or greenlet; the hub carries on.
 
         KeyboardInterrupt, SystemExit and what a signal handler raised in the
@@ -1126,14 +1149,14 @@ class Hub(_greenlet):
             now = _time.strftime("%Y-%m-%dT%H:%M:%S%z")
             print(f"{now} {where!r} failed with {type(exc).__name__}: {exc}", file=_sys.stderr)
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Return counts for tests and debugging: fds watched, greenlets waiting on them,
         pending timers (run_later, Timeout, sleep, socket timeouts) and callbacks."""
         return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": self._waiting,
                 "timers": sum(entry[2].func is not None for entry in self._timers),
                 "callbacks": sum(c.func is not None for c in self._callbacks)}
 
-    def destroy(self):
+    def destroy(self) -> None:
         """End this hub and close its loop; the thread gets a new hub on next use.
 
         Greenlets parked on it stay parked for good. Safe from any greenlet of its thread.
@@ -1168,7 +1191,7 @@ class Hub(_greenlet):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
 
 
-_DIRECTIONS = (None, (0,), (1,), (0, 1))  # indexed by events: _EV_READ, _EV_WRITE, both
+_DIRECTIONS: tuple[Any, ...] = (None, (0,), (1,), (0, 1))  # indexed by events: _EV_READ, _EV_WRITE, both
 
 
 def _raised_by_signal_handler(exc):
@@ -1237,7 +1260,7 @@ def _drain(fd):
         pass
 
 
-_PROCESS_HOOKS = []  # one-shot guard for the process-wide hooks
+_PROCESS_HOOKS: list[bool] = []  # one-shot guard for the process-wide hooks
 
 
 def _install_process_hooks():
@@ -1298,17 +1321,21 @@ class Greenlet(_greenlet):
     """
 
     __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "name")
+    parent: Hub  # (for type checkers) always the hub: see __init__
+    value: Any
+    exception: BaseException | None
+    _starter: _Callback | None
 
-    def __init__(self, func, *args, **kwargs):
+    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(parent=get_hub())
         self._func, self._args, self._kwargs = func, args, kwargs
         self.value = self.exception = self._starter = None
         self.name = f"Greenlet-{next(_greenlet_numbers)}"  # for reports; settable
-        self._links = []
+        self._links: list[Callable[[Greenlet], object]] = []
         self._finished = False
 
     @classmethod
-    def spawn(cls, func, *args, **kwargs):
+    def spawn(cls, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Self:
         """Create a greenlet of this class running func(*args, **kwargs), start it, return it."""
         g = cls(func, *args, **kwargs)
         g.start()
@@ -1319,17 +1346,17 @@ class Greenlet(_greenlet):
     started = property(lambda self: bool(self) or (self._starter is not None and self._starter.pending),
                        doc="True while scheduled or running.")
 
-    def start(self):
+    def start(self) -> None:
         """Schedule the greenlet to run on the hub's next pass."""
         if self._starter is None and not self and not self._finished:
             self._starter = self.parent.run_callback(self.switch)
 
-    def start_later(self, seconds):
+    def start_later(self, seconds: float) -> None:
         """Schedule the greenlet to run in `seconds`."""
         if self._starter is None and not self and not self._finished:
             self._starter = self.parent.run_later(_delay(seconds), self.switch)
 
-    def run(self):
+    def run(self) -> None:
         self._starter = None
         try:
             self.value = self._func(*self._args, **self._kwargs)
@@ -1349,17 +1376,17 @@ class Greenlet(_greenlet):
         for link in links:
             self.parent.run_callback(link, self)
 
-    def ready(self):
+    def ready(self) -> bool:
         """Return True once the greenlet has finished (or was killed)."""
         return self._finished
 
-    def successful(self):
+    def successful(self) -> bool:
         """Return True if it finished without an exception (a kill counts as success)."""
         return self._finished and self.exception is None
 
     dead = property(lambda self: self._finished or _greenlet.dead.__get__(self))
 
-    def link(self, callback):
+    def link(self, callback: Callable[[Greenlet], object]) -> None:
         """Call callback(self) from the hub once the greenlet finishes."""
         if self._finished:
             self.parent.run_callback(callback, self)
@@ -1368,20 +1395,20 @@ class Greenlet(_greenlet):
 
     rawlink = link
 
-    def link_value(self, callback):
+    def link_value(self, callback: Callable[[Greenlet], object]) -> None:
         """Call callback(self) from the hub once the greenlet finishes without an exception."""
         self.link(_Link(callback, True))
 
-    def link_exception(self, callback):
+    def link_exception(self, callback: Callable[[Greenlet], object]) -> None:
         """Call callback(self) from the hub once the greenlet dies of an exception."""
         self.link(_Link(callback, False))
 
-    def unlink(self, callback):
+    def unlink(self, callback: Callable[[Greenlet], object]) -> None:
         """Undo link(callback), link_value(callback) or link_exception(callback)."""
         if callback in self._links:
             self._links.remove(callback)
 
-    def join(self, timeout=None):
+    def join(self, timeout: float | None = None) -> None:
         """Wait until the greenlet finishes, or `timeout` seconds; return None."""
         if not self._finished:
             waiter = _Waiter()
@@ -1392,7 +1419,7 @@ class Greenlet(_greenlet):
                 if waiter in self._links:
                     self._links.remove(waiter)
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the result, or raise the exception the greenlet died of.
 
         Raises Timeout if it has not finished (at once when block is False).
@@ -1405,7 +1432,8 @@ class Greenlet(_greenlet):
             raise self.exception
         return self.value
 
-    def kill(self, exception=GreenletExit, block=True, timeout=None):
+    def kill(self, exception: type[BaseException] | BaseException = GreenletExit, block: bool = True,
+             timeout: float | None = None) -> None:
         """Raise `exception` in the greenlet; wait for it to end unless block is False."""
         if self._finished:
             return
@@ -1458,14 +1486,14 @@ def _throw_into(target, exception):
         target.throw(exception)
 
 
-def spawn(func, *args, **kwargs):
+def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Greenlet:
     """Start func(*args, **kwargs) in a new Greenlet on the hub's next pass; return it."""
     g = Greenlet(func, *args, **kwargs)
     g.start()
     return g
 
 
-def spawn_later(seconds, func, *args, **kwargs):
+def spawn_later(seconds: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Greenlet:
     """Start func(*args, **kwargs) in a new Greenlet after `seconds`; return it."""
     g = Greenlet(func, *args, **kwargs)
     g.start_later(seconds)
@@ -1498,7 +1526,7 @@ def _delay(seconds):
     return max(seconds, 0.0)
 
 
-def sleep(seconds=0):
+def sleep(seconds: float = 0) -> None:
     """Park the current greenlet for `seconds`; 0 lets the other ready greenlets and I/O run.
 
     Raises what time.sleep() raises for the same argument.
@@ -1515,7 +1543,8 @@ def sleep(seconds=0):
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
-    waking = [None]
+    waking: list[_Callback | None] = [None]
+    callback: _Callback | None
     try:  # the wake-up is made inside the try, and cancelled without a call: see Hub.wait
         if seconds:
             hub._at(_monotonic() + seconds, current.switch, (), 1, waking)
@@ -1530,7 +1559,7 @@ def sleep(seconds=0):
             hub._timer_refs -= callback.ref
 
 
-def joinall(greenlets, timeout=None, raise_error=False):
+def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_error: bool = False) -> list[Greenlet]:
     """Wait for all greenlets to finish (or `timeout`); return those that did.
 
     With raise_error, raise the first exception a greenlet dies of, as soon as it does.
@@ -1554,12 +1583,13 @@ def joinall(greenlets, timeout=None, raise_error=False):
         finally:
             for g in unfinished:
                 g.unlink(on_finish)
-    if raise_error and failed:
+    if raise_error and failed and failed[0].exception is not None:
         raise failed[0].exception
     return [g for g in greenlets if g.ready()]
 
 
-def kill(greenlet_, exception=GreenletExit, block=True, timeout=None):
+def kill(greenlet_: _greenlet, exception: type[BaseException] | BaseException = GreenletExit, block: bool = True,
+         timeout: float | None = None) -> None:
     """Raise `exception` in a greenlet (a Greenlet or a raw one); wait for a Greenlet to end."""
     if isinstance(greenlet_, Greenlet):
         greenlet_.kill(exception, block, timeout)
@@ -1580,23 +1610,26 @@ class Timeout(BaseException):
     the next loop pass. With ref=False the timer does not keep the loop alive.
     """
 
-    def __init__(self, seconds=None, exception=None, ref=True):
+    def __init__(self, seconds: float | None = None,
+                 exception: type[BaseException] | BaseException | str | bool | None = None, ref: bool = True) -> None:
         self.seconds, self.exception, self._ref = seconds, exception, ref
         self._raising = None  # the hub's run_later handle while started
 
     @classmethod
-    def start_new(cls, seconds=None, exception=None, ref=True):
+    def start_new(cls, seconds: Timeout | float | None = None,
+                  exception: type[BaseException] | BaseException | str | bool | None = None,
+                  ref: bool = True) -> Timeout:
         """Create a Timeout and start it; a Timeout given as `seconds` is started as is."""
         timeout = seconds if isinstance(seconds, Timeout) else cls(seconds, exception, ref)
         timeout.start()
         return timeout
 
     @property
-    def pending(self):
+    def pending(self) -> bool:
         """True while started and not yet raised or cancelled."""
         return self._raising is not None and self._raising.func is not None
 
-    def start(self):
+    def start(self) -> None:
         """Start the countdown in the current greenlet.
 
         Raises RuntimeError if it is already started, TypeError or ValueError
@@ -1611,7 +1644,7 @@ class Timeout(BaseException):
             get_hub()._at(_monotonic() + seconds, self._raise_in, (getcurrent(),),
                           1 if self._ref else 0, self.__dict__, "_raising")
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Stop the countdown, if it is running; safe to call at any time."""
         raising = self._raising
         if raising is not None and raising.func is not None:
@@ -1624,12 +1657,12 @@ class Timeout(BaseException):
         exc = self.exception
         _throw_into(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self._raising is None or self._raising.func is None:  # not pending
             self.start()
         return self
 
-    def __exit__(self, typ, value, tb):
+    def __exit__(self, typ: object, value: object, tb: object) -> bool:
         raising = self._raising  # cancel(), inline: the hot path of every `with Timeout`
         if raising is not None and raising.func is not None:
             raising.func = raising.args = None
@@ -1647,7 +1680,8 @@ class Timeout(BaseException):
         return f"<Timeout seconds={self.seconds} exception={self.exception!r} pending={self.pending}>"
 
 
-def with_timeout(seconds, func, *args, timeout_value=Timeout, **kwargs):
+def with_timeout(seconds: float | None, func: Callable[..., _T], *args: Any, timeout_value: Any = Timeout,
+                 **kwargs: Any) -> _T | Any:
     """Return func(*args, **kwargs), or timeout_value if given and `seconds` pass first."""
     timeout = Timeout.start_new(seconds)
     try:
@@ -1723,8 +1757,9 @@ class Event:
 
     __slots__ = ("_flag", "_waiters", "_hub")
 
-    def __init__(self):
-        self._flag, self._waiters, self._hub = False, _Line(), None  # _hub: the waiters' hub, see set()
+    def __init__(self) -> None:
+        self._flag, self._waiters = False, _Line()
+        self._hub: Hub | None = None  # the waiters' hub, see set()
 
     def is_set(self) -> bool:
         """Return the flag."""
@@ -1752,12 +1787,12 @@ class Event:
         """Reset the flag."""
         self._flag = False
 
-    def wait(self, timeout=None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Park until the flag is set, or `timeout` seconds pass; return the flag."""
         self._hub = get_hub()
         return self._flag or self._waiters.park(timeout, self.is_set, self) or self._flag
 
-    def rawlink(self, callback):
+    def rawlink(self, callback: Callable[[Any], object]) -> None:
         """Call callback(self) from the hub once the flag is set (at once if it is)."""
         self._hub = get_hub()
         if self._flag:
@@ -1765,7 +1800,7 @@ class Event:
         else:
             self._waiters.append(callback)
 
-    def unlink(self, callback):
+    def unlink(self, callback: Callable[[Any], object]) -> None:
         """Undo rawlink(callback)."""
         if callback in self._waiters:
             self._waiters.remove(callback)
@@ -1775,22 +1810,23 @@ class AsyncResult(Event):
     """A value (or exception) one greenlet sets and others wait for; g.link(result) makes it g's outcome."""
 
     __slots__ = ("value", "exception")
+    exception: BaseException | None
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.value = self.exception = None
 
-    def set(self, value=None) -> None:
+    def set(self, value: Any = None) -> None:
         """Store value and wake every waiter."""
         self.value = value
         super().set()
 
-    def set_exception(self, exception) -> None:
+    def set_exception(self, exception: BaseException) -> None:
         """Store exception (raised by get()) and wake every waiter."""
         self.exception = exception
         super().set()
 
-    def __call__(self, source):
+    def __call__(self, source: Greenlet) -> None:
         """Take the outcome of source, a finished greenlet: its value, or its exception."""
         if source.exception is None:
             self.set(source.value)
@@ -1801,7 +1837,7 @@ class AsyncResult(Event):
         """Return True if set with a value."""
         return self._flag and self.exception is None
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the value or raise the exception; raise Timeout if not set in time (at once if not block)."""
         if not (self._flag or block and self.wait(timeout)):
             raise Timeout(timeout)
@@ -1809,7 +1845,7 @@ class AsyncResult(Event):
             raise self.exception
         return self.value
 
-    def get_nowait(self):
+    def get_nowait(self) -> Any:
         """Return the value or raise the exception; raise Timeout if not set."""
         return self.get(block=False)
 
@@ -1818,14 +1854,16 @@ class AsyncResult(Event):
         self._flag, self.value, self.exception = False, None, None
 
 
-def iwait(objects, timeout=None, count=None):
+def iwait(objects: Iterable[_Waitable], timeout: float | None = None,
+          count: int | None = None) -> Iterator[_Waitable]:
     """Yield greenlets, events and async results as they become ready, up to `count` of them.
 
     Stops early, without an error, once `timeout` seconds have passed.
     """
     objects = list(objects)
     count = len(objects) if count is None else min(count, len(objects))
-    ready, waiter = _deque(), _Waiter()
+    ready: _deque[_Waitable] = _deque()
+    waiter = _Waiter()
 
     def on_ready(obj):
         ready.append(obj)
@@ -1844,7 +1882,8 @@ def iwait(objects, timeout=None, count=None):
             obj.unlink(on_ready)
 
 
-def wait(objects=None, timeout=None, count=None):
+def wait(objects: Iterable[_Waitable] | None = None, timeout: float | None = None,
+         count: int | None = None) -> list[_Waitable] | bool | None:
     """Wait for objects (see iwait) and return those ready; with none, run the hub until it runs out of work.
 
     With no objects, call it from the main greenlet; it returns False if `timeout` passed first.
@@ -1864,9 +1903,11 @@ def wait(objects=None, timeout=None, count=None):
         if exc is not timer:
             raise
         return False
+    return None  # something else switched to the main greenlet
 
 
-def killall(greenlets, exception=GreenletExit, block=True, timeout=None):
+def killall(greenlets: Iterable[_greenlet], exception: type[BaseException] | BaseException = GreenletExit,
+            block: bool = True, timeout: float | None = None) -> None:
     """Raise `exception` in every greenlet; unless block is False, wait up to `timeout` for them to end.
 
     Raises Timeout if one is still running then. From one of them: the others, then the caller at its next switch.
@@ -1889,7 +1930,7 @@ class Queue:
 
     __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
 
-    def __init__(self, maxsize=None):
+    def __init__(self, maxsize: int | None = None) -> None:
         self.maxsize, self.queue = maxsize, self._init()
         self._getters, self._putters = _Line(), _Line()
         self.unfinished_tasks, self._all_done = 0, Event()
@@ -1916,7 +1957,7 @@ class Queue:
 
     def _room(self): return not self.full()
 
-    def put(self, item, block=True, timeout=None) -> None:
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
         _check_timeout(block, timeout)
         if (self.full() or block and self._putters) and not (
@@ -1928,7 +1969,7 @@ class Queue:
         self.unfinished_tasks += 1
         self._all_done.clear()
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
         _check_timeout(block, timeout)
         if (not self.queue or block and self._getters) and not (
@@ -1938,22 +1979,22 @@ class Queue:
             self._putters.schedule(self._room)
         return self._get()
 
-    def peek(self, block=True, timeout=None):
+    def peek(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the next item without removing it; raise queue.Empty as get() does."""
         _check_timeout(block, timeout)
         if not self.queue and not (block and self._getters.park(timeout, self.qsize)):
             raise _Empty
         return self._peek()
 
-    def put_nowait(self, item) -> None:
+    def put_nowait(self, item: Any) -> None:
         """Add item; raise queue.Full if the queue is full."""
         self.put(item, False)
 
-    def get_nowait(self):
+    def get_nowait(self) -> Any:
         """Remove and return an item; raise queue.Empty if there is none."""
         return self.get(False)
 
-    def peek_nowait(self):
+    def peek_nowait(self) -> Any:
         """Return the next item; raise queue.Empty if there is none."""
         return self.peek(False)
 
@@ -1965,7 +2006,7 @@ class Queue:
         if not self.unfinished_tasks:
             self._all_done.set()
 
-    def join(self, timeout=None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Park until every item put has been marked done; False if `timeout` passed first."""
         return self._all_done.wait(timeout)
 
@@ -1994,12 +2035,13 @@ class Semaphore:
     """A counter one thread's greenlets take from and give back (threading.Semaphore's API, plus locked())."""
 
     __slots__ = ("counter", "_waiters", "_bound")
-    _overflow = (ValueError, "Semaphore released too many times")
+    _overflow: tuple[type[Exception], str] = (ValueError, "Semaphore released too many times")
 
-    def __init__(self, value=1):
+    def __init__(self, value: int = 1) -> None:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        self.counter, self._waiters, self._bound = value, _Line(), None
+        self.counter, self._waiters = value, _Line()
+        self._bound: int | None = None
 
     def locked(self) -> bool:
         """Return True if acquire() would park."""
@@ -2007,7 +2049,7 @@ class Semaphore:
 
     def _free(self): return self.counter > 0
 
-    def acquire(self, blocking=True, timeout=None) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take one, parking in line while there is none; False if `timeout` passed first (ValueError if not blocking)."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
@@ -2017,7 +2059,7 @@ class Semaphore:
         self.counter -= 1
         return True
 
-    def wait(self, timeout=None) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         """Park until acquire() would not, or `timeout` passes; return the counter."""
         if self.counter <= 0 or self._waiters:
             self._waiters.park(timeout, self._free)
@@ -2033,7 +2075,7 @@ class Semaphore:
 
     __enter__ = acquire
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
@@ -2042,7 +2084,7 @@ class BoundedSemaphore(Semaphore):
 
     __slots__ = ()
 
-    def __init__(self, value=1):
+    def __init__(self, value: int = 1) -> None:
         super().__init__(value)
         self._bound = value
 
@@ -2064,10 +2106,10 @@ class Lock(BoundedSemaphore):
     __slots__ = ()
     _overflow = (RuntimeError, "release unlocked lock")
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(1)
 
-    def acquire(self, blocking=True, timeout=-1) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:  # type: ignore[override]  # -1, not None
         """Take the lock, parking in line while held; False if `timeout` (-1: none) passed first."""
         return super().acquire(blocking, _lock_timeout(blocking, timeout))
 
@@ -2077,10 +2119,11 @@ class RLock:
 
     __slots__ = ("_lock", "_owner", "_count")
 
-    def __init__(self):
-        self._lock, self._owner, self._count = Lock(), None, 0
+    def __init__(self) -> None:
+        self._lock, self._count = Lock(), 0
+        self._owner: _greenlet | None = None
 
-    def acquire(self, blocking=True, timeout=-1) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock (again, if this greenlet holds it); False if `timeout` (-1: none) passed first."""
         timeout, me = _lock_timeout(blocking, timeout), getcurrent()
         if self._owner is me:
@@ -2110,18 +2153,19 @@ class RLock:
 class Pool:
     """One thread's greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
 
-    def __init__(self, size=None):
+    def __init__(self, size: int | None = None) -> None:
         if size is not None and size < 1:
             raise ValueError(f"Pool size must be a positive integer or None, not {size!r}")
         self.size, self._slots = size, None if size is None else Semaphore(size)
-        self.greenlets, self._empty = set(), Event()
+        self.greenlets: set[Greenlet] = set()
+        self._empty = Event()
         self._empty.set()
 
     def __len__(self): return len(self.greenlets)
     def __iter__(self): return iter(list(self.greenlets))
     def __contains__(self, g): return g in self.greenlets
 
-    def add(self, g) -> None:
+    def add(self, g: Greenlet) -> None:
         """Track greenlet g until it finishes, parking while the pool is full."""
         if g in self.greenlets or g.ready():
             return
@@ -2133,7 +2177,7 @@ class Pool:
         self._empty.clear()
         g.link(self._discard)
 
-    def discard(self, g) -> None:
+    def discard(self, g: Greenlet) -> None:
         """Stop tracking greenlet g."""
         g.unlink(self._discard)
         self._discard(g)
@@ -2146,28 +2190,28 @@ class Pool:
             if not self.greenlets:
                 self._empty.set()
 
-    def spawn(self, func, *args, **kwargs) -> Greenlet:
+    def spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Greenlet:
         """Start func(*args, **kwargs) in a greenlet of this group (parking while a pool is full)."""
         g = Greenlet(func, *args, **kwargs)
         self.add(g)
         g.start()
         return g
 
-    def apply(self, func, args=(), kwds=None):
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> _T:
         """Return func(*args, **kwds) run in the group (directly if called from one of its greenlets)."""
         if getcurrent() in self.greenlets:
             return func(*args, **(kwds or {}))
         return self.spawn(func, *args, **(kwds or {})).get()
 
-    def map(self, func, iterable) -> list:
+    def map(self, func: Callable[[Any], _T], iterable: Iterable[Any]) -> list[_T]:
         """Return [func(x) for x in iterable], run in the group's greenlets; raise what a call raises."""
         return list(self.imap(func, iterable))
 
-    def imap(self, func, *iterables):
+    def imap(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
         """Yield func(*args) for args in zip(*iterables) in order, computed concurrently."""
         return self._imap(func, iterables, True)
 
-    def imap_unordered(self, func, *iterables):
+    def imap_unordered(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
         """Yield func(*args) for args in zip(*iterables) as each finishes."""
         return self._imap(func, iterables, False)
 
@@ -2194,7 +2238,7 @@ class Pool:
         finally:
             feeder.kill(block=False)
 
-    def join(self, timeout=None, raise_error=False) -> bool:
+    def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
         """Wait until the group is empty (True) or `timeout` passes (False); raise_error: raise the first failure."""
         with Timeout(timeout, False):
             if raise_error:
@@ -2202,7 +2246,8 @@ class Pool:
             self._empty.wait()
         return not self.greenlets
 
-    def kill(self, exception=GreenletExit, block=True, timeout=None) -> None:
+    def kill(self, exception: type[BaseException] | BaseException = GreenletExit, block: bool = True,
+             timeout: float | None = None) -> None:
         """Raise `exception` in every greenlet of the group; unless block is False, wait up to `timeout`."""
         killall(self.greenlets, exception, block=False)
         if block:
@@ -2216,7 +2261,7 @@ class Pool:
         """Return how many more greenlets could start at once (1 with no limit, as in gevent)."""
         return 1 if self._slots is None else self._slots.counter
 
-    def wait_available(self, timeout=None) -> int:
+    def wait_available(self, timeout: float | None = None) -> int:
         """Park until spawn() would not, or `timeout` passes; return free_count()."""
         if self._slots is not None:
             self._slots.wait(timeout)
@@ -2226,7 +2271,7 @@ class Pool:
 class Group(Pool):
     """A Pool without a size limit."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
 
 
@@ -2254,7 +2299,7 @@ class socket(_stdsocket.socket):
 
     __slots__ = ("_timeout", "_hub", "_entry")
 
-    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
         super().__init__(family, type, proto, fileno)
         self._timeout = _socket.socket.gettimeout(self)  # 0.0 with SOCK_NONBLOCK, as the stdlib's
         _socket.socket.settimeout(self, 0.0)
@@ -2262,22 +2307,22 @@ class socket(_stdsocket.socket):
 
     # -- timeouts -----------------------------------------------------------
 
-    def settimeout(self, value):
+    def settimeout(self, value: float | None) -> None:
         """Set the timeout of blocking calls: None blocks, 0 never does, t > 0 raises TimeoutError."""
         _socket.socket.settimeout(self, value)  # validates as the stdlib does
         self._timeout = _socket.socket.gettimeout(self)
         _socket.socket.settimeout(self, 0.0)
 
-    def gettimeout(self):
+    def gettimeout(self) -> float | None:
         """Return the timeout in seconds, or None."""
         return self._timeout
 
-    def setblocking(self, flag):
+    def setblocking(self, flag: bool) -> None:
         """setblocking(True) is settimeout(None); setblocking(False) is settimeout(0)."""
         _socket.socket.setblocking(self, flag)  # validates as the stdlib does
         self.settimeout(_socket.socket.gettimeout(self))
 
-    def getblocking(self):
+    def getblocking(self) -> bool:
         """Return False only if the socket is non-blocking (timeout 0)."""
         return self._timeout != 0.0
 
@@ -2325,26 +2370,26 @@ class socket(_stdsocket.socket):
         self._forget_fd()
         _ss.close(self)
 
-    def detach(self):
+    def detach(self) -> int:
         """Stop waiting on the fd and return it, leaving it open."""
         self._forget_fd()
         return super().detach()
 
-    def shutdown(self, how):
+    def shutdown(self, how: int) -> None:
         """Shut down one or both directions; greenlets waiting on them get EBADF (as in gevent)."""
         super().shutdown(how)
         hub, entry = self._hub, self._entry
         if hub is not None and hub._thread == _threading.get_ident():
-            for i, shut in enumerate((how != SHUT_WR, how != SHUT_RD)):  # noqa: F821
+            for i, shut in enumerate((how != _socket.SHUT_WR, how != _socket.SHUT_RD)):
                 if shut and entry.waiters[i] is not None:
                     entry.watchers[i].stop()  # so that the fd becoming ready cannot wake it first
                     hub.run_callback(_wake_closed, entry, entry.waiters[i])
 
     # -- the blocking calls ---------------------------------------------------
 
-    def accept(self):
+    def accept(self) -> tuple[socket, Any]:
         """Wait for a connection; return (socket, address)."""
-        fd, address = self._retry(_socket.socket._accept, _EV_READ)
+        fd, address = self._retry(_socket.socket._accept, _EV_READ)  # type: ignore[attr-defined]  # not in typeshed
         return socket(self.family, self.type, self.proto, fileno=fd), address
 
     def _retry(self, call, events, *args, **kwargs):
@@ -2366,7 +2411,7 @@ class socket(_stdsocket.socket):
             except BlockingIOError:
                 pass
 
-    def recv(self, bufsize, flags=0):
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to bufsize bytes; b"" at end of stream."""
         try:
             return _socket.socket.recv(self, bufsize, flags)
@@ -2375,7 +2420,7 @@ class socket(_stdsocket.socket):
                 raise
         return self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, flags)
 
-    def send(self, data, flags=0):
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         """Send some of data; return how many bytes were sent."""
         try:
             return _socket.socket.send(self, data, flags)
@@ -2384,7 +2429,7 @@ class socket(_stdsocket.socket):
                 raise
         return self._wait_and_retry(_socket.socket.send, _EV_WRITE, data, flags)
 
-    def sendall(self, data, flags=0):
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
         """Send all of data; the timeout bounds the whole call, not each piece."""
         try:  # usually all of it goes at once; and this checks data as the stdlib does
             sent = _socket.socket.send(self, data, flags)
@@ -2408,7 +2453,7 @@ class socket(_stdsocket.socket):
                         deadline = self._deadline()
                     self._wait(_EV_WRITE, deadline)
 
-    def connect(self, address):
+    def connect(self, address: Any) -> None:
         """Connect to address; a host name is resolved without blocking the hub.
 
         The timeout bounds the whole connection attempt.
@@ -2427,7 +2472,7 @@ class socket(_stdsocket.socket):
                 deadline, waited = self._deadline(), True
             self._wait(_EV_WRITE, deadline)
 
-    def connect_ex(self, address):
+    def connect_ex(self, address: Any) -> int:
         """Like connect(), but return an errno instead of raising OSError (0 on success)."""
         try:
             self.connect(address)
@@ -2443,7 +2488,7 @@ class socket(_stdsocket.socket):
         # Numeric addresses (and AF_UNIX paths) go straight to the OS; a host
         # name is looked up in a worker thread so a slow DNS stalls nobody.
         if not (isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str)
-                and self.family in (AF_INET, AF_INET6)):  # noqa: F821
+                and self.family in (_socket.AF_INET, _socket.AF_INET6)):
             return address
         host, port = address[0], address[1]
         if not isinstance(port, int) or not 0 <= port <= 65535 or host in ("", "<broadcast>") or "\0" in host:
@@ -2454,11 +2499,11 @@ class socket(_stdsocket.socket):
         except (OSError, ValueError):
             pass
         infos = getaddrinfo(host, port, self.family, self.type, self.proto)
-        return infos[0][4][:2] + tuple(address[2:]) if self.family == AF_INET6 else infos[0][4]  # noqa: F821
+        return infos[0][4][:2] + tuple(address[2:]) if self.family == _socket.AF_INET6 else infos[0][4]
 
-    def sendfile(self, file, offset=0, count=None):
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a file's contents (read and sent in pieces, cooperatively)."""
-        return self._sendfile_use_send(file, offset, count)
+        return self._sendfile_use_send(file, offset, count)  # type: ignore[attr-defined]  # not in typeshed
 
     def __repr__(self):
         text = super().__repr__()
@@ -2468,7 +2513,7 @@ class socket(_stdsocket.socket):
 def _cooperative(name, events, flags_at):
     call = getattr(_socket.socket, name)
 
-    def method(self, *args, **kwargs):
+    def method(self: socket, *args: Any, **kwargs: Any) -> Any:  # what the stdlib's takes and returns
         if name in ("recvmsg_into", "sendmsg"):  # a retry must see iterators of buffers whole again
             args = tuple(list(a) if i < 2 and hasattr(a, "__next__") else a for i, a in enumerate(args))
         try:
@@ -2495,28 +2540,29 @@ for _name, _events, _flags_at in (
 # ---------------------------------------------------------------------------
 # Module-level helpers
 
-def socketpair(family=None, type=_socket.SOCK_STREAM, proto=0):
+def socketpair(family: int | None = None, type: int = _socket.SOCK_STREAM, proto: int = 0) -> tuple[socket, socket]:
     """Return a pair of connected cooperative sockets (AF_UNIX where available)."""
     if family is None:
         family = getattr(_socket, "AF_UNIX", _socket.AF_INET)
-    return tuple(socket(family, type, proto, s.detach()) for s in _socket.socketpair(family, type, proto))
+    a, b = _socket.socketpair(family, type, proto)
+    return socket(family, type, proto, a.detach()), socket(family, type, proto, b.detach())
 
 
-def fromfd(fd, family, type, proto=0):
+def fromfd(fd: int, family: int, type: int, proto: int = 0) -> socket:
     """Return a cooperative socket on a duplicate of fd."""
     return socket(family, type, proto, _socket.dup(fd))
 
 
-def create_server(address, *, family=_socket.AF_INET, backlog=None, reuse_port=False,
-                  dualstack_ipv6=False):
+def create_server(address: Any, *, family: int = _socket.AF_INET, backlog: int | None = None,
+                  reuse_port: bool = False, dualstack_ipv6: bool = False) -> socket:
     """Return a cooperative listening TCP socket bound to address (stdlib arguments)."""
     sock = _std_create_server(address, family=family, backlog=backlog, reuse_port=reuse_port,
                               dualstack_ipv6=dualstack_ipv6)
     return sock if isinstance(sock, socket) else socket(sock.family, sock.type, sock.proto, sock.detach())
 
 
-def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *,
-                      all_errors=False):
+def create_connection(address: tuple[str | None, int], timeout: float | None = _DEFAULT_TIMEOUT,
+                      source_address: Any = None, *, all_errors: bool = False) -> socket:
     """Connect to (host, port), trying each address the name resolves to; return the socket.
 
     The timeout applies to each attempt, as in the stdlib. all_errors=True
@@ -2526,10 +2572,10 @@ def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT, sourc
         raise TypeError("create_connection(all_errors=True) needs Python 3.11 (ExceptionGroup)")
     host, port = address
     errors = []
-    for family, type_, proto, _, sockaddr in getaddrinfo(host, port, 0, SOCK_STREAM):  # noqa: F821
+    for family, type_, proto, _, sockaddr in getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
         sock = socket(family, type_, proto)
         try:
-            if timeout is not _stdsocket._GLOBAL_DEFAULT_TIMEOUT:
+            if timeout is not _DEFAULT_TIMEOUT:
                 sock.settimeout(timeout)
             if source_address:
                 sock.bind(source_address)
@@ -2541,7 +2587,7 @@ def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT, sourc
     if not errors:
         raise OSError("getaddrinfo returns an empty list")
     if all_errors:
-        raise ExceptionGroup("create_connection failed", errors)  # noqa: F821 (3.11+)
+        raise ExceptionGroup("create_connection failed", errors)  # type: ignore[name-defined]  # noqa: F821 (3.11+)
     raise errors[0]
 
 
@@ -2551,7 +2597,7 @@ def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT, sourc
 # not keep threads for ever. Numeric addresses need no lookup, no thread.
 
 _resolver = _threading.Condition(_threading.Lock())
-_resolver_jobs = _deque()     # work() closures waiting for a thread
+_resolver_jobs: _deque[Callable[[], None]] = _deque()  # work() closures waiting for a thread
 _resolver_threads = [0, 0]   # [running, idle], under _resolver
 
 
@@ -2621,31 +2667,32 @@ def _is_numeric(host):
     return False
 
 
-def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+def getaddrinfo(host: bytes | str | None, port: bytes | str | int | None, family: int = 0, type: int = 0,
+                proto: int = 0, flags: int = 0) -> list[tuple[Any, ...]]:
     """Return socket.getaddrinfo's list; a name is looked up in a worker thread, not blocking the hub."""
     if _is_numeric(host):
         return _std_getaddrinfo(host, port, family, type, proto, flags)
     return _run_in_thread(_std_getaddrinfo, host, port, family, type, proto, flags)
 
 
-def gethostbyname(hostname):
+def gethostbyname(hostname: str) -> str:
     """Return socket.gethostbyname's address; the lookup runs in a worker thread."""
     if _is_numeric(hostname) and hostname is not None:
         return _socket.gethostbyname(hostname)
     return _run_in_thread(_socket.gethostbyname, hostname)
 
 
-def gethostbyname_ex(hostname):
+def gethostbyname_ex(hostname: str) -> tuple[str, list[str], list[str]]:
     """Return socket.gethostbyname_ex's (name, aliases, addresses); the lookup runs in a worker thread."""
     return _run_in_thread(_socket.gethostbyname_ex, hostname)
 
 
-def gethostbyaddr(ip_address):
+def gethostbyaddr(ip_address: str) -> tuple[str, list[str], list[str]]:
     """Return socket.gethostbyaddr's (name, aliases, addresses); the lookup runs in a worker thread."""
     return _run_in_thread(_socket.gethostbyaddr, ip_address)
 
 
-def getnameinfo(sockaddr, flags):
+def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
     """Return socket.getnameinfo's (host, port); the lookup runs in a worker thread unless both are numeric."""
     numeric = _socket.NI_NUMERICHOST | _socket.NI_NUMERICSERV
     if isinstance(flags, int) and flags & numeric == numeric:
@@ -2653,7 +2700,7 @@ def getnameinfo(sockaddr, flags):
     return _run_in_thread(_socket.getnameinfo, sockaddr, flags)
 
 
-def getfqdn(name=""):
+def getfqdn(name: str = "") -> str:
     """Return socket.getfqdn's fully qualified name for name; the lookup runs in a worker thread."""
     name = name.strip()
     if not name or name in ("0.0.0.0", "::"):
@@ -2665,7 +2712,9 @@ def getfqdn(name=""):
     return next((n for n in [hostname, *aliases] if "." in n), hostname)
 
 
-def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=_EV_READ | _EV_WRITE):
+def wait_readwrite(fileno: FileDescriptorLike, timeout: float | None = None,
+                   timeout_exc: type[BaseException] | BaseException | None = None, *,
+                   events: int = _EV_READ | _EV_WRITE) -> None:
     """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds.
 
     timeout_exc defaults to TimeoutError("timed out"), as a socket's timeout raises.
@@ -2690,12 +2739,14 @@ def wait_readwrite(fileno, timeout=None, timeout_exc=None, *, events=_EV_READ | 
             hub._forget(entry, keep_watchers=True)
 
 
-def wait_read(fileno, timeout=None, timeout_exc=None):
+def wait_read(fileno: FileDescriptorLike, timeout: float | None = None,
+              timeout_exc: type[BaseException] | BaseException | None = None) -> None:
     """Park until fileno is readable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=_EV_READ)
 
 
-def wait_write(fileno, timeout=None, timeout_exc=None):
+def wait_write(fileno: FileDescriptorLike, timeout: float | None = None,
+               timeout_exc: type[BaseException] | BaseException | None = None) -> None:
     """Park until fileno is writable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=_EV_WRITE)
 
@@ -2716,8 +2767,13 @@ class StreamServer:
 
     stop_timeout = 1  # seconds stop() waits for the running handlers before it kills them
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
+    _acceptor: Greenlet | None  # (for type checkers)
 
-    def __init__(self, listener, handle, backlog=None, spawn="default", ssl_context=None):
+    def __init__(self, listener: tuple[str, int] | _stdsocket.socket, handle: Callable[[socket, Any], object],
+                 backlog: int | None = None, spawn: Literal["default"] | int | Pool = "default",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.socket: socket | None  # the listener, once there is one
+        self._given: _socket.socket | None  # the one given, if any
         if isinstance(listener, _socket.socket):
             if backlog is not None:
                 raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
@@ -2746,7 +2802,7 @@ class StreamServer:
         if self.closed:
             raise ValueError("This server is closed: create a new StreamServer")
         if self.socket is None:
-            family = AF_INET6 if ":" in self.address[0] else AF_INET  # noqa: F821
+            family = _socket.AF_INET6 if ":" in self.address[0] else _socket.AF_INET
             self.socket = create_server(self.address, family=family, backlog=self.backlog or self.backlog_default)
             self.address = self.socket.getsockname()  # the real port; kept once the socket is closed
         if not self.started:
@@ -2756,6 +2812,7 @@ class StreamServer:
         """Start, and park until the server is closed (then stop, if an exception ends the wait)."""
         self.start()
         try:
+            assert self._acceptor is not None  # (for type checkers) start() set it
             self._acceptor.join()
         finally:
             if not self.closed:
@@ -2770,7 +2827,7 @@ class StreamServer:
             if sock is not None:
                 sock.close()
 
-    def stop(self, timeout=None) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Close, wait up to `timeout` (None: stop_timeout) for the running handlers, then kill the rest.
 
         Called from a handler, it waits for and kills the others, and returns.
@@ -2813,11 +2870,11 @@ class StreamServer:
         finally:
             conn.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -2835,7 +2892,7 @@ _std_select, _std_poll = _select.select, getattr(_select, "poll", None)  # befor
 _TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # PEP 562: the TLS classes are built, and ssl imported, on first use only.
     if name in _TLS_NAMES:
         _build_tls()
@@ -2843,19 +2900,22 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted({*globals(), *_TLS_NAMES})
 
 
-def _build_tls():
+def _build_tls() -> Any:
     import ssl
 
-    class SSLSocket(ssl.SSLSocket, socket):
+    class SSLSocket(ssl.SSLSocket, socket):  # type: ignore[misc]  # accept(): each returns its own class
         """ssl.SSLSocket, cooperative: the handshake, reads and writes park only the calling greenlet.
 
         Made by SSLContext.wrap_socket(). Raises the ssl module's errors, and
         TimeoutError once the socket's timeout (one deadline per call) passes.
         """
+
+        _sslobj: Any  # (for type checkers) ssl.SSLSocket's own, absent from typeshed
+        _check_connected: Callable[[], None]
 
         def _tls_retry(self, call, *args, block=False, deadline=False):
             # OpenSSL on a non-blocking fd says which way it must wait (a read
@@ -2872,24 +2932,24 @@ def _build_tls():
                     deadline = None if block and self._timeout == 0.0 else self._deadline()
                 self._wait(events, deadline)
 
-        def do_handshake(self, block=False):
+        def do_handshake(self, block: bool = False) -> None:
             """Perform the TLS handshake (wrap_socket and connect do it unless told not to)."""
             self._check_connected()
             self._tls_retry(self._sslobj.do_handshake, block=block)
 
-        def read(self, len=1024, buffer=None):
+        def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
             """Read up to len bytes (into buffer: return the count); b"" or 0 at the end."""
             return self._tls_retry(super().read, len, buffer)
 
-        def write(self, data):
+        def write(self, data: ReadableBuffer) -> int:
             """Write data as TLS records; return how many bytes were written."""
             return self._tls_retry(super().write, data)
 
-        def send(self, data, flags=0):
+        def send(self, data: ReadableBuffer, flags: int = 0) -> int:
             """Send data (over TLS once it is set up); return how many bytes were sent."""
             return self._tls_retry(super().send, data, flags)
 
-        def sendall(self, data, flags=0):
+        def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
             """Send all of data; the timeout bounds the whole call, not each piece."""
             if self._sslobj is None or flags:
                 return super().sendall(data, flags)  # plain, or the stdlib's ValueError
@@ -2899,7 +2959,7 @@ def _build_tls():
                 while sent < len(view):
                     sent += self._tls_retry(self._sslobj.write, view[sent:], deadline=deadline)
 
-        def unwrap(self):
+        def unwrap(self) -> socket:
             """Close TLS (close_notify both ways) and return the socket, now plain."""
             return self._tls_retry(super().unwrap)
 
@@ -2915,7 +2975,8 @@ def _build_tls():
 
     std_create_default_context = ssl.create_default_context
 
-    def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+    def create_default_context(purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: str | None = None,
+                               capath: str | None = None, cadata: str | bytes | None = None) -> ssl.SSLContext:
         """Return ssl.create_default_context(...) as a coopsock.SSLContext; raise what it raises."""
         context = std_create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
         context.__class__ = SSLContext  # the same layout: only the class wrap_socket() uses changes
@@ -2981,7 +3042,9 @@ def _wait_any(fds, timeout):
         raise raised[0]
 
 
-def select(rlist, wlist, xlist, timeout: "float | None" = None) -> "tuple[list, list, list]":
+def select(rlist: Iterable[FileDescriptorLike], wlist: Iterable[FileDescriptorLike],
+           xlist: Iterable[FileDescriptorLike],
+           timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
     """select.select, cooperative: park until an fd is ready or timeout seconds pass.
 
     Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
@@ -2995,7 +3058,7 @@ def select(rlist, wlist, xlist, timeout: "float | None" = None) -> "tuple[list, 
         remaining = None if deadline is None else deadline - _monotonic()
         if any(ready) or (remaining is not None and remaining <= 0):
             return ready
-        fds = {}
+        fds: dict[int, int] = {}
         for fds_in, events in ((rlist, _EV_READ), (wlist, _EV_WRITE)):
             for fd in fds_in:
                 fd = _fileno(fd)
@@ -3010,25 +3073,27 @@ if hasattr(_select, "poll"):
     class poll:
         """select.poll(), cooperative: poll() parks only the calling greenlet."""
 
-        def __init__(self):
-            self._poll, self._fds = _std_poll(), {}  # {fd: eventmask}
+        def __init__(self) -> None:
+            self._fds: dict[int, int] = {}  # {fd: eventmask}
+            self._poll = _std_poll()  # type: ignore[misc]  # not None where poll exists
 
-        def register(self, fd, eventmask=_select.POLLIN | _select.POLLPRI | _select.POLLOUT):
+        def register(self, fd: FileDescriptorLike,
+                     eventmask: int = _select.POLLIN | _select.POLLPRI | _select.POLLOUT) -> None:
             """Watch fd for eventmask; raise what select.poll().register raises."""
             self._poll.register(fd, eventmask)
             self._fds[_fileno(fd)] = eventmask
 
-        def modify(self, fd, eventmask):
+        def modify(self, fd: FileDescriptorLike, eventmask: int) -> None:
             """Change what fd is watched for; OSError(ENOENT) if it is not registered."""
             self._poll.modify(fd, eventmask)
             self._fds[_fileno(fd)] = eventmask
 
-        def unregister(self, fd):
+        def unregister(self, fd: FileDescriptorLike) -> None:
             """Stop watching fd; KeyError if it is not registered."""
             self._poll.unregister(fd)
             del self._fds[_fileno(fd)]
 
-        def poll(self, timeout: "int | None" = None) -> "list[tuple[int, int]]":
+        def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
             """Return [(fd, events)] once something is ready, waiting at most timeout ms (None, < 0: no limit)."""
             timeout = _select_timeout(timeout, "an integer")
             deadline = None if timeout is None or timeout < 0 else _monotonic() + timeout / 1000
@@ -3050,7 +3115,7 @@ if hasattr(_select, "poll"):
 
         _selector_cls = poll
 else:
-    class DefaultSelector(_selectors.SelectSelector):
+    class DefaultSelector(_selectors.SelectSelector):  # type: ignore[no-redef]  # where poll() is missing
         """selectors.DefaultSelector, cooperative: select() parks only the calling greenlet."""
 
         _select = staticmethod(select)
@@ -3061,7 +3126,7 @@ else:
 _SOCKET_NAMES = ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
                  "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn")
 _MISSING = object()
-_originals = {}  # {(module or class, attribute): what patch() replaced there}
+_originals: dict[tuple[Any, str], Any] = {}  # {(module or class, attribute): what patch() replaced there}
 
 
 def _patch_table(wanted):
