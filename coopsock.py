@@ -40,7 +40,7 @@ The invariants a reader must hold:
   forces one; ``coopsock.BACKEND`` names the one in use.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # the hub and greenlets
