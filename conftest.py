@@ -17,6 +17,15 @@ def _unavailable(name):
     return None
 
 
+def pytest_collection_modifyitems(items):
+    """Mark the tests of an absent backend skipped: -rs then says why in one line per file, not per test."""
+    reasons = {name: _unavailable(name) for name in BACKENDS}
+    for item in items:
+        name = item.callspec.params.get("backend") if hasattr(item, "callspec") else None
+        if reasons.get(name):
+            item.add_marker(pytest.mark.skip(reason=f"the {name} backend is absent here: {reasons[name]}"))
+
+
 @pytest.fixture(params=BACKENDS, autouse=True)
 def backend(request):
     """Run every test on each loop backend present on this machine."""
