@@ -17,13 +17,12 @@ def _unavailable(name):
     return None
 
 
-def pytest_collection_modifyitems(items):
-    """Mark the tests of an absent backend skipped: -rs then says why in one line per file, not per test."""
-    reasons = {name: _unavailable(name) for name in BACKENDS}
-    for item in items:
-        name = item.callspec.params.get("backend") if hasattr(item, "callspec") else None
-        if reasons.get(name):
-            item.add_marker(pytest.mark.skip(reason=f"the {name} backend is absent here: {reasons[name]}"))
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Report every skip for an absent backend from _unavailable, so that -rs folds them into one line."""
+    report = (yield).get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and "backend is absent here" in report.longrepr[2]:
+        report.longrepr = (__file__, _unavailable.__code__.co_firstlineno, report.longrepr[2])
 
 
 @pytest.fixture(params=BACKENDS, autouse=True)
