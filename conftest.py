@@ -17,6 +17,14 @@ def _unavailable(name):
     return None
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Report every skip for an absent backend from _unavailable, so that -rs folds them into one line."""
+    report = (yield).get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and "backend is absent here" in report.longrepr[2]:
+        report.longrepr = (__file__, _unavailable.__code__.co_firstlineno, report.longrepr[2])
+
+
 @pytest.fixture(params=BACKENDS, autouse=True)
 def backend(request):
     """Run every test on each loop backend present on this machine."""

@@ -42,7 +42,7 @@ The invariants a reader must hold:
 
 from __future__ import annotations as _annotations  # hints stay strings: typing is never imported
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # the hub and greenlets
