@@ -616,23 +616,26 @@ print(json.dumps(v))
 
 
 def pypy_lines(results):
-    """Rows of round trips/s ratios for each *-pypy server: to gevent, and to its backend on CPython."""
+    """Rows for each *-pypy server: round trips/s and server CPU per round trip, as ratios to gevent and to
+    the same loop on CPython."""
     pp = [c for c in ("pp64-1", "pp64-100", "pp64-1000") if c in results]
     names = list(dict.fromkeys(n for c in pp for n in results[c] if n.endswith(PYPY)))
     if not names:
         return []
+
+    def pair(per_server, mine, theirs):
+        out = []
+        for key in ("rps", "cpu_us_per_rt"):
+            a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
+            out.append(f"{a[0] / b[0]:.2f}x" if a and b and b[0] else "-")
+        return " / ".join(out)
     conns = [f"{CASES[c][1]:,} conn" for c in pp]
-    lines = ["| server | " + " | ".join(f"rt/s x gevent, {c}" for c in conns) + " | "
-             + " | ".join(f"x the same on CPython, {c}" for c in conns) + " |",
+    lines = ["| server | " + " | ".join(f"x gevent, {c}" for c in conns) + " | "
+             + " | ".join(f"x same loop on CPython, {c}" for c in conns) + " |",
              "|---|" + "---:|" * (2 * len(pp))]
     for name in names:
-        cpython = name[:-len(PYPY)]
-        vs_base = [ratio(results[c], name, "rps") for c in pp]
-        vs_cpy = []
-        for c in pp:
-            a, b = stats(results[c].get(name, []), "rps"), stats(results[c].get(cpython, []), "rps")
-            vs_cpy.append(a[0] / b[0] if a and b and b[0] else None)
-        lines.append(f"| {name} | " + " | ".join("-" if r is None else f"{r:.2f}x" for r in vs_base + vs_cpy) + " |")
+        cells = [pair(results[c], name, BASELINE) for c in pp] + [pair(results[c], name, name[:-len(PYPY)]) for c in pp]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -752,7 +755,8 @@ def write_report(data, outdir):
         md += ["", "## coopsock on PyPy", "",
                (f"The `*{PYPY}` servers are coopsock's own server run by PyPy, in the same interleaved run as "
                 "gevent on CPython; their JIT warms up during the warm-up run before each measurement. "
-                "Medians of round trips/s as ratios:"), ""] + pypy
+                "Each cell: the ratio of the medians of round trips/s (higher is better) / of server CPU "
+                "per round trip (lower is better; the steadier figure when the machine is busy):"), ""] + pypy
     head = ["| target | goal | measured | verdict |", "|---|---|---|---|"]
     md += ["", "## Targets (issue 8)", ""] + head + targets_issue8(results)
     md += ["", "## Earlier targets (issue 4)", ""] + head + target_lines(results)
