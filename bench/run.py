@@ -4,6 +4,7 @@
     python bench/run.py --quick      # shorter measurements, 1 repeat, 2,000 idle connections
     python bench/run.py --smoke      # a few seconds: one short case per coopsock backend (CI)
     python bench/run.py --cases pp64-100,micro --servers coopsock-libev,gevent
+    python bench/run.py --cases pp64-100 --servers coopsock-selectors-pypy,coopsock-libev-pypy --pypy PATH
 
 Each echo server (bench/servers/) runs in its own process pinned to CPU 0; the C
 load generator (bench/loadgen.c, compiled on first use) runs on CPU 1. For each
@@ -16,6 +17,10 @@ machines are shared and noisy, so only ratios from one run compare.
 A full run writes bench/RESULTS.md, bench/results.png and bench/results.json; a
 partial or --quick run writes the same files under bench/out/. --render
 rebuilds the report from a results.json without measuring.
+
+The servers named *-pypy are the same coopsock servers run by PyPy (--pypy, or
+$COOPSOCK_BENCH_PYPY, or pypy3 on PATH) in the same run as gevent on CPython;
+they run only when named in --servers or when --pypy is given.
 """
 import argparse
 import datetime
@@ -71,6 +76,16 @@ SERVERS = {
                 "reference, not a library: a C epoll echo server, the floor this machine and load generator allow"),
 }
 COOPSOCK_BACKENDS = ("libev", "selectors", "pyev")
+PYPY = "-pypy"  # suffix of the servers that PyPy runs; the interpreter is chosen in main()
+for _backend in COOPSOCK_BACKENDS:
+    SERVERS[f"coopsock-{_backend}{PYPY}"] = (["coopsock_server.py"], {"COOPSOCK_LOOP": _backend}, None,
+                                             f"coopsock on PyPy, {_backend} (accept loop + spawn)")
+PYTHONS = {"cpython": sys.executable, "pypy": None}  # the interpreter of each kind of server
+
+
+def python_of(name):
+    """The interpreter that runs server (or micro library) `name`: PyPy for *-pypy, else this one."""
+    return PYTHONS["pypy" if name.endswith(PYPY) else "cpython"]
 
 # name: (kind, connections, message size, title)
 CASES = {
@@ -86,6 +101,7 @@ MICRO_LIBS = {  # name: (library argument of micro.py, environment)
     "coopsock-libev": ("coopsock", {"COOPSOCK_LOOP": "libev"}),
     "coopsock-selectors": ("coopsock", {"COOPSOCK_LOOP": "selectors"}),
     "coopsock-pyev": ("coopsock", {"COOPSOCK_LOOP": "pyev"}),
+    **{f"coopsock-{b}{PYPY}": ("coopsock", {"COOPSOCK_LOOP": b}) for b in COOPSOCK_BACKENDS},
     "gevent": ("gevent", {}),
     "eventlet": ("eventlet", {}),
 }
@@ -137,19 +153,34 @@ def module_imports(name, env=None):
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True).returncode == 0
 
 
-def coopsock_backend_ok(backend):
+def coopsock_backend_ok(backend, python=None):
     env = dict(os.environ, COOPSOCK_LOOP=backend)
     code = ("import os, sys; sys.path.insert(0, os.environ.get('COOPSOCK_PATH', '.')); import coopsock; "
             "sys.exit(coopsock.BACKEND != sys.argv[1])")
-    return subprocess.run([sys.executable, "-c", code, backend], env=env, cwd=REPO,
+    return subprocess.run([python or sys.executable, "-c", code, backend], env=env, cwd=REPO,
                           capture_output=True).returncode == 0
 
 
-def available_servers():
+def find_pypy(path):
+    """Resolve --pypy, else $COOPSOCK_BENCH_PYPY, else pypy3 on PATH; None if none is given or found."""
+    given = path or os.environ.get("COOPSOCK_BENCH_PYPY")
+    found = shutil.which(given or "pypy3")
+    if given and not found:
+        raise SystemExit(f"bench: PyPy {given!r} is not an executable: pass --pypy PATH of a PyPy python")
+    return found
+
+
+def available_servers(wanted):
+    """The servers of `wanted` that can run here."""
     names = []
     for name, (_, env, module, _) in SERVERS.items():
+        if name not in wanted:
+            continue
+        if name.endswith(PYPY) and PYTHONS["pypy"] is None:
+            log(f"bench: skipping {name}: no PyPy found: pass --pypy PATH or set COOPSOCK_BENCH_PYPY")
+            continue
         if name.startswith("coopsock-"):
-            ok = coopsock_backend_ok(env["COOPSOCK_LOOP"])
+            ok = coopsock_backend_ok(env["COOPSOCK_LOOP"], python_of(name))
         elif name == "c-epoll":
             try:
                 build(C_SERVER)
@@ -296,7 +327,7 @@ class Server:
         self.name = name
         script, env, _, _ = SERVERS[name]
         path = os.path.join(SERVERS_DIR, script[0])
-        self.argv = pin.server() + ([sys.executable, path] if path.endswith(".py") else [path]) + script[1:]
+        self.argv = pin.server() + ([python_of(name), path] if path.endswith(".py") else [path]) + script[1:]
         self.env = dict(os.environ, PYTHONWARNINGS="ignore", **env)
         self.logpath = os.path.join(logdir, f"{tag}.log")
         self.proc = None
@@ -450,7 +481,7 @@ def measure_memory(server_name, case, args, pin, logdir, tag):
 
 def measure_micro(lib_name, args, pin, logdir, quiet=None):
     lib, env = MICRO_LIBS[lib_name]
-    cmd = pin.server() + [sys.executable, os.path.join(HERE, "micro.py"), lib, "--time", str(args.micro_time)]
+    cmd = pin.server() + [python_of(lib_name), os.path.join(HERE, "micro.py"), lib, "--time", str(args.micro_time)]
 
     def measure():
         others0, t0 = user_cpu_by_pid(), time.monotonic()
@@ -573,9 +604,39 @@ print(json.dumps(v))
         info["versions"] = json.loads(proc.stdout)
     except ValueError:
         info["versions"] = {"error": proc.stderr[-300:]}
+    if any(name.endswith(PYPY) for name in servers):
+        code = ("import sys, greenlet; v = sys.pypy_version_info; "
+                "print('PyPy %d.%d.%d (Python %s), greenlet %s' % (v[:3] + (sys.version.split()[0], "
+                "greenlet.__version__)))")
+        proc = subprocess.run([PYTHONS["pypy"], "-c", code], check=False, cwd=REPO, capture_output=True, text=True)
+        info["pypy"] = f"{(proc.stdout.strip() or proc.stderr.strip()[-200:])}, run as {PYTHONS['pypy']}"
     info.update(snapshot)
     info["servers"] = {name: SERVERS[name][3] for name in servers}
     return info
+
+
+def pypy_lines(results):
+    """Rows for each *-pypy server: round trips/s and server CPU per round trip, as ratios to gevent and to
+    the same loop on CPython."""
+    pp = [c for c in ("pp64-1", "pp64-100", "pp64-1000") if c in results]
+    names = list(dict.fromkeys(n for c in pp for n in results[c] if n.endswith(PYPY)))
+    if not names:
+        return []
+
+    def pair(per_server, mine, theirs):
+        out = []
+        for key in ("rps", "cpu_us_per_rt"):
+            a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
+            out.append(f"{a[0] / b[0]:.2f}x" if a and b and b[0] else "-")
+        return " / ".join(out)
+    conns = [f"{CASES[c][1]:,} conn" for c in pp]
+    lines = ["| server | " + " | ".join(f"x gevent, {c}" for c in conns) + " | "
+             + " | ".join(f"x same loop on CPython, {c}" for c in conns) + " |",
+             "|---|" + "---:|" * (2 * len(pp))]
+    for name in names:
+        cells = [pair(results[c], name, BASELINE) for c in pp] + [pair(results[c], name, name[:-len(PYPY)]) for c in pp]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def target_checker(lines):
@@ -660,6 +721,8 @@ def write_report(data, outdir):
           "## Machine and method", "",
           f"- CPUs (`nproc`): {info['nproc']}; CPU: {info['cpu']}; kernel {info['kernel']}; Python {info['python']}",
           "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
+          *([f"- The `*{PYPY}` servers: {info['pypy']}; the others and the harness: CPython {info['python']}"]
+            if info.get("pypy") else []),
           f"- coopsock.py at commit {info['commit']}{' with uncommitted changes' if info['coopsock_dirty'] else ''}"
           f" (sha256 {info.get('coopsock_sha256', '?')}..., copied aside when the run began)",
           f"- Pinning: {meta['pinning']}",
@@ -687,6 +750,13 @@ def write_report(data, outdir):
                f"were repeated). {len(noisy)} measurements stayed noisy after the retries"
                + ("; their servers are marked * in the tables." if noisy else ".")]
 
+    pypy = pypy_lines(results)
+    if pypy:
+        md += ["", "## coopsock on PyPy", "",
+               (f"The `*{PYPY}` servers are coopsock's own server run by PyPy, in the same interleaved run as "
+                "gevent on CPython; their JIT warms up during the warm-up run before each measurement. "
+                "Each cell: the ratio of the medians of round trips/s (higher is better) / of server CPU "
+                "per round trip (lower is better; the steadier figure when the machine is busy):"), ""] + pypy
     head = ["| target | goal | measured | verdict |", "|---|---|---|---|"]
     md += ["", "## Targets (issue 8)", ""] + head + targets_issue8(results)
     md += ["", "## Earlier targets (issue 4)", ""] + head + target_lines(results)
@@ -846,6 +916,8 @@ def parse_args(argv):
     ap.add_argument("--retries", type=int, default=2, help="re-measurements of a noisy measurement (default 2)")
     ap.add_argument("--quiet-budget", type=float, default=600,
                     help="seconds the whole run may wait for other processes to calm down (default 600)")
+    ap.add_argument("--pypy", metavar="PATH", help=f"the PyPy python that runs the *{PYPY} servers (default: "
+                    "$COOPSOCK_BENCH_PYPY, else pypy3 on PATH); given, they join the default servers")
     ap.add_argument("--no-install", action="store_true", help="do not pip-install missing peers")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="rebuild RESULTS.md and the chart from a results.json")
     args = ap.parse_args(argv)
@@ -901,7 +973,8 @@ def main(argv=None):
 
     if not args.no_install:
         ensure_peers()
-    servers = available_servers()
+    PYTHONS["pypy"] = find_pypy(args.pypy)
+    servers = available_servers(args.servers or [n for n in SERVERS if args.pypy or not n.endswith(PYPY)])
     if args.servers:
         servers = [s for s in args.servers if s in servers]
     args.micro_libs = [n for n in MICRO_LIBS if n in servers or (n == "gevent" and module_imports("gevent"))
