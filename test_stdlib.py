@@ -132,10 +132,12 @@ def test_tls_big_sendall_parks_while_the_peer_reads(client_ctx, server_ctx):
                 got += server.read(65536)
             return bytes(got)
         reader = coopsock.spawn(read_all)
-        with Ticker() as ticker:
-            client.sendall(data)
-            assert reader.get(timeout=10) == data
-        assert ticker.ticks > 0
+        turns = []  # a greenlet that runs whenever the hub has a pass: sendall must have let it
+        spinner = coopsock.spawn(lambda: [turns.append(coopsock.sleep(0)) for _ in iter(int, 1)])
+        client.sendall(data)  # 4 MiB: more than the socket buffers hold, so it parks until read
+        assert reader.get(timeout=10) == data
+        spinner.kill()
+        assert turns, "sendall never let another greenlet run"
 
 
 def test_tls_makefile_and_sendfile(client_ctx, server_ctx, tmp_path):
