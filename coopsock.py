@@ -807,7 +807,8 @@ class _Fd:
 
     def __init__(self, fd, owner):
         self.fd, self.owner = fd, owner  # owner: a weak reference to the socket, None for a raw fd
-        self.waiters, self.watchers, self.deadlines = [None, None], [None, None], [None, None]  # [reading, writing]
+        self.waiters, self.watchers = [None, None], [None, None]  # [reading, writing]
+        self.deadlines = [_NO_DEADLINE, _NO_DEADLINE]
 
 
 class _Drain:
@@ -930,17 +931,14 @@ class Hub(_greenlet):
                     f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
                     f"use one greenlet per direction, or a lock")
             (watchers[i] or self._watch(entry, i)).start()
-        # From here to the try, and all through the finally, no call: a signal
-        # handler runs only at calls and loops, so the bookkeeping is atomic.
-        # The deadline is set inside the try, where the finally can always
-        # cancel it; it throws with a C call, so it too is all or nothing.
+        # From here to the try, and all through the finally, no call and no
+        # branch: a signal handler runs only at calls and loops (and, on 3.10,
+        # at a jumping if), so the bookkeeping is atomic. The deadline is set
+        # inside the try, where the finally can always cancel it; it throws
+        # with a C call, so it too is all or nothing.
         slot = 0 if events != _EV_WRITE else 1
-        if events == _EV_READ:
-            waiters[0] = current
-        elif events == _EV_WRITE:
-            waiters[1] = current
-        else:
-            waiters[0] = waiters[1] = current
+        waiters[0] = (waiters[0], current)[events & 1]
+        waiters[1] = (waiters[1], current)[events >> 1]
         self._waiting += 1
         try:
             if deadline is not None:
@@ -948,13 +946,10 @@ class Hub(_greenlet):
             return _greenlet.switch(self)
         finally:
             self._waiting -= 1
-            if waiters[0] is current:
-                waiters[0] = None
-            if waiters[1] is current:
-                waiters[1] = None
-            timer = entry.deadlines[slot]
-            if timer is not None:
-                timer.func = entry.deadlines[slot] = None
+            waiters[0] = (waiters[0], None)[waiters[0] is current]
+            waiters[1] = (waiters[1], None)[waiters[1] is current]
+            entry.deadlines[slot].func = None  # _NO_DEADLINE's too: harmless
+            entry.deadlines[slot] = _NO_DEADLINE
 
     def _watch(self, entry, i):
         spares = self._spare_ios[i]
@@ -1223,6 +1218,8 @@ class _Callback:
 
     pending = property(lambda self: self.func is not None)
 
+
+_NO_DEADLINE = _Callback(None, (), None, 0)  # what an fd's wait without a deadline holds: cancelling it is a no-op
 
 def _check_fd(fd):
     """Return fd as an int if a loop may watch it; else raise as select() does."""
