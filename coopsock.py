@@ -3124,19 +3124,33 @@ def _echo(conn, address, served, idle_timeout, log):
 
 
 def _serve(args, log):
-    """Accept connections until Ctrl-C or SIGTERM; return the exit status."""
+    """Listen, fork the other workers, accept until Ctrl-C or SIGTERM; return the exit status."""
     import signal
 
     def stop(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `cmd &`)
+    host, family, address = args.host
+    dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
     try:
-        listener = create_server((args.host, args.port), backlog=args.backlog, reuse_port=args.workers > 1)
+        listener = create_server((host, args.port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
     except OSError as exc:
-        return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
-    log.info("echo server listening on %s:%d (loop backend: %s, pid %d)",
-             *listener.getsockname()[:2], BACKEND, _os.getpid())
+        hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
+                 _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
+                 _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
+        log.error("cannot listen on %s port %d: %s; %s", host, args.port, exc.strerror or exc,
+                  hints.get(exc.errno, "check --host and --port"))
+        return 1
+    children, forked = [], False  # the workers share the listener, each with a hub of its own (none yet)
+    for _ in range(args.workers - 1):
+        pid = _os.fork()
+        if pid == 0:
+            children, forked = [], True
+            break
+        children.append(pid)
+    log.info("echo server listening on %s port %d%s (loop backend: %s, pid %d)", host,
+             listener.getsockname()[1], ", IPv4 too" if dualstack else "", BACKEND, _os.getpid())
     served = {"connections": 0, "bytes": 0}
 
     def handle(conn, address):
@@ -3145,57 +3159,41 @@ def _serve(args, log):
             return
         served["connections"] += 1
         _echo(conn, address, served, args.idle_timeout, log)
-    server = StreamServer(listener, handle)
+    server = StreamServer(listener, handle)  # out of fds, its accept loop backs off and logs once
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
-    return 0
+    if forked:
+        _os._exit(0)
+    for pid in children:  # one that has ended stays a zombie until waited for: kill() cannot miss
+        _os.kill(pid, signal.SIGTERM)
+    codes = [_os.waitstatus_to_exitcode(_os.waitpid(pid, 0)[1]) for pid in children]
+    return max(codes, default=0, key=abs)
 
 
-def _fail(log, what, exc):
-    hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
-             _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
-             _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
-    hint = "check --host" if (exc.errno or 0) < 0 else hints.get(exc.errno, "check --host and --port")
-    reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
-    log.error("%s: %s; %s", what, reason, hint)
-    return 1
+def _option(kind, low, high, what):
+    """Return an argparse type: a `kind` from low to high, else an error that says `what`."""
+    def parse(text):
+        try:
+            if low <= kind(text) <= high:  # NaN fails too
+                return kind(text)
+        except ValueError:
+            pass
+        raise __import__("argparse").ArgumentTypeError(f"{text!r} is not {what}")
+    return parse
 
 
-def _serve_workers(args, log):
-    """Fork args.workers processes that share the port through SO_REUSEPORT."""
-    import signal
-    if not hasattr(_stdsocket, "SO_REUSEPORT"):
-        log.error("--workers needs SO_REUSEPORT, which this OS lacks: run one process per port instead")
-        return 2
-    try:  # fail here, once, rather than in every worker
-        create_server((args.host, args.port), reuse_port=True).close()
-    except OSError as exc:
-        return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
-    children = []
-    for _ in range(args.workers):
-        pid = _os.fork()
-        if pid == 0:
-            _os._exit(_serve(args, log))
-        children.append(pid)
-
-    def forward(signum, frame):
-        for pid in children:
-            try:
-                _os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    status = 0
-    for pid in children:
-        _, code = _os.waitpid(pid, 0)
-        status = status or _os.waitstatus_to_exitcode(code)
-    log.info("all %d workers stopped", args.workers)
-    return status
+def _host(name):
+    """Return (name, family, address) to listen on for --host, its first address."""
+    try:  # the stdlib's: no hub yet, nor the --loop to make it with
+        info = _std_getaddrinfo(name or None, 0, 0, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        raise __import__("argparse").ArgumentTypeError(
+            f"{name!r} is no address ({exc}): use an IP address of this machine (127.0.0.1, ::1...)")
+    return name, info[0], info[4][0]
 
 
 def main(argv=None):
@@ -3203,18 +3201,23 @@ def main(argv=None):
     import argparse
     import logging
     parser = argparse.ArgumentParser(prog="python -m coopsock", description="A cooperative TCP echo server.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
-    parser.add_argument("--backlog", type=int, default=1024, help="listen backlog (default: %(default)s)")
-    parser.add_argument("--max-connections", type=int, default=1000, metavar="N",
-                        help="close new connections beyond N open ones (default: %(default)s)")
-    parser.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
-                        help="close a connection silent this long; 0 never (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="processes sharing the port via SO_REUSEPORT (default: %(default)s)")
-    parser.add_argument("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
-    parser.add_argument("--version", action="version", version=f"coopsock {__version__}")
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")  # one line
+    add, many = parser.add_argument, float("inf")
+    add("--host", type=_host, default="127.0.0.1", help="IPv4 or IPv6 address; :: is IPv4 too where the OS "
+        "allows (default: %(default)s)")
+    add("--port", type=_option(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"),
+        default=8000, help="TCP port (default: %(default)s)")
+    add("--backlog", type=_option(int, 0, 2**31 - 1, "a backlog: use 0 to 2147483647"), default=1024,
+        help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)")
+    add("--max-connections", type=_option(int, 1, many, "a count: use 1 or more"), default=1000, metavar="N",
+        help="close new connections beyond N open ones (default: %(default)s)")
+    add("--idle-timeout", type=_option(float, 0, 86400 * 365, "a duration: use 0 (never) to 31536000 s"),
+        default=300.0, metavar="SECONDS", help="close a connection silent this long; 0 never (default: %(default)s)")
+    add("--workers", type=_option(int, 1, many, "a count: use 1 or more"), default=1, metavar="N",
+        help="processes accepting on the one listener (default: %(default)s)")
+    add("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
+    add("-v", "--verbose", action="store_true", help="log every connection")
+    add("--version", action="version", version=f"coopsock {__version__}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=_sys.stderr,
                         format="%(asctime)s coopsock[%(process)d] %(message)s")
@@ -3225,7 +3228,7 @@ def main(argv=None):
         except ImportError as exc:
             log.error("%s", exc)
             return 2
-    return _serve_workers(args, log) if args.workers > 1 else _serve(args, log)
+    return _serve(args, log)
 
 
 if __name__ == "__main__":
