@@ -3108,10 +3108,7 @@ def _echo(conn, address, served, idle_timeout, log):
     conn.settimeout(idle_timeout or None)
     reason = "closed by peer"
     try:
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
+        while data := conn.recv(65536):
             conn.sendall(data)
             served["bytes"] += len(data)
     except _timed_out:
@@ -3126,11 +3123,8 @@ def _echo(conn, address, served, idle_timeout, log):
 def _serve(args, log):
     """Listen, fork the other workers, accept until Ctrl-C or SIGTERM; return the exit status."""
     import signal
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `cmd &`)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell's `cmd &` starts it ignored
+        signal.signal(signum, signal.default_int_handler)  # which raises KeyboardInterrupt
     host, family, address = args.host
     dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
     try:
@@ -3142,13 +3136,9 @@ def _serve(args, log):
         log.error("cannot listen on %s port %d: %s; %s", host, args.port, exc.strerror or exc,
                   hints.get(exc.errno, "check --host and --port"))
         return 1
-    children, forked = [], False  # the workers share the listener, each with a hub of its own (none yet)
-    for _ in range(args.workers - 1):
-        pid = _os.fork()
-        if pid == 0:
-            children, forked = [], True
-            break
-        children.append(pid)
+    children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
+    while len(children) < args.workers - 1 and 0 not in children:
+        children.append(_os.fork())  # 0 in the worker
     log.info("echo server listening on %s port %d%s (loop backend: %s, pid %d)", host,
              listener.getsockname()[1], ", IPv4 too" if dualstack else "", BACKEND, _os.getpid())
     served = {"connections": 0, "bytes": 0}
@@ -3166,55 +3156,49 @@ def _serve(args, log):
     except KeyboardInterrupt:
         pass
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
-    if forked:
+    if 0 in children:  # a worker: back to nothing of the parent's
         _os._exit(0)
     for pid in children:  # one that has ended stays a zombie until waited for: kill() cannot miss
         _os.kill(pid, signal.SIGTERM)
-    codes = [_os.waitstatus_to_exitcode(_os.waitpid(pid, 0)[1]) for pid in children]
-    return max(codes, default=0, key=abs)
-
-
-def _option(kind, low, high, what):
-    """Return an argparse type: a `kind` from low to high, else an error that says `what`."""
-    def parse(text):
-        try:
-            if low <= kind(text) <= high:  # NaN fails too
-                return kind(text)
-        except ValueError:
-            pass
-        raise __import__("argparse").ArgumentTypeError(f"{text!r} is not {what}")
-    return parse
-
-
-def _host(name):
-    """Return (name, family, address) to listen on for --host, its first address."""
-    try:  # the stdlib's: no hub yet, nor the --loop to make it with
-        info = _std_getaddrinfo(name or None, 0, 0, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)[0]
-    except (OSError, UnicodeError) as exc:
-        raise __import__("argparse").ArgumentTypeError(
-            f"{name!r} is no address ({exc}): use an IP address of this machine (127.0.0.1, ::1...)")
-    return name, info[0], info[4][0]
+    return max((_os.waitstatus_to_exitcode(_os.waitpid(pid, 0)[1]) for pid in children), default=0, key=abs)
 
 
 def main(argv=None):
     """Run the echo server demo (python -m coopsock --help); return the exit status."""
     import argparse
     import logging
+
+    def number(kind, low, high, what):
+        def parse(text):
+            try:
+                if low <= kind(text) <= high:  # NaN fails too
+                    return kind(text)
+            except ValueError:
+                pass
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return parse
+
+    def host(name):  # (name, family, address) to listen on: its first address
+        try:  # the stdlib's lookup: no hub yet, nor the --loop to make it with
+            info = _std_getaddrinfo(name or None, 0, 0, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)[0]
+        except (OSError, UnicodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot listen on {name!r} ({exc}): use an IP address "
+                                             "of this machine (127.0.0.1, ::1...) or its name") from None
+        return name, info[0], info[4][0]
     parser = argparse.ArgumentParser(prog="python -m coopsock", description="A cooperative TCP echo server.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")  # one line
-    add, many = parser.add_argument, float("inf")
-    add("--host", type=_host, default="127.0.0.1", help="IPv4 or IPv6 address; :: is IPv4 too where the OS "
-        "allows (default: %(default)s)")
-    add("--port", type=_option(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"),
+    add, count = parser.add_argument, number(int, 1, float("inf"), "a count: use 1 or more")
+    add("--host", type=host, default="127.0.0.1",
+        help="IPv4 or IPv6 address; :: is IPv4 too where the OS allows (default: %(default)s)")
+    add("--port", type=number(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"),
         default=8000, help="TCP port (default: %(default)s)")
-    add("--backlog", type=_option(int, 0, 2**31 - 1, "a backlog: use 0 to 2147483647"), default=1024,
+    add("--backlog", type=number(int, 0, 2**31 - 1, "a backlog: use 0 to 2147483647"), default=1024,
         help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)")
-    add("--max-connections", type=_option(int, 1, many, "a count: use 1 or more"), default=1000, metavar="N",
+    add("--max-connections", type=count, default=1000, metavar="N",
         help="close new connections beyond N open ones (default: %(default)s)")
-    add("--idle-timeout", type=_option(float, 0, 86400 * 365, "a duration: use 0 (never) to 31536000 s"),
+    add("--idle-timeout", type=number(float, 0, 86400 * 365, "a duration: use 0 (never) to 31536000 s"),
         default=300.0, metavar="SECONDS", help="close a connection silent this long; 0 never (default: %(default)s)")
-    add("--workers", type=_option(int, 1, many, "a count: use 1 or more"), default=1, metavar="N",
-        help="processes accepting on the one listener (default: %(default)s)")
+    add("--workers", type=count, default=1, metavar="N", help="processes sharing the listener (default: %(default)s)")
     add("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
     add("-v", "--verbose", action="store_true", help="log every connection")
     add("--version", action="version", version=f"coopsock {__version__}")
