@@ -3127,20 +3127,21 @@ def _serve(args, log):
         signal.signal(signum, signal.default_int_handler)  # which raises KeyboardInterrupt
     host, family, address = args.host
     dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
+    where = "[%s]:%d" if ":" in host else "%s:%d"
     try:
         listener = create_server((host, args.port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
     except OSError as exc:
         hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
                  _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
                  _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
-        log.error("cannot listen on %s port %d: %s; %s", host, args.port, exc.strerror or exc,
+        log.error(f"cannot listen on {where}: %s; %s", host, args.port, exc.strerror or exc,
                   hints.get(exc.errno, "check --host and --port"))
         return 1
     children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
     while len(children) < args.workers - 1 and 0 not in children:
         children.append(_os.fork())  # 0 in the worker
-    log.info("echo server listening on %s port %d%s (loop backend: %s, pid %d)", host,
-             listener.getsockname()[1], ", IPv4 too" if dualstack else "", BACKEND, _os.getpid())
+    log.info(f"echo server listening on {where}%s (loop backend: %s, pid %d)", host,
+             listener.getsockname()[1], " and IPv4" if dualstack else "", BACKEND, _os.getpid())
     served = {"connections": 0, "bytes": 0}
 
     def handle(conn, address):
