@@ -3134,8 +3134,8 @@ def _serve(args, log):
         hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
                  _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
                  _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
-        log.error(f"cannot listen on {where}: %s; %s", host, args.port, exc.strerror or exc,
-                  hints.get(exc.errno, "check --host and --port"))
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # create_server's, naming the address again
+        log.error(f"cannot listen on {where}: %s; %s", host, args.port, reason, hints.get(exc.errno, "check --host"))
         return 1
     children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
     while len(children) < args.workers - 1 and 0 not in children:
@@ -3154,8 +3154,8 @@ def _serve(args, log):
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # once: a worker may have Ctrl-C's SIGINT, then the parent's SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
     if 0 in children:  # a worker: back to nothing of the parent's
         _os._exit(0)
