@@ -3123,8 +3123,14 @@ def _echo(conn, address, served, idle_timeout, log):
 def _serve(args, log):
     """Listen, fork the other workers, accept until Ctrl-C or SIGTERM; return the exit status."""
     import signal
-    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell's `cmd &` starts it ignored
-        signal.signal(signum, signal.default_int_handler)  # which raises KeyboardInterrupt
+    stops, stopping = {signal.SIGTERM, signal.SIGINT}, []  # SIGINT too: a shell's `cmd &` starts it ignored
+
+    def stop(signum, frame):  # once: a worker may get Ctrl-C's SIGINT and the parent's SIGTERM
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+    for signum in stops:
+        signal.signal(signum, stop)
     host, family, address = args.host
     dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
     where = "[%s]:%d" if ":" in host else "%s:%d"
@@ -3137,6 +3143,7 @@ def _serve(args, log):
         reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # create_server's, naming the address again
         log.error(f"cannot listen on {where}: %s; %s", host, args.port, reason, hints.get(exc.errno, "check --host"))
         return 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop while forking waits till all serve, forked or not
     children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
     while len(children) < args.workers - 1 and 0 not in children:
         children.append(_os.fork())  # 0 in the worker
@@ -3153,9 +3160,10 @@ def _serve(args, log):
     server = StreamServer(listener, handle)  # out of fds, its accept loop backs off and logs once
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         server.serve_forever()
-    except KeyboardInterrupt:  # once: a worker may have Ctrl-C's SIGINT, then the parent's SIGTERM
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except KeyboardInterrupt:
+        pass
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
     if 0 in children:  # a worker: back to nothing of the parent's
         _os._exit(0)

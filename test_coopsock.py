@@ -1936,6 +1936,20 @@ def test_demo_workers_share_the_port(backend):
     assert err.count("echo server listening") == 2 and err.count("served") == 2
 
 
+def test_demo_workers_stop_once_on_ctrl_c_to_the_process_group(backend):
+    proc = subprocess.Popen([sys.executable, "-m", "coopsock", "--port", "0", "--workers", "3", "--loop", backend],
+                            cwd=HERE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        first = proc.stderr.readline()  # the others may still be starting: they stop all the same
+        os.killpg(proc.pid, __import__("signal").SIGINT)  # and the parent sends them SIGTERM too
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, __import__("signal").SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, first + err
+    assert (first + err).count("served") == 3, first + err
+
 def test_demo_says_in_one_line_that_the_port_is_busy(backend):
     with stdsocket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
