@@ -3196,10 +3196,7 @@ def _echo(conn, address, served, idle_timeout, log):
     conn.settimeout(idle_timeout or None)
     reason = "closed by peer"
     try:
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
+        while data := conn.recv(65536):
             conn.sendall(data)
             served["bytes"] += len(data)
     except _timed_out:
@@ -3212,19 +3209,34 @@ def _echo(conn, address, served, idle_timeout, log):
 
 
 def _serve(args, log):
-    """Accept connections until Ctrl-C or SIGTERM; return the exit status."""
+    """Listen, fork the other workers, accept until Ctrl-C or SIGTERM; return the exit status."""
     import signal
+    stops, stopping = {signal.SIGTERM, signal.SIGINT}, []  # SIGINT too: a shell's `cmd &` starts it ignored
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (a shell's `cmd &`)
+    def stop(signum, frame):  # once: a worker may get Ctrl-C's SIGINT and the parent's SIGTERM
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+    for signum in stops:
+        signal.signal(signum, stop)
+    host, family, address = args.host
+    dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
+    where = "[%s]:%d" if ":" in host else "%s:%d"
     try:
-        listener = create_server((args.host, args.port), backlog=args.backlog, reuse_port=args.workers > 1)
+        listener = create_server((host, args.port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
     except OSError as exc:
-        return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
-    log.info("echo server listening on %s:%d (loop backend: %s, pid %d)",
-             *listener.getsockname()[:2], BACKEND, _os.getpid())
+        hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
+                 _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
+                 _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # create_server's, naming the address again
+        log.error(f"cannot listen on {where}: %s; %s", host, args.port, reason, hints.get(exc.errno, "check --host"))
+        return 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop while forking waits till all serve, forked or not
+    children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
+    while len(children) < args.workers - 1 and 0 not in children:
+        children.append(_os.fork())  # 0 in the worker
+    log.info(f"echo server listening on {where}%s (loop backend: %s, pid %d)", host,
+             listener.getsockname()[1], " and IPv4" if dualstack else "", BACKEND, _os.getpid())
     served = {"connections": 0, "bytes": 0}
 
     def handle(conn, address):
@@ -3233,76 +3245,60 @@ def _serve(args, log):
             return
         served["connections"] += 1
         _echo(conn, address, served, args.idle_timeout, log)
-    server = StreamServer(listener, handle)
+    server = StreamServer(listener, handle)  # out of fds, its accept loop backs off and logs once
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     log.info("served %d connection(s), echoed %d bytes", served["connections"], served["bytes"])
-    return 0
-
-
-def _fail(log, what, exc):
-    hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
-             _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
-             _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
-    hint = "check --host" if (exc.errno or 0) < 0 else hints.get(exc.errno, "check --host and --port")
-    reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
-    log.error("%s: %s; %s", what, reason, hint)
-    return 1
-
-
-def _serve_workers(args, log):
-    """Fork args.workers processes that share the port through SO_REUSEPORT."""
-    import signal
-    if not hasattr(_stdsocket, "SO_REUSEPORT"):
-        log.error("--workers needs SO_REUSEPORT, which this OS lacks: run one process per port instead")
-        return 2
-    try:  # fail here, once, rather than in every worker
-        create_server((args.host, args.port), reuse_port=True).close()
-    except OSError as exc:
-        return _fail(log, f"cannot listen on {args.host}:{args.port}", exc)
-    children = []
-    for _ in range(args.workers):
-        pid = _os.fork()
-        if pid == 0:
-            _os._exit(_serve(args, log))
-        children.append(pid)
-
-    def forward(signum, frame):
-        for pid in children:
-            try:
-                _os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    status = 0
-    for pid in children:
-        _, code = _os.waitpid(pid, 0)
-        status = status or _os.waitstatus_to_exitcode(code)
-    log.info("all %d workers stopped", args.workers)
-    return status
+    if 0 in children:  # a worker: back to nothing of the parent's
+        _os._exit(0)
+    for pid in children:  # one that has ended stays a zombie until waited for: kill() cannot miss
+        _os.kill(pid, signal.SIGTERM)
+    return max((_os.waitstatus_to_exitcode(_os.waitpid(pid, 0)[1]) for pid in children), default=0, key=abs)
 
 
 def main(argv=None):
     """Run the echo server demo (python -m coopsock --help); return the exit status."""
     import argparse
     import logging
+
+    def number(kind, low, high, what):
+        def parse(text):
+            try:
+                if low <= kind(text) <= high:  # NaN fails too
+                    return kind(text)
+            except ValueError:
+                pass
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return parse
+
+    def host(name):  # (name, family, address) to listen on: its first address
+        try:  # the stdlib's lookup: no hub yet, nor the --loop to make it with
+            info = _std_getaddrinfo(name or None, 0, 0, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)[0]
+        except (OSError, UnicodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot listen on {name!r} ({exc}): use an IP address "
+                                             "of this machine (127.0.0.1, ::1...) or its name") from None
+        return name, info[0], info[4][0]
     parser = argparse.ArgumentParser(prog="python -m coopsock", description="A cooperative TCP echo server.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
-    parser.add_argument("--backlog", type=int, default=1024, help="listen backlog (default: %(default)s)")
-    parser.add_argument("--max-connections", type=int, default=1000, metavar="N",
-                        help="close new connections beyond N open ones (default: %(default)s)")
-    parser.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
-                        help="close a connection silent this long; 0 never (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="processes sharing the port via SO_REUSEPORT (default: %(default)s)")
-    parser.add_argument("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
-    parser.add_argument("--version", action="version", version=f"coopsock {__version__}")
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")  # one line
+    add, count = parser.add_argument, number(int, 1, float("inf"), "a count: use 1 or more")
+    add("--host", type=host, default="127.0.0.1",
+        help="IPv4 or IPv6 address; :: is IPv4 too where the OS allows (default: %(default)s)")
+    add("--port", type=number(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"),
+        default=8000, help="TCP port (default: %(default)s)")
+    add("--backlog", type=number(int, 0, 2**31 - 1, "a backlog: use 0 to 2147483647"), default=1024,
+        help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)")
+    add("--max-connections", type=count, default=1000, metavar="N",
+        help="close new connections beyond N open ones (default: %(default)s)")
+    add("--idle-timeout", type=number(float, 0, 86400 * 365, "a duration: use 0 (never) to 31536000 s"),
+        default=300.0, metavar="SECONDS", help="close a connection silent this long; 0 never (default: %(default)s)")
+    add("--workers", type=count, default=1, metavar="N", help="processes sharing the listener (default: %(default)s)")
+    add("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
+    add("-v", "--verbose", action="store_true", help="log every connection")
+    add("--version", action="version", version=f"coopsock {__version__}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=_sys.stderr,
                         format="%(asctime)s coopsock[%(process)d] %(message)s")
@@ -3313,7 +3309,7 @@ def main(argv=None):
         except ImportError as exc:
             log.error("%s", exc)
             return 2
-    return _serve_workers(args, log) if args.workers > 1 else _serve(args, log)
+    return _serve(args, log)
 
 
 if __name__ == "__main__":

@@ -1834,15 +1834,15 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _start_demo(backend, *options):
-    """Start the demo server in a child process; return (process, port) once it listens."""
+def _start_demo(backend, *options, host="127.0.0.1"):
+    """Start the demo server in a child process; return (process, port) once it listens on host."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "coopsock", "--port", str(port), "--loop", backend,
                              *options], cwd=HERE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            stdsocket.create_connection(("127.0.0.1", port), timeout=1).close()
+            stdsocket.create_connection((host, port), timeout=1).close()
             return proc, port
         except OSError:
             assert proc.poll() is None, proc.stderr.read()
@@ -1857,8 +1857,8 @@ def _stop_demo(proc, signum):
     return proc.returncode, err
 
 
-def _echo_once(port, payload):
-    with stdsocket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+def _echo_once(port, payload, host="127.0.0.1"):
+    with stdsocket.create_connection((host, port), timeout=10) as conn:
         conn.sendall(payload)
         got = b""
         while len(got) < len(payload):
@@ -1933,8 +1933,22 @@ def test_demo_workers_share_the_port(backend):
     finally:
         code, err = _stop_demo(proc, __import__("signal").SIGTERM)
     assert code == 0, err
-    assert err.count("echo server listening") == 2 and "all 2 workers stopped" in err
+    assert err.count("echo server listening") == 2 and err.count("served") == 2
 
+
+def test_demo_workers_stop_once_on_ctrl_c_to_the_process_group(backend):
+    proc = subprocess.Popen([sys.executable, "-m", "coopsock", "--port", "0", "--workers", "3", "--loop", backend],
+                            cwd=HERE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        first = proc.stderr.readline()  # the others may still be starting: they stop all the same
+        os.killpg(proc.pid, __import__("signal").SIGINT)  # and the parent sends them SIGTERM too
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, __import__("signal").SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, first + err
+    assert (first + err).count("served") == 3, first + err
 
 def test_demo_says_in_one_line_that_the_port_is_busy(backend):
     with stdsocket.socket() as busy:
@@ -1947,3 +1961,144 @@ def test_demo_says_in_one_line_that_the_port_is_busy(backend):
     assert "Traceback" not in proc.stderr
     assert "Address already in use" in proc.stderr and "--port" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+_BAD_VALUES = [("--host", "a..b"), ("--port", "70000"), ("--port", "65536"), ("--port", "-1"), ("--port", "1.5"),
+               ("--port", "x"), ("--backlog", "100000000000000000000"), ("--backlog", "-1"),
+               ("--max-connections", "0"), ("--max-connections", "-1"), ("--max-connections", "x"),
+               ("--idle-timeout", "-1"), ("--idle-timeout", "nan"), ("--idle-timeout", "inf"),
+               ("--idle-timeout", "-inf"), ("--idle-timeout", "1e300"), ("--idle-timeout", "x"),
+               ("--workers", "-2"), ("--workers", "0"), ("--workers", "x"), ("--loop", "x")]
+
+
+@pytest.mark.parametrize("option, value", _BAD_VALUES)
+def test_demo_refuses_a_bad_value_in_one_line_with_status_2(option, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        coopsock.main([f"{option}={value}"])  # with "=", as "-inf" is no negative number to argparse
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert len(err.splitlines()) == 1, err
+    assert f"argument {option}: " in err and repr(value) in err and ("use " in err or "choose " in err), err
+
+
+def test_demo_covers_every_option_with_values_in_the_bad_value_tests(monkeypatch):
+    options = []
+    monkeypatch.setattr(__import__("argparse").ArgumentParser, "parse_args",
+                        lambda parser, argv: options.extend(a.option_strings[-1] for a in parser._actions
+                                                            if a.nargs is None) or sys.exit(0))
+    with pytest.raises(SystemExit):
+        coopsock.main([])
+    assert set(options) == {option for option, _ in _BAD_VALUES}
+
+
+def test_demo_bad_values_from_the_command_line_print_no_traceback(backend):
+    for option, value in [("--port", "70000"), ("--port", "-1"), ("--idle-timeout", "nan"), ("--host", "a..b")]:
+        proc = subprocess.run([sys.executable, "-m", "coopsock", "--loop", backend, option, value],
+                              check=False, cwd=HERE, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_demo_prints_the_package_version():
+    proc = subprocess.run([sys.executable, "-m", "coopsock", "--version"], check=True, cwd=HERE,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.stdout == f"coopsock {coopsock.__version__}\n"
+
+
+def _has_ipv6_loopback():
+    try:
+        with stdsocket.socket(stdsocket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+
+
+@needs_ipv6
+def test_demo_listens_on_ipv6(backend):
+    proc, port = _start_demo(backend, "--host", "::1", host="::1")
+    try:
+        assert _echo_once(port, b"over IPv6", host="::1") == b"over IPv6"
+    finally:
+        code, err = _stop_demo(proc, __import__("signal").SIGTERM)
+    assert code == 0, err
+    assert "listening on [::1]:" in err
+
+
+@needs_ipv6
+@pytest.mark.skipif(not stdsocket.has_dualstack_ipv6(), reason="this OS cannot listen on IPv4 and IPv6 at once")
+def test_demo_listens_on_ipv4_too_for_the_ipv6_any_address(backend):
+    proc, port = _start_demo(backend, "--host", "::")
+    try:
+        for host in ("127.0.0.1", "::1"):
+            assert _echo_once(port, host.encode(), host=host) == host.encode()
+    finally:
+        code, err = _stop_demo(proc, __import__("signal").SIGTERM)
+    assert code == 0, err
+    assert "listening on [::]:" in err and " and IPv4 " in err
+
+
+# The demo, once it listens, left room for exactly two connections (fds are
+# numbered lowest free first, and RLIMIT_NOFILE caps the number).
+_OUT_OF_FDS = """
+import os, resource, sys
+import coopsock
+
+def is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+def leave_two_fds():
+    free = [fd for fd in range(10000) if not is_open(fd)][:2]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (free[-1] + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+coopsock.spawn(leave_two_fds)  # runs once main() waits for connections
+sys.exit(coopsock.main(sys.argv[1:]))
+"""
+
+
+def test_demo_out_of_fds_backs_off_and_logs_once(backend):
+    proc = subprocess.Popen([sys.executable, "-c", _OUT_OF_FDS, "--port", "0", "-v"], cwd=HERE, text=True,
+                            stderr=subprocess.PIPE, env={**os.environ, "COOPSOCK_LOOP": backend})
+    lines, seen = __import__("queue").Queue(), []
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
+    reader.start()
+
+    def wait_for(text):
+        while True:
+            seen.append(lines.get(timeout=20))
+            if text in seen[-1]:
+                return seen[-1]
+    try:
+        port = int(wait_for("listening on").split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+        first, second = (_echo_client(port) for _ in range(2))
+        with first, second, stdsocket.create_connection(("127.0.0.1", port), timeout=10) as third:
+            third.sendall(b"3")
+            assert "Too many open files" in wait_for("accept() on")
+            time.sleep(0.5)  # out of fds for a while: the point is how often it logs meanwhile
+            first.close()  # which frees an fd in the demo
+            assert third.recv(1) == b"3"
+    finally:
+        proc.send_signal(__import__("signal").SIGTERM)
+        proc.wait(timeout=20)
+        reader.join(timeout=20)
+        proc.stderr.close()
+    seen.extend(lines.queue)
+    assert proc.returncode == 0, seen
+    assert not any("Traceback" in line for line in seen), seen
+    # Logged once in the half second out of fds, which ends when the first
+    # connection's fd is closed (then the third takes it: there may be another).
+    freed = next(i for i, line in enumerate(seen) if "closed (closed by peer)" in line)
+    assert sum("accept() on" in line for line in seen[:freed]) == 1, "".join(seen)
+
+
+def _echo_client(port):
+    conn = stdsocket.create_connection(("127.0.0.1", port), timeout=10)
+    conn.sendall(b"ping")
+    assert conn.recv(4) == b"ping"
+    return conn
