@@ -22,7 +22,26 @@
 """Write blocking-style socket code; run thousands of connections in one thread.
 
 coopsock is a miniature gevent in one file: copy it into your project, keep
-the licence header, ``pip install greenlet``, and you are done.
+the licence header, ``pip install greenlet``, and you are done. Example::
+
+    from coopsock import StreamServer, Timeout, create_connection
+
+    def echo(conn, address):  # one greenlet per connection
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    server = StreamServer(("127.0.0.1", 0), echo)
+    server.start()
+    with create_connection(server.address) as client, Timeout(5):
+        client.sendall(b"hello")
+        print(client.recv(100))  # b'hello'
+    server.stop()
+
+The file, top to bottom: the loop layer (real pyev, or libev through ctypes,
+or selectors), the hub, greenlets, Timeout, coordination (Event, Queue, locks,
+Pool), the cooperative socket, the module-level helpers (create_connection,
+getaddrinfo, wait_read...), StreamServer, TLS and patch(), the demo
+(``python -m coopsock``).
 
 The invariants a reader must hold:
 

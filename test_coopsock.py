@@ -216,6 +216,14 @@ def assert_fd_number_is_reusable(fd):
 # The loop layer: backend choice
 
 
+def test_the_example_that_opens_help_runs_as_written(backend):
+    doc = coopsock.__doc__
+    example = doc[doc.index("Example::") + len("Example::"):doc.index("\nThe file, top to bottom")]
+    result = run_python(example, loop=backend)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "b'hello'\n"
+
+
 def test_load_backend_returns_its_name_and_a_pyev_like_namespace(backend):
     name, ev = coopsock._load_backend(backend)
     assert name == backend
