@@ -149,7 +149,7 @@ _std_create_server, _std_getaddrinfo = _stdsocket.create_server, _stdsocket.geta
 _DEFAULT_TIMEOUT: Any = _stdsocket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # private: not in typeshed
 _timed_out = _stdsocket.timeout  # TimeoutError on 3.10+; on 3.9 an OSError of its own
 _monotonic = _time.monotonic
-_MSG_DONTWAIT = getattr(_socket, "MSG_DONTWAIT", 0)
+_MSG_DONTWAIT = getattr(_socket, "MSG_DONTWAIT", 0) | getattr(_socket, "MSG_ERRQUEUE", 0)  # flags that never wait
 
 
 # ---------------------------------------------------------------------------

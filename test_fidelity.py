@@ -103,6 +103,17 @@ def test_msg_dontwait_never_waits_on_an_empty_socket(pair):
             call()
 
 
+@pytest.mark.skipif(not hasattr(stdsocket, "MSG_ERRQUEUE"), reason="no MSG_ERRQUEUE on this OS")
+def test_msg_errqueue_never_waits_as_the_stdlibs(listener):
+    # Reading the error queue never blocks: with nothing queued the kernel says EAGAIN at once.
+    flags = stdsocket.MSG_ERRQUEUE
+    with stdsocket.socket() as std, coopsock.socket() as sock:
+        with pytest.raises(BlockingIOError):
+            std.recv(10, flags)
+        with pytest.raises(BlockingIOError):
+            sock.recv(10, flags)
+
+
 def test_msg_dontwait_never_waits_on_a_full_socket(pair):
     a, _ = pair
     a.setblocking(False)
