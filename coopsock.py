@@ -118,12 +118,20 @@ TYPE_CHECKING = False  # type checkers read the block as true; the module never 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable, Iterable, Iterator
-    from typing import Any, Literal, Protocol, TypeVar
-
-    from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
-    from typing_extensions import Self
+    from typing import Any, Literal, Protocol, TypeVar, Union
 
     _T = TypeVar("_T")
+    _Greenlet = TypeVar("_Greenlet", bound="Greenlet")
+    _Timeout = TypeVar("_Timeout", bound="Timeout")
+    _Server = TypeVar("_Server", bound="StreamServer")
+
+    class _Buffer(Protocol):  # bytes, bytearray, memoryview, array, mmap...
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+
+    class _HasFileno(Protocol):
+        def fileno(self) -> int: ...
+
+    _FileDescriptorLike = Union[int, _HasFileno]
 
     class _Linkable(Protocol):  # a Greenlet, an Event, an AsyncResult
         def rawlink(self, callback: Callable[[Any], object], /) -> None: ...
@@ -1351,7 +1359,7 @@ class Greenlet(_greenlet):
         self._finished = False
 
     @classmethod
-    def spawn(cls, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Self:
+    def spawn(cls: type[_Greenlet], func: Callable[..., Any], *args: Any, **kwargs: Any) -> _Greenlet:
         """Create a greenlet of this class running func(*args, **kwargs), start it, return it."""
         g = cls(func, *args, **kwargs)
         g.start()
@@ -1673,7 +1681,7 @@ class Timeout(BaseException):
         exc = self.exception
         _throw_into(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Timeout) -> _Timeout:
         if self._raising is None or self._raising.func is None:  # not pending
             self.start()
         return self
@@ -2437,7 +2445,7 @@ class socket(_stdsocket.socket):
                 raise
         return self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, flags)
 
-    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+    def send(self, data: _Buffer, flags: int = 0) -> int:
         """Send some of data; return how many bytes were sent."""
         try:
             return _socket.socket.send(self, data, flags)
@@ -2446,7 +2454,7 @@ class socket(_stdsocket.socket):
                 raise
         return self._wait_and_retry(_socket.socket.send, _EV_WRITE, data, flags)
 
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+    def sendall(self, data: _Buffer, flags: int = 0) -> None:
         """Send all of data; the timeout bounds the whole call, not each piece."""
         try:  # usually all of it goes at once; and this checks data as the stdlib does
             sent = _socket.socket.send(self, data, flags)
@@ -2729,7 +2737,7 @@ def getfqdn(name: str = "") -> str:
     return next((n for n in [hostname, *aliases] if "." in n), hostname)
 
 
-def wait_readwrite(fileno: FileDescriptorLike, timeout: float | None = None,
+def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
                    timeout_exc: type[BaseException] | BaseException | None = None, *,
                    events: int = _EV_READ | _EV_WRITE) -> None:
     """Park until fileno is readable or writable; raise timeout_exc after `timeout` seconds.
@@ -2756,13 +2764,13 @@ def wait_readwrite(fileno: FileDescriptorLike, timeout: float | None = None,
             hub._forget(entry, keep_watchers=True)
 
 
-def wait_read(fileno: FileDescriptorLike, timeout: float | None = None,
+def wait_read(fileno: _FileDescriptorLike, timeout: float | None = None,
               timeout_exc: type[BaseException] | BaseException | None = None) -> None:
     """Park until fileno is readable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=_EV_READ)
 
 
-def wait_write(fileno: FileDescriptorLike, timeout: float | None = None,
+def wait_write(fileno: _FileDescriptorLike, timeout: float | None = None,
                timeout_exc: type[BaseException] | BaseException | None = None) -> None:
     """Park until fileno is writable; raise timeout_exc after `timeout` seconds."""
     wait_readwrite(fileno, timeout, timeout_exc, events=_EV_WRITE)
@@ -2887,7 +2895,7 @@ class StreamServer:
         finally:
             conn.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Server) -> _Server:
         self.start()
         return self
 
@@ -2954,19 +2962,19 @@ def _build_tls() -> Any:
             self._check_connected()
             self._tls_retry(self._sslobj.do_handshake, block=block)
 
-        def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
+        def read(self, len: int = 1024, buffer: _Buffer | None = None) -> bytes:
             """Read up to len bytes (into buffer: return the count); b"" or 0 at the end."""
             return self._tls_retry(super().read, len, buffer)
 
-        def write(self, data: ReadableBuffer) -> int:
+        def write(self, data: _Buffer) -> int:
             """Write data as TLS records; return how many bytes were written."""
             return self._tls_retry(super().write, data)
 
-        def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        def send(self, data: _Buffer, flags: int = 0) -> int:
             """Send data (over TLS once it is set up); return how many bytes were sent."""
             return self._tls_retry(super().send, data, flags)
 
-        def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        def sendall(self, data: _Buffer, flags: int = 0) -> None:
             """Send all of data; the timeout bounds the whole call, not each piece."""
             if self._sslobj is None or flags:
                 return super().sendall(data, flags)  # plain, or the stdlib's ValueError
@@ -3059,8 +3067,8 @@ def _wait_any(fds, timeout):
         raise raised[0]
 
 
-def select(rlist: Iterable[FileDescriptorLike], wlist: Iterable[FileDescriptorLike],
-           xlist: Iterable[FileDescriptorLike],
+def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptorLike],
+           xlist: Iterable[_FileDescriptorLike],
            timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
     """select.select, cooperative: park until an fd is ready or timeout seconds pass.
 
@@ -3094,18 +3102,18 @@ if hasattr(_select, "poll"):
             self._fds: dict[int, int] = {}  # {fd: eventmask}
             self._poll = _std_poll()  # type: ignore[misc]  # not None where poll exists
 
-        def register(self, fd: FileDescriptorLike,
+        def register(self, fd: _FileDescriptorLike,
                      eventmask: int = _select.POLLIN | _select.POLLPRI | _select.POLLOUT) -> None:
             """Watch fd for eventmask; raise what select.poll().register raises."""
             self._poll.register(fd, eventmask)
             self._fds[_fileno(fd)] = eventmask
 
-        def modify(self, fd: FileDescriptorLike, eventmask: int) -> None:
+        def modify(self, fd: _FileDescriptorLike, eventmask: int) -> None:
             """Change what fd is watched for; OSError(ENOENT) if it is not registered."""
             self._poll.modify(fd, eventmask)
             self._fds[_fileno(fd)] = eventmask
 
-        def unregister(self, fd: FileDescriptorLike) -> None:
+        def unregister(self, fd: _FileDescriptorLike) -> None:
             """Stop watching fd; KeyError if it is not registered."""
             self._poll.unregister(fd)
             del self._fds[_fileno(fd)]
