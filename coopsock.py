@@ -1861,9 +1861,14 @@ class AsyncResult(Event):
         """Return True if set with a value."""
         return self._flag and self.exception is None
 
+    def wait(self, timeout: float | None = None) -> Any:
+        """Park until set, or `timeout` seconds pass; return the value (None if unset or set to an exception)."""
+        super().wait(timeout)  # gevent's AsyncResult returns the value, its Event the flag
+        return self.value if self.exception is None else None
+
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the value or raise the exception; raise Timeout if not set in time (at once if not block)."""
-        if not (self._flag or block and self.wait(timeout)):
+        if not (self._flag or block and Event.wait(self, timeout)):
             raise Timeout(timeout)
         if self.exception is not None:
             raise self.exception

@@ -239,7 +239,7 @@ def test_an_event_set_from_another_thread_wakes_the_waiters_promptly(setter):
     else:
         with pytest.raises(KeyError):
             getter.get()
-    assert waiter.get() is True and time.monotonic() - started < 1
+    assert waiter.get() == (7 if setter == "set" else None) and time.monotonic() - started < 1
     thread.join()
     event = Event()
     thread = threading.Thread(target=event.set)
@@ -281,6 +281,17 @@ def test_async_result_value_exception_and_timeout():
     with pytest.raises(KeyError):
         failed.get()
     assert failed.ready() and not failed.successful() and isinstance(failed.exception, KeyError)
+
+
+def test_async_result_wait_returns_the_value_as_gevents():
+    result, failed = coopsock.AsyncResult(), coopsock.AsyncResult()
+    assert result.wait(0.01) is None  # not set in time
+    waiter = spawn(result.wait)
+    parked(waiter)
+    result.set("v")
+    assert waiter.get() == "v" and result.wait() == "v"
+    failed.set_exception(KeyError("k"))
+    assert failed.wait() is None  # the exception is get()'s to raise
 
 
 def test_with_timeout_interrupts_an_async_result_get():
