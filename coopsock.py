@@ -1350,20 +1350,23 @@ class Greenlet(_greenlet):
     exception: BaseException | None
     _starter: _Callback | None
 
-    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, func: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(parent=get_hub())
-        self._func, self._args, self._kwargs = func, args, kwargs
+        self._func, self._args, self._kwargs = self._run if func is None else func, args, kwargs
         self.value = self.exception = self._starter = None
         self.name = f"Greenlet-{next(_greenlet_numbers)}"  # for reports; settable
         self._links: list[Callable[[Greenlet], object]] = []
         self._finished = False
 
     @classmethod
-    def spawn(cls: type[_Greenlet], func: Callable[..., Any], *args: Any, **kwargs: Any) -> _Greenlet:
-        """Create a greenlet of this class running func(*args, **kwargs), start it, return it."""
-        g = cls(func, *args, **kwargs)
+    def spawn(cls: type[_Greenlet], *args: Any, **kwargs: Any) -> _Greenlet:
+        """Create a greenlet of this class with these arguments, start it, return it."""
+        g = cls(*args, **kwargs)
         g.start()
         return g
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run when no function was given: a subclass's code goes here, as in gevent."""
 
     args = property(lambda self: self._args or (), doc="The positional arguments (() once finished).")
     kwargs = property(lambda self: self._kwargs or {}, doc="The keyword arguments ({} once finished).")

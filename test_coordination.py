@@ -89,6 +89,20 @@ def test_greenlet_name_args_kwargs_started_and_classmethod_spawn():
     assert not Greenlet(f, 1).started
 
 
+def test_a_greenlet_subclass_runs_its_own_run_method_as_in_gevent():
+    class Greeter(Greenlet):
+        def __init__(self, message, times):
+            super().__init__()
+            self.message, self.times = message, times
+
+        def _run(self):
+            sleep(0)
+            return self.message * self.times
+    g = Greeter.spawn("hi", 2)
+    assert isinstance(g, Greeter) and g.get(timeout=1) == "hihi"
+    assert Greenlet.spawn().get(timeout=1) is None  # nothing to run: it ends at once, as gevent's
+
+
 def test_greenlet_names_are_numbered_at_creation_and_a_dead_ones_repr_names_its_function():
     def work():
         return 1
