@@ -220,9 +220,6 @@ def test_an_exception_from_a_signal_handler_reaches_the_main_greenlet_in_sleep(a
     assert coopsock.get_hub().stats()["timers"] == 0
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="coopsock's signal safety is for 3.11+: 3.9 runs a signal "
-                    "handler between almost any two bytecodes, 3.10 also at every jumping if; on 3.10 a wait's count "
-                    "still ends off by one in about 1 run in 8 (open, issue 9's note)")
 def test_signals_landing_anywhere_in_the_wait_path_leave_the_hub_consistent():
     # A timer signal every 50-300 us lands between any two bytecodes of the
     # wait path, in the main greenlet and in the hub, as Alarm. Afterwards the
