@@ -522,6 +522,12 @@ class _SelLoop:
 
     def start(self, flags=0):
         selector = self._selector or _sel_closed()
+        if self._cut_short:  # a sync a signal cut short: redo it now, as no start or stop may come
+            for fd in list(self._cut_short):
+                try:
+                    self._sync(fd)
+                except OSError:  # closed meanwhile: nothing to watch
+                    self._cut_short.discard(fd)
         timers, timeout = self._timers, None
         if flags & _EVRUN_NOWAIT or self._always_ready:
             timeout = 0
