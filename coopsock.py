@@ -522,6 +522,12 @@ class _SelLoop:
 
     def start(self, flags=0):
         selector = self._selector or _sel_closed()
+        if self._cut_short:  # a sync a signal cut short: redo it now, as no start or stop may come
+            for fd in list(self._cut_short):
+                try:
+                    self._sync(fd)
+                except OSError:  # closed meanwhile: nothing to watch
+                    self._cut_short.discard(fd)
         timers, timeout = self._timers, None
         if flags & _EVRUN_NOWAIT or self._always_ready:
             timeout = 0
@@ -870,11 +876,11 @@ class Hub(_greenlet):
         self._record = self._fired.__setitem__
         self._fds: dict[int, _Fd] = {}
         self._spare_ios: tuple[list[Any], list[Any]] = ([], [])  # stopped watchers for reading, writing, to reuse
-        self._waiting = 0              # greenlets parked on an fd or on a worker thread
+        self._parked: dict[_greenlet, object] = {}  # {greenlet: what it waits for}: parked on an fd or a worker
         self._callbacks: _deque[_Callback] = _deque()  # _Callback handles, run in order on the next pass
         self._timers: list[tuple[float, int, _Callback]] = []  # a heap
         self._timer_sequence = 0
-        self._timer_refs = 0           # pending timers that keep the hub alive (ref=True)
+        self._refs: set[_Callback] = set()  # pending timers that keep the hub alive (ref=True)
         self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
         self._clock_when = None        # when the clock is set to fire (None: stopped)
         self._incoming: _deque[tuple[Callable[..., object], tuple[Any, ...]]] = _deque()  # from other threads
@@ -958,25 +964,45 @@ class Hub(_greenlet):
                     f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
                     f"use one greenlet per direction, or a lock")
             (watchers[i] or self._watch(entry, i)).start()
-        # From here to the try, and all through the finally, no call and no
-        # branch: a signal handler runs only at calls and loops (and, on 3.10,
-        # at a jumping if), so the bookkeeping is atomic. The deadline is set
-        # inside the try, where the finally can always cancel it; it throws
-        # with a C call, so it too is all or nothing.
+        # A signal handler may raise between almost any two bytecodes (3.9 and
+        # PyPy; 3.10 at calls and jumps; 3.11+ at calls and loops). So each
+        # change a wait makes is one store, made inside the try, and the
+        # finally undoes each idempotently, whether or not it was made; a
+        # signal cutting the finally short makes _unpark() undo it all again.
+        # (The inner try costs nothing on 3.11+; on 3.9 and 3.10 no handler
+        # runs before a SETUP_FINALLY, so it is always entered.)
         slot = 0 if events != _EV_WRITE else 1
-        waiters[0] = (waiters[0], current)[events & 1]
-        waiters[1] = (waiters[1], current)[events >> 1]
-        self._waiting += 1
+        parked = self._parked
         try:
+            parked[current] = entry
+            waiters[0] = (waiters[0], current)[events & 1]
+            waiters[1] = (waiters[1], current)[events >> 1]
             if deadline is not None:
                 self._at(deadline, current.throw, (_timed_out, "timed out"), 0, entry.deadlines, slot)
             return _greenlet.switch(self)
         finally:
-            self._waiting -= 1
-            waiters[0] = (waiters[0], None)[waiters[0] is current]
-            waiters[1] = (waiters[1], None)[waiters[1] is current]
-            entry.deadlines[slot].func = None  # _NO_DEADLINE's too: harmless
+            try:
+                entry.deadlines[slot].func = None  # _NO_DEADLINE's too: harmless
+                entry.deadlines[slot] = _NO_DEADLINE
+                waiters[0] = (waiters[0], None)[waiters[0] is current]
+                waiters[1] = (waiters[1], None)[waiters[1] is current]
+                parked.pop(current, None)
+            except BaseException:
+                self._unpark(current, entry, slot)
+                raise
+
+    def _unpark(self, current, entry, slot):
+        """Undo what a wait of current on entry did; again if a signal cut it short."""
+        try:
+            entry.deadlines[slot].func = None
             entry.deadlines[slot] = _NO_DEADLINE
+            for i, waiter in enumerate(entry.waiters):
+                if waiter is current:
+                    entry.waiters[i] = None
+            self._parked.pop(current, None)
+        except BaseException:
+            self._unpark(current, entry, slot)
+            raise
 
     def _watch(self, entry, i):
         spares = self._spare_ios[i]
@@ -1041,17 +1067,20 @@ class Hub(_greenlet):
         # the poll for the earliest: a timeout costs a heap push, not a loop
         # watcher, and a cancelled one is dropped when it surfaces, or when
         # the heap is swept every 1,024 pushes. The handle goes into
-        # holder[index] before the push, so that a signal landing anywhere
-        # leaves no timer its owner cannot cancel.
+        # holder[index] before the push, and the push comes before the ref:
+        # wherever a signal lands, the owner can cancel what was made, and
+        # no ref is left without a timer to drop it.
         callback = _Callback(func, args, self, ref)
-        self._timer_refs += ref
         if holder is not None:
             holder[index] = callback
         self._timer_sequence = sequence = self._timer_sequence + 1
         _heappush(self._timers, (when, sequence, callback))
+        if ref:
+            self._refs.add(callback)
         if not sequence & 1023 and len(self._timers) > 1024:
             self._timers = [entry for entry in self._timers if entry[2].func is not None]
             _heapify(self._timers)
+            self._refs.difference_update([c for c in self._refs if c.func is None])  # cancels a signal cut short
         return callback
 
     def _run_due_timers(self):
@@ -1063,6 +1092,8 @@ class Hub(_greenlet):
                 if when > now:
                     break
                 self._callbacks.append(callback)  # before the pop: an interrupted move runs it once
+            elif callback.ref:
+                self._refs.discard(callback)  # a cancel a signal cut short left its ref
             _heappop(timers)
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
@@ -1088,8 +1119,10 @@ class Hub(_greenlet):
 
     def run(self) -> None:
         """Run the loop until destroy(); what escapes a pass is raised in the main greenlet."""
-        while not self._destroyed:
+        while True:  # (its jump back lands on the try's SETUP_FINALLY, where 3.9 and 3.10 run no handler)
             try:
+                if self._destroyed:
+                    return
                 if self._creator is not None:  # just started by __init__: park until the first wait
                     creator, self._creator = self._creator, None
                     creator.switch()
@@ -1101,19 +1134,23 @@ class Hub(_greenlet):
 
     def _run_passes(self):
         """Run callbacks, poll once, wake the waiters of fired watchers; repeat."""
-        loop, fired, callbacks, incoming = self.loop, self._fired, self._callbacks, self._incoming
+        loop, fired, callbacks, incoming, refs = self.loop, self._fired, self._callbacks, self._incoming, self._refs
         while not self._destroyed:
             if self._escaped is not None:
                 exc, self._escaped = self._escaped, None
                 self.parent.throw(exc)
             # Only the callbacks queued before this pass: a sleep(0) loop must
-            # let I/O in. Each is taken (func set to None) without a call, and
-            # popped after it ran: an interrupted pass loses none, runs none twice.
+            # let I/O in. Each is taken (func set to None) without a call, its
+            # ref dropped before, and popped after it ran: an interrupted pass
+            # runs none twice, and loses one only if the signal lands between
+            # the take and the call (on 3.9, 3.10 and PyPy, not on 3.11+).
             for _ in range(len(callbacks)):
                 callback = callbacks[0]
-                func, callback.func = callback.func, None
+                func = callback.func
                 if func is not None:
-                    self._timer_refs -= callback.ref
+                    if callback.ref:
+                        refs.discard(callback)
+                    callback.func = None
                     try:
                         func(*callback.args)
                     except BaseException as exc:
@@ -1133,7 +1170,7 @@ class Hub(_greenlet):
                     continue
                 self._next_poll = now + 5e-5
                 loop.start(_EVRUN_NOWAIT)
-            elif self._waiting or self._timer_refs:
+            elif self._parked or refs:
                 loop.start(_EVRUN_ONCE)
             else:
                 self.parent.throw(LoopExit(
@@ -1165,6 +1202,8 @@ class Hub(_greenlet):
         hub's own code are re-raised in the main greenlet, as if it were polling.
         """
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _raised_by_signal_handler(exc):
+            if getcurrent() is self:  # out of this pass: the next throws it before waking anyone
+                raise exc
             self.run_callback(self.parent.throw, exc)
         elif not isinstance(exc, GreenletExit):
             _traceback.print_exception(type(exc), exc, exc.__traceback__)
@@ -1174,7 +1213,7 @@ class Hub(_greenlet):
     def stats(self) -> dict[str, Any]:
         """Return counts for tests and debugging: fds watched, greenlets waiting on them,
         pending timers (run_later, Timeout, sleep, socket timeouts) and callbacks."""
-        return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": self._waiting,
+        return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": len(self._parked),
                 "timers": sum(entry[2].func is not None for entry in self._timers),
                 "callbacks": sum(c.func is not None for c in self._callbacks)}
 
@@ -1204,7 +1243,7 @@ class Hub(_greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
-        self._timers, self._callbacks = [], _deque()  # their handles refer to the hub: let it go now
+        self._timers, self._callbacks, self._refs = [], _deque(), set()  # their handles refer to the hub
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -1240,10 +1279,20 @@ class _Callback:
     def stop(self):
         """Cancel the call if it has not run yet."""
         if self.func is not None:
-            self.func = self.args = None
-            self.hub._timer_refs -= self.ref
+            _cancel(self)
 
     pending = property(lambda self: self.func is not None)
+
+
+def _cancel(callback):
+    """Cancel a pending callback; idempotent, so that a cancel a signal cut short can be made again."""
+    try:
+        callback.func = callback.args = None
+        if callback.ref:
+            callback.hub._refs.discard(callback)
+    except BaseException:
+        _cancel(callback)
+        raise
 
 
 _NO_DEADLINE = _Callback(None, (), None, 0)  # what an fd's wait without a deadline holds: cancelling it is a no-op
@@ -1580,10 +1629,14 @@ def sleep(seconds: float = 0) -> None:
             hub._callbacks.append(callback)
         _greenlet.switch(hub)
     finally:
-        callback = waking[0]
-        if callback is not None and callback.func is not None:
-            callback.func = None
-            hub._timer_refs -= callback.ref
+        try:  # woken, the hub took it; else (an exception) cancel it, again if a signal cuts that short
+            callback = waking[0]
+            if callback is not None and callback.func is not None:
+                _cancel(callback)
+        except BaseException:
+            if waking[0] is not None:
+                _cancel(waking[0])
+            raise
 
 
 def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_error: bool = False) -> list[Greenlet]:
@@ -1675,8 +1728,7 @@ class Timeout(BaseException):
         """Stop the countdown, if it is running; safe to call at any time."""
         raising = self._raising
         if raising is not None and raising.func is not None:
-            raising.func = raising.args = None
-            raising.hub._timer_refs -= raising.ref
+            _cancel(raising)
 
     close = cancel
 
@@ -1686,14 +1738,25 @@ class Timeout(BaseException):
 
     def __enter__(self: _Timeout) -> _Timeout:
         if self._raising is None or self._raising.func is None:  # not pending
-            self.start()
+            try:
+                self.start()
+            except BaseException:  # a signal landed in start(): no __exit__ will cancel it
+                if self._raising is not None:
+                    _cancel(self._raising)
+                raise
         return self
 
     def __exit__(self, typ: object, value: object, tb: object) -> bool:
-        raising = self._raising  # cancel(), inline: the hot path of every `with Timeout`
-        if raising is not None and raising.func is not None:
-            raising.func = raising.args = None
-            raising.hub._timer_refs -= raising.ref
+        try:  # cancel(), inline: the hot path of every `with Timeout`
+            raising = self._raising
+            if raising is not None and raising.func is not None:
+                raising.func = raising.args = None
+                if raising.ref:
+                    raising.hub._refs.discard(raising)
+        except BaseException:  # a signal cut it short: once more
+            if self._raising is not None:
+                _cancel(self._raising)
+            raise
         return value is self and self.exception is False
 
     def __str__(self):
@@ -2672,12 +2735,13 @@ def _run_in_thread(func, *args):
         elif running < 8:
             _resolver_threads[0] += 1
             _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
-    hub._waiting += 1  # the worker will wake this hub
+    current = getcurrent()
     try:
+        hub._parked[current] = waiter  # the worker will wake this hub
         while not outcome:
             hub.switch()
     finally:
-        hub._waiting -= 1
+        hub._parked.pop(current, None)
         waiter.greenlet = None
     ok, result = outcome[0]
     if ok:

@@ -220,22 +220,28 @@ def test_an_exception_from_a_signal_handler_reaches_the_main_greenlet_in_sleep(a
     assert coopsock.get_hub().stats()["timers"] == 0
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="coopsock's signal safety is for 3.11+: 3.9 runs a signal "
-                    "handler between almost any two bytecodes, 3.10 also at every jumping if; on 3.10 a wait's count "
-                    "still ends off by one in about 1 run in 8 (open, issue 9's note)")
-def test_signals_landing_anywhere_in_the_wait_path_leave_the_hub_consistent():
+def test_signals_landing_anywhere_in_the_wait_path_leave_the_hub_consistent(backend):
     # A timer signal every 50-300 us lands between any two bytecodes of the
     # wait path, in the main greenlet and in the hub, as Alarm. Afterwards the
-    # hub must work as if nothing had happened: no waiter lost or left behind.
+    # hub must work as if nothing had happened: no waiter, deadline or timer
+    # lost or left behind.
+    if backend == "libev" and sys.implementation.name == "pypy":
+        pytest.skip("PyPy runs the ctypes callback of the libev stand-in as Python code, so a signal handler "
+                    "runs inside ev_run and PyPy prints and drops its exception there (the hub then blocks); "
+                    "use the selectors loop on PyPy, as the README says")
     code = """
     import random, greenlet
     class Alarm(Exception):
         pass
     armed = False
+    def in_echoer(frame):  # PyPy's getcurrent() lags a switch its own Python code makes: ask the stack
+        while frame is not None and frame.f_code is not echo.__code__:
+            frame = frame.f_back
+        return frame is not None
     def tick(signum, frame):
         # Only while the main greenlet is inside its try, and not in the echo
         # greenlet: it lands in the main greenlet or the hub, which is the point.
-        if armed and greenlet.getcurrent() is not echoer:
+        if armed and greenlet.getcurrent() is not echoer and not in_echoer(frame):
             raise Alarm
     a, b = coopsock.socketpair()
     def echo():
@@ -246,6 +252,7 @@ def test_signals_landing_anywhere_in_the_wait_path_leave_the_hub_consistent():
                     return
                 b.sendall(data)
     echoer = spawn(echo)
+    gc.collect()  # the import's garbage (the backend probe's loop): a signal in its __del__ is Python's to print
     signal.signal(signal.SIGALRM, tick)
     rng, alarms, trips, received = random.Random(8), 0, 0, b""
     deadline = time.monotonic() + 3
@@ -280,7 +287,7 @@ def test_signals_landing_anywhere_in_the_wait_path_leave_the_hub_consistent():
     echoer.join(5)
     assert echoer.successful(), "the echo greenlet never saw the close"
     stats = coopsock.get_hub().stats()
-    assert stats["waiting"] == 0 and stats["fds"] == 0, stats
+    assert stats["waiting"] == 0 and stats["fds"] == 0 and stats["timers"] == 0, stats
     try:
         coopsock.get_hub().switch()
         raise AssertionError("no LoopExit")
