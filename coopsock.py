@@ -350,13 +350,13 @@ class _EvLoop:
     """pyev.Loop on a loop of its own (ev_loop_new)."""
 
     def __init__(self):
-        self._ptr = _ev_lib.ev_loop_new(0)
+        self._active = {}  # {struct address: watcher} for every watcher libev may point at
+        self._ptr = _ev_lib.ev_loop_new(0)  # after: a signal cutting __init__ short leaves __del__ a whole loop
         if not self._ptr:
             raise _EvError("ev_loop_new() failed: no usable backend")
         self._fired = []   # addresses of the watchers libev called back in this pass
         self._record = _EV_RECORD(self._fired.insert)
         self._cb = _ct.cast(self._record, _ct.c_void_p).value
-        self._active = {}  # {struct address: watcher} for every watcher libev may point at
         self._run, self._polls = _ev_lib.ev_run, 0
         if _ev_gil_hooks:
             _ev_lib.ev_set_loop_release_cb(self._ptr, *_ev_gil_hooks[:2])

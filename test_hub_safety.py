@@ -6,6 +6,7 @@ in a child interpreter, and the test checks how the child ended.
 """
 
 import errno
+import gc
 import select
 import signal
 import socket as stdsocket
@@ -374,6 +375,20 @@ def test_every_stand_in_method_on_a_destroyed_loop_raises_the_backends_error(bac
     print("OK")
     """
     _assert_clean_exit(_run_child(code, backend))
+
+
+def test_a_libev_loop_whose_making_a_signal_cut_short_is_collected_quietly(backend, monkeypatch):
+    if backend != "libev":
+        pytest.skip("the ctypes stand-in's own construction")
+    def interrupted(callback):  # as a Ctrl-C landing in _EvLoop.__init__ after ev_loop_new
+        raise KeyboardInterrupt
+    monkeypatch.setattr(coopsock, "_EV_RECORD", interrupted)
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    with pytest.raises(KeyboardInterrupt):
+        coopsock._pyev.Loop()
+    gc.collect()
+    assert seen == []  # __del__ destroyed the half-made loop without an error
 
 
 def test_a_hub_destroyed_in_its_thread_with_watchers_active_is_collected_safely():
