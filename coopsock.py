@@ -3217,26 +3217,8 @@ def unpatch() -> None:
 # ---------------------------------------------------------------------------
 # The demo: python -m coopsock, an echo server written as a user would write it
 
-def _echo(conn, address, served, idle_timeout, log):
-    """Echo every byte back until the peer closes, goes idle, or the server stops."""
-    log.debug("connection from %s opened", address)
-    conn.settimeout(idle_timeout or None)
-    reason = "closed by peer"
-    try:
-        while data := conn.recv(65536):
-            conn.sendall(data)
-            served["bytes"] += len(data)
-    except _timed_out:
-        reason = f"idle for {idle_timeout} s"
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-    finally:
-        conn.close()
-        log.debug("connection from %s closed (%s)", address, reason)
-
-
 def _serve(args, log):
-    """Listen, fork the other workers, accept until Ctrl-C or SIGTERM; return the exit status."""
+    """Listen, fork the other workers, echo until Ctrl-C or SIGTERM; return the exit status."""
     import signal
     stops, stopping = {signal.SIGTERM, signal.SIGINT}, []  # SIGINT too: a shell's `cmd &` starts it ignored
 
@@ -3246,33 +3228,55 @@ def _serve(args, log):
             raise KeyboardInterrupt
     for signum in stops:
         signal.signal(signum, stop)
-    host, family, address = args.host
-    dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
-    where = "[%s]:%d" if ":" in host else "%s:%d"
+    (host, family, address), port = args.host, args.port
+    dualstack, where = address == "::" and has_dualstack_ipv6(), f"[{host}]" if ":" in host else host  # noqa: F821
     try:
-        listener = create_server((host, args.port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
-    except OSError as exc:
-        hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
-                 _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
-                 _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
-        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # create_server's, naming the address again
-        log.error(f"cannot listen on {where}: %s; %s", host, args.port, reason, hints.get(exc.errno, "check --host"))
+        listener = create_server((host, port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
+    except OSError as exc:  # create_server's message names the address again: cut it
+        hint = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
+                _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023"}.get(exc.errno, "check --host")
+        log.error("cannot listen on %s:%d: %s; %s", where, port, str(exc.strerror or exc).split(" (while")[0], hint)
         return 1
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop while forking waits till all serve, forked or not
-    children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
-    while len(children) < args.workers - 1 and 0 not in children:
-        children.append(_os.fork())  # 0 in the worker
-    log.info(f"echo server listening on {where}%s (loop backend: %s, pid %d)", host,
-             listener.getsockname()[1], " and IPv4" if dualstack else "", BACKEND, _os.getpid())
+    # The other workers share the listener, each with a hub of its own (none
+    # exists yet), once through the gate: a byte each, sent when all are forked.
+    children, (gate, key) = [], _os.pipe()
+    try:
+        while len(children) < args.workers - 1 and 0 not in children:
+            children.append(_os.fork())  # 0 in the worker
+        _os.write(key, bytes(len(children) * (0 not in children)))
+    except OSError as exc:  # EAGAIN or ENOMEM: the gate closes unopened, and the workers forked exit unheard
+        _os.close(key)
+        for pid in children:
+            _os.waitpid(pid, 0)
+        log.error("cannot start worker %d of --workers %d: fork() failed: %s; use fewer --workers, or raise "
+                  "the process limit (ulimit -u)", len(children) + 2, args.workers, exc.strerror or exc)
+        return 1
+    _os.close(key)
+    if 0 in children and not _os.read(gate, 1):
+        _os._exit(1)
+    _os.close(gate)
+    log.info("echo server listening on %s:%d%s (loop backend: %s, pid %d)", where, listener.getsockname()[1],
+             " and IPv4" if dualstack else "", BACKEND, _os.getpid())
     served = {"connections": 0, "bytes": 0}
 
-    def handle(conn, address):
+    def echo(conn, address):  # every byte back, until the peer closes, goes idle, or the server stops
         if len(server._handlers) > args.max_connections:  # this one counts already
-            log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
-            return
+            return log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
         served["connections"] += 1
-        _echo(conn, address, served, args.idle_timeout, log)
-    server = StreamServer(listener, handle)  # out of fds, its accept loop backs off and logs once
+        log.debug("connection from %s opened", address)
+        conn.settimeout(args.idle_timeout or None)
+        reason = "the server stops"
+        try:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+                served["bytes"] += len(data)
+            reason = "closed by peer"
+        except OSError as exc:
+            reason = f"idle for {args.idle_timeout} s" if isinstance(exc, _timed_out) else exc.strerror or str(exc)
+        finally:  # then the server closes it
+            log.debug("connection from %s closed (%s)", address, reason)
+    server = StreamServer(listener, echo)  # out of fds, its accept loop backs off and logs once
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
@@ -3292,18 +3296,18 @@ def main(argv=None):
     import argparse
     import logging
 
-    def number(kind, low, high, what):
+    def number(kind, low, high, what):  # an argparse type: kind(text) from low to high, NaN refused
         def parse(text):
             try:
-                if low <= kind(text) <= high:  # NaN fails too
+                if low <= kind(text) <= high:
                     return kind(text)
             except ValueError:
                 pass
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return parse
 
-    def host(name):  # (name, family, address) to listen on: its first address
-        try:  # the stdlib's lookup: no hub yet, nor the --loop to make it with
+    def host(name):  # (name, family, address) to listen on: its first address, by the stdlib (no hub yet)
+        try:
             info = _std_getaddrinfo(name or None, 0, 0, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)[0]
         except (OSError, UnicodeError) as exc:
             raise argparse.ArgumentTypeError(f"cannot listen on {name!r} ({exc}): use an IP address "
@@ -3312,18 +3316,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m coopsock", description="A cooperative TCP echo server.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")  # one line
     add, count = parser.add_argument, number(int, 1, float("inf"), "a count: use 1 or more")
-    add("--host", type=host, default="127.0.0.1",
-        help="IPv4 or IPv6 address; :: is IPv4 too where the OS allows (default: %(default)s)")
-    add("--port", type=number(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"),
-        default=8000, help="TCP port (default: %(default)s)")
+    add("--host", type=host, default="127.0.0.1", help="IPv4 or IPv6; :: is IPv4 too where the OS allows (%(default)s)")
+    add("--port", type=number(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"), default=8000,
+        help="0: any free port (%(default)s)")
     add("--backlog", type=number(int, 0, 2**31 - 1, "a backlog: use 0 to 2147483647"), default=1024,
-        help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)")
-    add("--max-connections", type=count, default=1000, metavar="N",
-        help="close new connections beyond N open ones (default: %(default)s)")
+        help="capped by the kernel's somaxconn (%(default)s)")
+    add("--max-connections", type=count, default=1000, metavar="N", help="close new ones beyond N open (%(default)s)")
     add("--idle-timeout", type=number(float, 0, 86400 * 365, "a duration: use 0 (never) to 31536000 s"),
-        default=300.0, metavar="SECONDS", help="close a connection silent this long; 0 never (default: %(default)s)")
-    add("--workers", type=count, default=1, metavar="N", help="processes sharing the listener (default: %(default)s)")
-    add("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
+        default=300.0, metavar="SECONDS", help="close a connection silent this long; 0: never (%(default)s)")
+    add("--workers", type=count, default=1, metavar="N", help="processes sharing the listener (%(default)s)")
+    add("--loop", choices=list(_LOADERS), help="loop backend (default: COOPSOCK_LOOP's, or the first that loads)")
     add("-v", "--verbose", action="store_true", help="log every connection")
     add("--version", action="version", version=f"coopsock {__version__}")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """The coopsock test suite: flat, in the module's section order, on every backend."""
 
+import contextlib
 import errno
 import gc
 import math
@@ -1957,6 +1958,47 @@ def test_demo_workers_stop_once_on_ctrl_c_to_the_process_group(backend):
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, first + err
     assert (first + err).count("served") == 3, first + err
+
+
+# The demo, with os.fork failing at the third call, as when the processes
+# run out (as root RLIMIT_NPROC does not bind): it must stop the two forked.
+_FORK_FAILS = """
+import os, sys
+import coopsock
+real_fork, forked = os.fork, []
+
+def fork():
+    if len(forked) == 2:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    pid = real_fork()
+    forked.extend([pid] if pid else [])
+    return pid
+os.fork = fork
+status = coopsock.main(sys.argv[1:])
+for pid in forked:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+        sys.exit(f"worker {pid} was left behind")
+    except ChildProcessError:
+        pass  # stopped, and waited for, by the demo
+sys.exit(status)
+"""
+
+
+def test_demo_says_in_one_line_that_a_fork_failed_and_stops_the_workers_forked(backend):
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_FAILS, "--port", "0", "--workers", "5", "--loop", backend],
+                            cwd=HERE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:  # workers left serving would hold stderr open for ever
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, __import__("signal").SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "worker 4 of --workers 5: fork() failed: Resource temporarily unavailable; use fewer --workers" in err
+
 
 def test_demo_says_in_one_line_that_the_port_is_busy(backend):
     with stdsocket.socket() as busy:
