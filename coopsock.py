@@ -216,6 +216,10 @@ class _Namespace:
                              EV_ASYNC=_EV_ASYNC, EVRUN_NOWAIT=_EVRUN_NOWAIT, EVRUN_ONCE=_EVRUN_ONCE)
 
 
+_LOOP_CLOSED = "this loop is closed (its hub was destroyed): use get_hub() for a new hub and loop"
+_ASYNC_STOPPED = "this Async is stopped: start() it before send()"
+
+
 def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
     """Check what a stand-in's set() gets as pyev would (libev itself would abort)."""
     if watcher.active:
@@ -225,7 +229,7 @@ def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
     if events not in (_EV_READ, _EV_WRITE, _EV_READ | _EV_WRITE):
         raise error("illegal event mask: use EV_READ, EV_WRITE or both")
     if not (repeat == 0.0 and after >= 0.0):  # NaN fails too
-        raise ValueError(f"the stand-ins' timers are one-shot, after >= 0: not ({after}, {repeat})")
+        raise ValueError(f"the stand-ins' timers are one-shot: use after >= 0 and repeat 0.0, not ({after}, {repeat})")
 
 
 # --- libev through ctypes --------------------------------------------------
@@ -343,7 +347,7 @@ class _EvError(Exception):
 
 
 def _ev_closed():
-    raise _EvError("this loop is closed (its hub was destroyed): use get_hub() for a new one")
+    raise _EvError(_LOOP_CLOSED)
 
 
 class _EvLoop:
@@ -352,7 +356,8 @@ class _EvLoop:
     def __init__(self):
         self._ptr = _ev_lib.ev_loop_new(0)
         if not self._ptr:
-            raise _EvError("ev_loop_new() failed: no usable backend")
+            raise _EvError("ev_loop_new() failed: libev found no backend it can use; unset LIBEV_FLAGS, "
+                           "or set COOPSOCK_LOOP=selectors")
         self._fired = []   # addresses of the watchers libev called back in this pass
         self._record = _EV_RECORD(self._fired.insert)
         self._cb = _ct.cast(self._record, _ct.c_void_p).value
@@ -467,7 +472,7 @@ class _EvAsync(_EvWatcher):
 
     def send(self):
         if not self._struct.active:  # libev asserts: before the first start it has no wake-up fd
-            raise _EvError("start the Async before send(); a closed loop has none active")
+            raise _EvError(_LOOP_CLOSED if not self.loop._ptr else _ASYNC_STOPPED)
         _ev_lib.ev_async_send(self.loop._ptr, self._address)
 
 
@@ -492,7 +497,7 @@ class _SelError(Exception):
 
 
 def _sel_closed():
-    raise _SelError("this loop is closed (its hub was destroyed): use get_hub() for a new one")
+    raise _SelError(_LOOP_CLOSED)
 
 
 class _SelLoop:
@@ -723,7 +728,7 @@ class _SelAsync(_SelWatcher):
 
     def send(self):
         if not self.active or self.loop._selector is None:
-            raise _SelError("start the Async before send(); a closed loop has none active")
+            raise _SelError(_LOOP_CLOSED if self.loop._selector is None else _ASYNC_STOPPED)
         self._sent = True
         try:
             _os.write(self.loop._wake_w, b"\0")
@@ -1138,8 +1143,8 @@ class Hub(_greenlet):
             else:
                 self.parent.throw(LoopExit(
                     "This operation would block forever: no greenlet waits on I/O and no timer "
-                    "or callback is pending, so nothing can wake the waiting greenlet. Did you "
-                    "forget to spawn the greenlet that was to wake it?"))
+                    "or callback is pending, so nothing can wake the waiting greenlet; spawn the "
+                    "greenlet that is to wake it before waiting, or wait with a timeout"))
                 continue
             if fired:
                 watchers = list(fired)
@@ -2594,7 +2599,8 @@ def create_connection(address: tuple[str | None, int], timeout: float | None = _
     (Python 3.11+, as the stdlib's) raises an ExceptionGroup of every attempt's error.
     """
     if all_errors and _sys.version_info < (3, 11):
-        raise TypeError("create_connection(all_errors=True) needs Python 3.11 (ExceptionGroup)")
+        raise TypeError("create_connection(all_errors=True) needs Python 3.11 (ExceptionGroup): "
+                        "use Python 3.11+, or leave all_errors False to get the first error")
     host, port = address
     errors = []
     for family, type_, proto, _, sockaddr in getaddrinfo(host, port, 0, _socket.SOCK_STREAM):

@@ -244,6 +244,16 @@ def test_load_backend_rejects_an_unknown_name():
         coopsock._load_backend("epoll")
 
 
+def test_a_forced_backend_that_cannot_load_names_the_fix(monkeypatch):
+    with pytest.raises(ImportError, match="^COOPSOCK_LOOP='epoll' names no loop backend: use pyev, libev or "
+                                          "selectors, or unset COOPSOCK_LOOP$"):
+        coopsock._load_backend("epoll")
+    monkeypatch.setitem(sys.modules, "pyev", None)  # as if pyev were not installed
+    with pytest.raises(ImportError, match=r"^COOPSOCK_LOOP=pyev cannot be used \(.*\): build and install pyev, "
+                                          r"or unset COOPSOCK_LOOP$"):
+        coopsock._load_backend("pyev")
+
+
 def test_backend_names_the_backend_in_use(backend):
     assert coopsock.BACKEND == backend
     assert coopsock._pyev.__name__ == backend
@@ -977,6 +987,13 @@ def test_restarting_an_active_timeout_says_to_cancel_first():
     timeout.start()  # fine once cancelled
     assert timeout.pending
     timeout.cancel()
+
+
+def test_starting_a_started_timeout_names_it_and_says_to_cancel_it_first():
+    timeout = Timeout(5)
+    with timeout, pytest.raises(RuntimeError, match=" is already started; cancel it first$") as info:
+        timeout.start()
+    assert str(info.value).startswith(repr(timeout))
 
 
 def test_with_timeout():
