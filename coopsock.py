@@ -216,6 +216,10 @@ class _Namespace:
                              EV_ASYNC=_EV_ASYNC, EVRUN_NOWAIT=_EVRUN_NOWAIT, EVRUN_ONCE=_EVRUN_ONCE)
 
 
+_LOOP_CLOSED = "this loop is closed (its hub was destroyed): use get_hub() for a new hub and loop"
+_ASYNC_STOPPED = "this Async is stopped: start() it before send()"
+
+
 def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
     """Check what a stand-in's set() gets as pyev would (libev itself would abort)."""
     if watcher.active:
@@ -225,7 +229,7 @@ def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
     if events not in (_EV_READ, _EV_WRITE, _EV_READ | _EV_WRITE):
         raise error("illegal event mask: use EV_READ, EV_WRITE or both")
     if not (repeat == 0.0 and after >= 0.0):  # NaN fails too
-        raise ValueError(f"the stand-ins' timers are one-shot, after >= 0: not ({after}, {repeat})")
+        raise ValueError(f"the stand-ins' timers are one-shot: use after >= 0 and repeat 0.0, not ({after}, {repeat})")
 
 
 # --- libev through ctypes --------------------------------------------------
@@ -343,7 +347,7 @@ class _EvError(Exception):
 
 
 def _ev_closed():
-    raise _EvError("this loop is closed (its hub was destroyed): use get_hub() for a new one")
+    raise _EvError(_LOOP_CLOSED)
 
 
 class _EvLoop:
@@ -353,7 +357,8 @@ class _EvLoop:
         self._active = {}  # {struct address: watcher} for every watcher libev may point at
         self._ptr = _ev_lib.ev_loop_new(0)  # after: a signal cutting __init__ short leaves __del__ a whole loop
         if not self._ptr:
-            raise _EvError("ev_loop_new() failed: no usable backend")
+            raise _EvError("ev_loop_new() failed: libev found no backend it can use; unset LIBEV_FLAGS, "
+                           "or set COOPSOCK_LOOP=selectors")
         self._fired = []   # addresses of the watchers libev called back in this pass
         self._record = _EV_RECORD(self._fired.insert)
         self._cb = _ct.cast(self._record, _ct.c_void_p).value
@@ -467,7 +472,7 @@ class _EvAsync(_EvWatcher):
 
     def send(self):
         if not self._struct.active:  # libev asserts: before the first start it has no wake-up fd
-            raise _EvError("start the Async before send(); a closed loop has none active")
+            raise _EvError(_LOOP_CLOSED if not self.loop._ptr else _ASYNC_STOPPED)
         _ev_lib.ev_async_send(self.loop._ptr, self._address)
 
 
@@ -492,7 +497,7 @@ class _SelError(Exception):
 
 
 def _sel_closed():
-    raise _SelError("this loop is closed (its hub was destroyed): use get_hub() for a new one")
+    raise _SelError(_LOOP_CLOSED)
 
 
 class _SelLoop:
@@ -729,7 +734,7 @@ class _SelAsync(_SelWatcher):
 
     def send(self):
         if not self.active or self.loop._selector is None:
-            raise _SelError("start the Async before send(); a closed loop has none active")
+            raise _SelError(_LOOP_CLOSED if self.loop._selector is None else _ASYNC_STOPPED)
         self._sent = True
         try:
             _os.write(self.loop._wake_w, b"\0")
@@ -1175,8 +1180,8 @@ class Hub(_greenlet):
             else:
                 self.parent.throw(LoopExit(
                     "This operation would block forever: no greenlet waits on I/O and no timer "
-                    "or callback is pending, so nothing can wake the waiting greenlet. Did you "
-                    "forget to spawn the greenlet that was to wake it?"))
+                    "or callback is pending, so nothing can wake the waiting greenlet; spawn the "
+                    "greenlet that is to wake it before waiting, or wait with a timeout"))
                 continue
             if fired:
                 watchers = list(fired)
@@ -2665,7 +2670,8 @@ def create_connection(address: tuple[str | None, int], timeout: float | None = _
     (Python 3.11+, as the stdlib's) raises an ExceptionGroup of every attempt's error.
     """
     if all_errors and _sys.version_info < (3, 11):
-        raise TypeError("create_connection(all_errors=True) needs Python 3.11 (ExceptionGroup)")
+        raise TypeError("create_connection(all_errors=True) needs Python 3.11 (ExceptionGroup): "
+                        "use Python 3.11+, or leave all_errors False to get the first error")
     host, port = address
     errors = []
     for family, type_, proto, _, sockaddr in getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
@@ -3289,26 +3295,8 @@ def unpatch() -> None:
 # ---------------------------------------------------------------------------
 # The demo: python -m coopsock, an echo server written as a user would write it
 
-def _echo(conn, address, served, idle_timeout, log):
-    """Echo every byte back until the peer closes, goes idle, or the server stops."""
-    log.debug("connection from %s opened", address)
-    conn.settimeout(idle_timeout or None)
-    reason = "closed by peer"
-    try:
-        while data := conn.recv(65536):
-            conn.sendall(data)
-            served["bytes"] += len(data)
-    except _timed_out:
-        reason = f"idle for {idle_timeout} s"
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-    finally:
-        conn.close()
-        log.debug("connection from %s closed (%s)", address, reason)
-
-
 def _serve(args, log):
-    """Listen, fork the other workers, accept until Ctrl-C or SIGTERM; return the exit status."""
+    """Listen, fork the other workers, echo until Ctrl-C or SIGTERM; return the exit status."""
     import signal
     stops, stopping = {signal.SIGTERM, signal.SIGINT}, []  # SIGINT too: a shell's `cmd &` starts it ignored
 
@@ -3318,33 +3306,55 @@ def _serve(args, log):
             raise KeyboardInterrupt
     for signum in stops:
         signal.signal(signum, stop)
-    host, family, address = args.host
-    dualstack = address == "::" and has_dualstack_ipv6()  # noqa: F821 (the stdlib's: see the imports)
-    where = "[%s]:%d" if ":" in host else "%s:%d"
+    (host, family, address), port = args.host, args.port
+    dualstack, where = address == "::" and has_dualstack_ipv6(), f"[{host}]" if ":" in host else host  # noqa: F821
     try:
-        listener = create_server((host, args.port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
-    except OSError as exc:
-        hints = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
-                 _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023",
-                 _errno.EADDRNOTAVAIL: "use an address of this machine as --host (e.g. 127.0.0.1)"}
-        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # create_server's, naming the address again
-        log.error(f"cannot listen on {where}: %s; %s", host, args.port, reason, hints.get(exc.errno, "check --host"))
+        listener = create_server((host, port), family=family, backlog=args.backlog, dualstack_ipv6=dualstack)
+    except OSError as exc:  # create_server's message names the address again: cut it
+        hint = {_errno.EADDRINUSE: "choose another --port, or stop the program that uses it",
+                _errno.EACCES: "ports below 1024 need privileges: use a --port above 1023"}.get(exc.errno, "check --host")
+        log.error("cannot listen on %s:%d: %s; %s", where, port, str(exc.strerror or exc).split(" (while")[0], hint)
         return 1
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop while forking waits till all serve, forked or not
-    children = []  # the other workers share the listener, each with a hub of its own (none exists yet)
-    while len(children) < args.workers - 1 and 0 not in children:
-        children.append(_os.fork())  # 0 in the worker
-    log.info(f"echo server listening on {where}%s (loop backend: %s, pid %d)", host,
-             listener.getsockname()[1], " and IPv4" if dualstack else "", BACKEND, _os.getpid())
+    # The other workers share the listener, each with a hub of its own (none
+    # exists yet), once through the gate: a byte each, sent when all are forked.
+    children, (gate, key) = [], _os.pipe()
+    try:
+        while len(children) < args.workers - 1 and 0 not in children:
+            children.append(_os.fork())  # 0 in the worker
+        _os.write(key, bytes(len(children) * (0 not in children)))
+    except OSError as exc:  # EAGAIN or ENOMEM: the gate closes unopened, and the workers forked exit unheard
+        _os.close(key)
+        for pid in children:
+            _os.waitpid(pid, 0)
+        log.error("cannot start worker %d of --workers %d: fork() failed: %s; use fewer --workers, or raise "
+                  "the process limit (ulimit -u)", len(children) + 2, args.workers, exc.strerror or exc)
+        return 1
+    _os.close(key)
+    if 0 in children and not _os.read(gate, 1):
+        _os._exit(1)
+    _os.close(gate)
+    log.info("echo server listening on %s:%d%s (loop backend: %s, pid %d)", where, listener.getsockname()[1],
+             " and IPv4" if dualstack else "", BACKEND, _os.getpid())
     served = {"connections": 0, "bytes": 0}
 
-    def handle(conn, address):
+    def echo(conn, address):  # every byte back, until the peer closes, goes idle, or the server stops
         if len(server._handlers) > args.max_connections:  # this one counts already
-            log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
-            return
+            return log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
         served["connections"] += 1
-        _echo(conn, address, served, args.idle_timeout, log)
-    server = StreamServer(listener, handle)  # out of fds, its accept loop backs off and logs once
+        log.debug("connection from %s opened", address)
+        conn.settimeout(args.idle_timeout or None)
+        reason = "the server stops"
+        try:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+                served["bytes"] += len(data)
+            reason = "closed by peer"
+        except OSError as exc:
+            reason = f"idle for {args.idle_timeout} s" if isinstance(exc, _timed_out) else exc.strerror or str(exc)
+        finally:  # then the server closes it
+            log.debug("connection from %s closed (%s)", address, reason)
+    server = StreamServer(listener, echo)  # out of fds, its accept loop backs off and logs once
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
@@ -3364,18 +3374,18 @@ def main(argv=None):
     import argparse
     import logging
 
-    def number(kind, low, high, what):
+    def number(kind, low, high, what):  # an argparse type: kind(text) from low to high, NaN refused
         def parse(text):
             try:
-                if low <= kind(text) <= high:  # NaN fails too
+                if low <= kind(text) <= high:
                     return kind(text)
             except ValueError:
                 pass
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return parse
 
-    def host(name):  # (name, family, address) to listen on: its first address
-        try:  # the stdlib's lookup: no hub yet, nor the --loop to make it with
+    def host(name):  # (name, family, address) to listen on: its first address, by the stdlib (no hub yet)
+        try:
             info = _std_getaddrinfo(name or None, 0, 0, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)[0]
         except (OSError, UnicodeError) as exc:
             raise argparse.ArgumentTypeError(f"cannot listen on {name!r} ({exc}): use an IP address "
@@ -3384,18 +3394,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m coopsock", description="A cooperative TCP echo server.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")  # one line
     add, count = parser.add_argument, number(int, 1, float("inf"), "a count: use 1 or more")
-    add("--host", type=host, default="127.0.0.1",
-        help="IPv4 or IPv6 address; :: is IPv4 too where the OS allows (default: %(default)s)")
-    add("--port", type=number(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"),
-        default=8000, help="TCP port (default: %(default)s)")
+    add("--host", type=host, default="127.0.0.1", help="IPv4 or IPv6; :: is IPv4 too where the OS allows (%(default)s)")
+    add("--port", type=number(int, 0, 65535, "a TCP port: use 1 to 65535, or 0 for any free one"), default=8000,
+        help="0: any free port (%(default)s)")
     add("--backlog", type=number(int, 0, 2**31 - 1, "a backlog: use 0 to 2147483647"), default=1024,
-        help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)")
-    add("--max-connections", type=count, default=1000, metavar="N",
-        help="close new connections beyond N open ones (default: %(default)s)")
+        help="capped by the kernel's somaxconn (%(default)s)")
+    add("--max-connections", type=count, default=1000, metavar="N", help="close new ones beyond N open (%(default)s)")
     add("--idle-timeout", type=number(float, 0, 86400 * 365, "a duration: use 0 (never) to 31536000 s"),
-        default=300.0, metavar="SECONDS", help="close a connection silent this long; 0 never (default: %(default)s)")
-    add("--workers", type=count, default=1, metavar="N", help="processes sharing the listener (default: %(default)s)")
-    add("--loop", choices=list(_LOADERS), help="loop backend (like COOPSOCK_LOOP)")
+        default=300.0, metavar="SECONDS", help="close a connection silent this long; 0: never (%(default)s)")
+    add("--workers", type=count, default=1, metavar="N", help="processes sharing the listener (%(default)s)")
+    add("--loop", choices=list(_LOADERS), help="loop backend (default: COOPSOCK_LOOP's, or the first that loads)")
     add("-v", "--verbose", action="store_true", help="log every connection")
     add("--version", action="version", version=f"coopsock {__version__}")
     args = parser.parse_args(argv)

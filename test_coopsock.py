@@ -1,5 +1,6 @@
 """The coopsock test suite: flat, in the module's section order, on every backend."""
 
+import contextlib
 import errno
 import gc
 import math
@@ -241,6 +242,16 @@ def test_load_backend_without_a_choice_takes_the_first_that_works():
 def test_load_backend_rejects_an_unknown_name():
     with pytest.raises(ImportError, match="unset COOPSOCK_LOOP"):
         coopsock._load_backend("epoll")
+
+
+def test_a_forced_backend_that_cannot_load_names_the_fix(monkeypatch):
+    with pytest.raises(ImportError, match="^COOPSOCK_LOOP='epoll' names no loop backend: use pyev, libev or "
+                                          "selectors, or unset COOPSOCK_LOOP$"):
+        coopsock._load_backend("epoll")
+    monkeypatch.setitem(sys.modules, "pyev", None)  # as if pyev were not installed
+    with pytest.raises(ImportError, match=r"^COOPSOCK_LOOP=pyev cannot be used \(.*\): build and install pyev, "
+                                          r"or unset COOPSOCK_LOOP$"):
+        coopsock._load_backend("pyev")
 
 
 def test_backend_names_the_backend_in_use(backend):
@@ -976,6 +987,13 @@ def test_restarting_an_active_timeout_says_to_cancel_first():
     timeout.start()  # fine once cancelled
     assert timeout.pending
     timeout.cancel()
+
+
+def test_starting_a_started_timeout_names_it_and_says_to_cancel_it_first():
+    timeout = Timeout(5)
+    with timeout, pytest.raises(RuntimeError, match=" is already started; cancel it first$") as info:
+        timeout.start()
+    assert str(info.value).startswith("<Timeout seconds=5 ")  # which one
 
 
 def test_with_timeout():
@@ -1957,6 +1975,47 @@ def test_demo_workers_stop_once_on_ctrl_c_to_the_process_group(backend):
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, first + err
     assert (first + err).count("served") == 3, first + err
+
+
+# The demo, with os.fork failing at the third call, as when the processes
+# run out (as root RLIMIT_NPROC does not bind): it must stop the two forked.
+_FORK_FAILS = """
+import os, sys
+import coopsock
+real_fork, forked = os.fork, []
+
+def fork():
+    if len(forked) == 2:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    pid = real_fork()
+    forked.extend([pid] if pid else [])
+    return pid
+os.fork = fork
+status = coopsock.main(sys.argv[1:])
+for pid in forked:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+        sys.exit(f"worker {pid} was left behind")
+    except ChildProcessError:
+        pass  # stopped, and waited for, by the demo
+sys.exit(status)
+"""
+
+
+def test_demo_says_in_one_line_that_a_fork_failed_and_stops_the_workers_forked(backend):
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_FAILS, "--port", "0", "--workers", "5", "--loop", backend],
+                            cwd=HERE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:  # workers left serving would hold stderr open for ever
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, __import__("signal").SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "worker 4 of --workers 5: fork() failed: Resource temporarily unavailable; use fewer --workers" in err
+
 
 def test_demo_says_in_one_line_that_the_port_is_busy(backend):
     with stdsocket.socket() as busy:

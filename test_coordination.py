@@ -339,6 +339,12 @@ def test_wait_with_no_objects_runs_the_hub_until_nothing_is_left():
     assert coopsock.wait(timeout=0.02) is False
 
 
+def test_wait_with_no_objects_from_a_spawned_greenlet_says_to_call_it_from_the_main_greenlet():
+    with pytest.raises(coopsock.BlockingSwitchOutError, match="waits for the whole hub: call it from the main "
+                                                              "greenlet$"):
+        spawn(coopsock.wait).get(timeout=5)
+
+
 def test_killall_kills_and_waits():
     greenlets = [spawn(sleep, 10) for _ in range(3)]
     parked(*greenlets)
@@ -617,6 +623,14 @@ def test_rlock_is_reentrant_and_owned():
         lock.release()
 
 
+def test_releasing_an_rlock_not_held_raises_threadings_error():
+    with pytest.raises(RuntimeError) as theirs:
+        threading.RLock().release()
+    with pytest.raises(RuntimeError, match="^cannot release un-acquired lock$") as ours:
+        coopsock.RLock().release()
+    assert str(ours.value) == str(theirs.value)
+
+
 def test_lock_and_rlock_acquire_take_threadings_arguments_and_raise_its_errors():
     def error(lock, *args, **kwargs):
         with pytest.raises(ValueError) as info:
@@ -773,6 +787,12 @@ def test_pool_spawn_parked_while_full_is_interrupted_by_timeout():
         coopsock.Pool(0)
 
 
+def test_a_pool_of_no_size_says_what_sizes_it_takes():
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"^Pool size must be a positive integer or None, not {size!r}$"):
+            coopsock.Pool(size)
+
+
 # ---------------------------------------------------------------------------
 # StreamServer
 
@@ -919,6 +939,17 @@ def test_stream_server_owns_a_given_listener_makes_it_blocking_and_closes_it(cap
     with coopsock.StreamServer(stdlib, _echo_handler) as server:
         assert _round_trip(server.address) == b"ping"
     assert stdlib.fileno() == -1
+
+
+def test_stream_server_misused_says_what_to_do():
+    with coopsock.create_server(("127.0.0.1", 0)) as listener, pytest.raises(
+            ValueError, match="backlog applies to a listener the server creates: listen\\(\\) on your socket instead"):
+        coopsock.StreamServer(listener, print, backlog=5)
+    server = coopsock.StreamServer(("127.0.0.1", 0), print)
+    server.start()
+    server.close()
+    with pytest.raises(ValueError, match="^This server is closed: create a new StreamServer$"):
+        server.start()
 
 
 def test_an_accepted_connection_is_closed_if_the_acceptor_is_killed_waiting_for_the_pool():

@@ -178,6 +178,13 @@ def test_create_connection_all_errors_as_the_running_stdlib(listener):
         coopsock.create_connection(("127.0.0.1", port))
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="Python 3.11+ has ExceptionGroup: all_errors works")
+def test_create_connection_all_errors_before_3_11_says_what_to_do_instead():
+    with pytest.raises(TypeError, match="needs Python 3.11 \\(ExceptionGroup\\): use Python 3.11\\+, or leave "
+                                        "all_errors False to get the first error$"):
+        coopsock.create_connection(("127.0.0.1", 1), all_errors=True)
+
+
 @pytest.fixture
 def listener():
     with coopsock.create_server(("127.0.0.1", 0)) as sock:

@@ -5,8 +5,11 @@ Every test runs on each loop backend present, real pyev included (the autouse
 in a child interpreter, and the test checks how the child ended.
 """
 
+import ast
 import errno
 import gc
+import os
+import re
 import select
 import signal
 import socket as stdsocket
@@ -328,6 +331,137 @@ def test_a_chaining_unraisablehook_installed_later_sees_each_error_once():
     print("OK")
     """
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
+
+
+# ---------------------------------------------------------------------------
+# Misuse: each message says what went wrong and what to do
+
+# coopsock's own exceptions (no stdlib call raises them, so their words are
+# ours to choose): the fix each message names (what follows its last ": " or
+# "; ") must be in the match= of a test that provokes it.
+_OWN_ERRORS = {"BlockingSwitchOutError", "ConcurrentObjectUseError", "LoopExit", "RuntimeError", "_EvError",
+               "_SelError"}
+_NO_FIX = {"libev: …"}  # a failed system call that libev reports: no misuse, nothing for the caller to do
+
+
+def _texts(node):
+    """Yield the possible texts of a message's AST node, with "…" for each f-string hole."""
+    if isinstance(node, ast.IfExp):
+        yield from _texts(node.body)
+        yield from _texts(node.orelse)
+    elif isinstance(node, ast.Name):
+        yield getattr(coopsock, node.id)
+    elif isinstance(node, ast.JoinedStr):
+        yield "".join(part.value if isinstance(part, ast.Constant) else "…" for part in node.values)
+    elif isinstance(node, ast.Constant):
+        yield node.value
+    else:
+        raise TypeError(f"teach _texts to read {ast.dump(node)}")
+
+
+def test_every_misuse_message_names_a_fix_that_a_test_checks():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(coopsock.__file__) as source:
+        tree = ast.parse(source.read())
+    messages = {text for node in ast.walk(tree) if isinstance(node, ast.Call) and node.args
+                and getattr(node.func, "id", None) in _OWN_ERRORS for text in _texts(node.args[0])} - _NO_FIX
+    patterns = []
+    for name in os.listdir(here):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(os.path.join(here, name)) as test_file:
+                found = re.finditer(r'match=((?:r?"[^"]*"\s*)+)', test_file.read())  # "a" "b" too
+                patterns += [re.sub(r"\\(.)", r"\1", ast.literal_eval(f"({m[1]})")) for m in found]  # unescaped
+    assert len(messages) >= 8  # the parse found them
+    untested = [text for text in messages if not any(re.split("[:;] ", text)[-1] in p for p in patterns)]
+    assert not untested, "add a test with pytest.raises(..., match=<the fix>) for each of these"
+
+
+def test_blocking_from_the_hub_says_to_call_from_a_spawned_greenlet(pair):
+    caught, done = [], coopsock.Event()
+    attempts = [lambda: pair[0].recv(1), lambda: coopsock.wait_read(pair[0]), coopsock.Event().wait,
+                coopsock.get_hub().switch, lambda: sleep(0)]
+
+    def from_the_hub():
+        for attempt in attempts:
+            try:
+                attempt()
+            except coopsock.BlockingSwitchOutError as exc:
+                caught.append(exc)
+        done.set()
+    coopsock.get_hub().run_callback(from_the_hub)
+    done.wait(5)
+    assert len(caught) == len(attempts)
+    for exc in caught[:-1]:
+        with pytest.raises(coopsock.BlockingSwitchOutError, match="inside the hub: call blocking functions from a "
+                                                                  "spawned greenlet, not a hub callback"):
+            raise exc
+    with pytest.raises(coopsock.BlockingSwitchOutError, match="cannot sleep inside the hub: sleep in a spawned greenlet$"):
+        raise caught[-1]
+
+
+def test_waiting_for_what_nothing_can_wake_says_to_spawn_the_waker_or_use_a_timeout():
+    with pytest.raises(coopsock.LoopExit, match="; spawn the greenlet that is to wake it before waiting, or wait "
+                                                "with a timeout$"):
+        coopsock.Event().wait()
+    assert coopsock.Event().wait(0.01) is False  # the fix it names
+
+
+def test_a_second_waiter_is_told_to_use_one_greenlet_per_direction_or_a_lock(pair):
+    a, _ = pair
+    first = spawn(a.recv, 1)
+    sleep(0)
+    with pytest.raises(coopsock.ConcurrentObjectUseError, match=r"^This socket is already used by another greenlet "
+                                                                r"for reading: .*; use one greenlet per direction, or a lock$"):
+        a.recv(1)
+    first.kill()
+    r, w = os.pipe()
+    try:
+        first = spawn(coopsock.wait_read, r)  # a raw fd, with no socket on it
+        sleep(0)
+        with pytest.raises(coopsock.ConcurrentObjectUseError, match=r"^This fd is already used .* or a lock$"):
+            coopsock.wait_read(r)
+        first.kill()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_destroyed_hubs_loop_says_to_use_get_hub_for_a_new_one(backend):
+    if backend not in STAND_INS:
+        pytest.skip("the stand-ins' own behaviour: real pyev has no Loop._close, its loop outlives the hub")
+    hub = coopsock.get_hub()
+    hub.destroy()
+    for use in (lambda: hub.loop.start(coopsock._EVRUN_NOWAIT), hub.loop.update, hub._wakeup.send,
+                lambda: hub.ev.Timer(0.0, 0.0, hub.loop, print).start()):
+        with pytest.raises(hub.ev.Error, match=r"^this loop is closed \(its hub was destroyed\): use get_hub\(\) "
+                                               r"for a new hub and loop$"):
+            use()
+    assert coopsock.get_hub() is not hub and coopsock.get_hub().loop is not hub.loop
+
+
+def test_the_stand_ins_misused_say_what_to_do(backend):
+    if backend not in STAND_INS:
+        pytest.skip("the stand-ins' own checks: real pyev does not check (libev aborts)")
+    ev, loop = coopsock._pyev, coopsock.get_hub().loop
+    with pytest.raises(ev.Error, match=r"^this Async is stopped: start\(\) it before send\(\)$"):
+        ev.Async(loop, print).send()
+    with pytest.raises(ValueError, match=r"one-shot: use after >= 0 and repeat 0.0, not \(1.0, 1.0\)"):
+        ev.Timer(1.0, 1.0, loop, print)
+    timer = ev.Timer(10.0, 0.0, loop, print)
+    timer.start()
+    with pytest.raises(ev.Error, match="cannot set a watcher while it is active: stop it first"):
+        timer.set(1.0, 0.0)
+    timer.stop()
+    with pytest.raises(ev.Error, match="illegal event mask: use EV_READ, EV_WRITE or both"):
+        ev.Io(0, 4, loop, print)
+
+
+def test_libev_with_no_backend_it_can_use_says_to_unset_libev_flags(backend, monkeypatch):
+    if backend != "libev":
+        pytest.skip("the ctypes stand-in's own check (pyev raises its own Error; selectors has no LIBEV_FLAGS)")
+    monkeypatch.setenv("LIBEV_FLAGS", "8")  # kqueue only, which Linux has not
+    with pytest.raises(coopsock._pyev.Error, match="; unset LIBEV_FLAGS, or set COOPSOCK_LOOP=selectors$"):
+        coopsock._pyev.Loop()
 
 
 # ---------------------------------------------------------------------------
