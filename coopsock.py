@@ -957,8 +957,8 @@ class Hub(_greenlet):
         waits on the fd for the same direction.
         """
         current = getcurrent()
-        if current is self:
-            raise BlockingSwitchOutError(_NOT_FROM_HUB)
+        if current is self or self._destroyed:
+            self._check_switch()
         waiters, watchers = entry.waiters, entry.watchers
         for i in _DIRECTIONS[events]:
             other = waiters[i]
@@ -1050,9 +1050,14 @@ class Hub(_greenlet):
 
     def switch(self, *args: Any) -> Any:
         """Switch to the hub; it switches back when something wakes this greenlet."""
+        if getcurrent() is self or self._destroyed:
+            self._check_switch()
+        return _greenlet.switch(self, *args)
+
+    def _check_switch(self):
         if getcurrent() is self:
             raise BlockingSwitchOutError(_NOT_FROM_HUB)
-        return _greenlet.switch(self, *args)
+        raise self.ev.Error(_LOOP_CLOSED)  # else it would return at once: nothing runs a destroyed hub
 
     def run_callback(self, func: Callable[..., object], *args: Any) -> _Callback:
         """Call func(*args) from the hub on its next pass; return a handle with .stop()."""

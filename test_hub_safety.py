@@ -483,6 +483,16 @@ def test_destroy_from_a_spawned_greenlet_with_watchers_active(pair, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_waiting_on_a_destroyed_hub_raises_the_backends_error(pair):
+    old = coopsock.get_hub()
+    old.destroy()
+    with pytest.raises(old.ev.Error, match="use get_hub"):
+        old.switch()
+    with pytest.raises(old.ev.Error, match="use get_hub"):
+        old.wait(old._entry(pair[0].fileno()), coopsock._EV_READ)
+    assert coopsock.get_hub() is not old and old.stats()["waiting"] == 0
+
+
 def test_every_stand_in_method_on_a_destroyed_loop_raises_the_backends_error(backend):
     if backend not in STAND_INS:
         pytest.skip("the stand-ins' own behaviour: real pyev has no Loop._close")
