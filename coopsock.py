@@ -2400,7 +2400,15 @@ def _wait_before(hub, entry, events, deadline):
     hub.wait(entry, events, deadline)
 
 
-class socket(_stdsocket.socket):
+class _SocketClass(type):
+    def __getattr__(cls, name):  # the gevent habit: `from coopsock import socket` is a class, not a module
+        if not name.startswith("_") and name in globals():
+            raise AttributeError(f"coopsock.socket is the socket class, not a module: use coopsock.{name}, "
+                                 f"or `import coopsock as socket`")
+        raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+
+
+class socket(_stdsocket.socket, metaclass=_SocketClass):
     """The stdlib socket, cooperative: a blocking call parks only the calling greenlet."""
 
     __slots__ = ("_timeout", "_hub", "_entry")

@@ -52,6 +52,14 @@ def test_the_namespace_shows_the_library_not_its_internals():
                 "traceback"} & public
 
 
+def test_a_module_function_asked_of_the_socket_class_names_the_fix():
+    from coopsock import socket  # the gevent habit, where this is a module
+    with pytest.raises(AttributeError, match=r"use coopsock\.create_connection, or `import coopsock as socket`"):
+        socket.create_connection  # noqa: B018
+    with pytest.raises(AttributeError, match="type object 'socket' has no attribute 'nothing'"):
+        socket.nothing  # noqa: B018
+
+
 def test_every_public_function_and_method_is_type_hinted():
     # mypy (in CI) checks the hints; this keeps a new public name from going without any.
     # The hints are strings (from __future__ import annotations), so importing costs nothing.
