@@ -2260,7 +2260,7 @@ class Pool:
     """One thread's greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
 
     def __init__(self, size: int | None = None) -> None:
-        if size is not None and size < 1:
+        if size is not None and _index(size) < 1:  # TypeError for 1.5 or "2", as range() gives
             raise ValueError(f"Pool size must be a positive integer or None, not {size!r}")
         self.size, self._slots = size, None if size is None else Semaphore(size)
         self.greenlets: set[Greenlet] = set()

@@ -791,6 +791,9 @@ def test_a_pool_of_no_size_says_what_sizes_it_takes():
     for size in (0, -1):
         with pytest.raises(ValueError, match=f"^Pool size must be a positive integer or None, not {size!r}$"):
             coopsock.Pool(size)
+    for size in (1.5, "2"):
+        with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+            coopsock.Pool(size)
 
 
 # ---------------------------------------------------------------------------
