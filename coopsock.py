@@ -1959,12 +1959,8 @@ class AsyncResult(Event):
         self._flag, self.value, self.exception = False, None, None
 
 
-def iwait(objects: Iterable[_Waitable], timeout: float | None = None,
-          count: int | None = None) -> Iterator[_Waitable]:
-    """Yield greenlets, events and async results as they become ready, up to `count` of them.
-
-    Stops early, without an error, once `timeout` seconds have passed.
-    """
+def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int | None = None) -> Iterator[_Waitable]:
+    """Yield greenlets, events and async results as they become ready, up to `count`; stop quietly at `timeout`."""
     objects = list(objects)
     count = len(objects) if count is None else min(count, len(objects))
     ready: _deque[_Waitable] = _deque()
@@ -2065,8 +2061,7 @@ class Queue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
         _check_timeout(block, timeout)
-        if (self.full() or block and self._putters) and not (
-                block and self._putters.park(timeout, self._room)):
+        if (self.full() or block and self._putters) and not (block and self._putters.park(timeout, self._room)):
             raise _Full
         if self._getters:
             self._getters.schedule(self.qsize)
@@ -2077,8 +2072,7 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
         _check_timeout(block, timeout)
-        if (not self.queue or block and self._getters) and not (
-                block and self._getters.park(timeout, self.qsize)):
+        if (not self.queue or block and self._getters) and not (block and self._getters.park(timeout, self.qsize)):
             raise _Empty
         if self._putters:
             self._putters.schedule(self._room)
@@ -2141,12 +2135,13 @@ class Semaphore:
 
     __slots__ = ("counter", "_waiters", "_bound")
     _overflow: tuple[type[Exception], str] = (ValueError, "Semaphore released too many times")
+    _bounded = False
 
     def __init__(self, value: int = 1) -> None:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self.counter, self._waiters = value, _Line()
-        self._bound: int | None = None
+        self._bound = value if self._bounded else None  # release() raises _overflow past it
 
     def locked(self) -> bool:
         """Return True if acquire() would park."""
@@ -2188,10 +2183,7 @@ class BoundedSemaphore(Semaphore):
     """A Semaphore that raises ValueError when released more often than acquired."""
 
     __slots__ = ()
-
-    def __init__(self, value: int = 1) -> None:
-        super().__init__(value)
-        self._bound = value
+    _bounded = True
 
 
 def _lock_timeout(blocking, timeout):
@@ -2900,13 +2892,10 @@ class StreamServer:
             self.address = self.socket.getsockname()
         else:
             self.socket, self.address, self._given = None, tuple(listener), None
-        handlers = Group() if isinstance(spawn, Pool) else None  # a Pool of the user's may hold others
-        if spawn == "default":
-            spawn = Group()
-        elif isinstance(spawn, int):
-            spawn = Pool(spawn)
-        self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, spawn, ssl_context
-        self._handlers, self._acceptor, self.closed = spawn if handlers is None else handlers, None, False
+        pool = Group() if spawn == "default" else Pool(spawn) if isinstance(spawn, int) else spawn
+        self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, pool, ssl_context
+        self._handlers = Group() if isinstance(spawn, Pool) else pool  # a Pool of the user's may hold others
+        self._acceptor, self.closed = None, False
 
     started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
                        doc="True while accepting connections.")
@@ -3004,7 +2993,7 @@ class StreamServer:
 
 import select as _select
 
-_std_select, _std_poll = _select.select, getattr(_select, "poll", None)  # before patch() replaces them
+_std_select, _std_poll = _select.select, _select.poll  # before patch() replaces them
 _TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
 
 
@@ -3026,8 +3015,7 @@ def _build_tls() -> Any:
     class SSLSocket(ssl.SSLSocket, socket):  # type: ignore[misc]  # accept(): each returns its own class
         """ssl.SSLSocket, cooperative: the handshake, reads and writes park only the calling greenlet.
 
-        Made by SSLContext.wrap_socket(). Raises the ssl module's errors, and
-        TimeoutError once the socket's timeout (one deadline per call) passes.
+        Made by SSLContext.wrap_socket(); raises ssl's errors, and TimeoutError past the timeout (one per call).
         """
 
         _sslobj: Any  # (for type checkers) ssl.SSLSocket's own, absent from typeshed
@@ -3080,12 +3068,7 @@ def _build_tls() -> Any:
             return self._tls_retry(super().unwrap)
 
     class SSLContext(ssl.SSLContext):
-        """ssl.SSLContext whose wrap_socket() returns a cooperative coopsock.SSLSocket.
-
-        wrap_socket(sock, server_side=False, do_handshake_on_connect=True,
-        suppress_ragged_eofs=True, server_hostname=None, session=None) takes
-        and raises what the stdlib's does.
-        """
+        """ssl.SSLContext whose wrap_socket() (the stdlib's arguments and errors) returns a coopsock.SSLSocket."""
 
         sslsocket_class = SSLSocket
 
@@ -3113,17 +3096,14 @@ def _build_tls() -> Any:
 # (xlist, POLLPRI) are reported but not waited for: libev cannot watch them.
 
 def _select_timeout(timeout, name="a float"):
-    if timeout is None:
-        return None
-    if isinstance(timeout, float):
-        if timeout != timeout:
-            raise ValueError("Invalid value NaN (not a number)")
-    else:
-        try:
-            timeout = _seconds_int(timeout)
-        except TypeError:
-            raise TypeError(f"timeout must be {name} or None") from None
-    return timeout
+    if isinstance(timeout, float) and timeout != timeout:
+        raise ValueError("Invalid value NaN (not a number)")
+    if timeout is None or isinstance(timeout, float):
+        return timeout
+    try:
+        return _seconds_int(timeout)
+    except TypeError:
+        raise TypeError(f"timeout must be {name} or None") from None
 
 
 def _fileno(fd):  # of an argument the stdlib's call has accepted
@@ -3158,6 +3138,20 @@ def _wait_any(fds, timeout):
         raise raised[0]
 
 
+def _until_ready(ask, watched, deadline):
+    """Return ask() once it reports something ready or the deadline passes; park on the fds of watched() meanwhile."""
+    while True:
+        ready = ask()
+        remaining = None if deadline is None else deadline - _monotonic()
+        if any(ready) or (remaining is not None and remaining <= 0):
+            return ready
+        fds = watched()  # {fd: _EV_READ and/or _EV_WRITE}
+        if fds:
+            _wait_any(fds, remaining)
+        else:  # nothing to wait for but the time (or xlist, which libev cannot watch)
+            sleep(remaining if remaining is not None else 2 ** 31)
+
+
 def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptorLike],
            xlist: Iterable[_FileDescriptorLike],
            timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
@@ -3168,73 +3162,55 @@ def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptor
     timeout = _select_timeout(timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be non-negative")
-    deadline = None if timeout is None else _monotonic() + timeout
-    while True:
-        ready = _std_select(rlist, wlist, xlist, 0)
-        remaining = None if deadline is None else deadline - _monotonic()
-        if any(ready) or (remaining is not None and remaining <= 0):
-            return ready
-        fds: dict[int, int] = {}
-        for fds_in, events in ((rlist, _EV_READ), (wlist, _EV_WRITE)):
-            for fd in fds_in:
-                fd = _fileno(fd)
-                fds[fd] = fds.get(fd, 0) | events
-        if not fds:  # nothing to wait for but the time (or xlist, which libev cannot watch)
-            sleep(remaining if remaining is not None else 2 ** 31)
-            continue
-        _wait_any(fds, remaining)
+
+    def watched():
+        fds = dict.fromkeys(map(_fileno, rlist), _EV_READ)
+        for fd in map(_fileno, wlist):
+            fds[fd] = fds.get(fd, 0) | _EV_WRITE
+        return fds
+    return _until_ready(lambda: _std_select(rlist, wlist, xlist, 0), watched,
+                        None if timeout is None else _monotonic() + timeout)
 
 
-if hasattr(_select, "poll"):
-    class poll:
-        """select.poll(), cooperative: poll() parks only the calling greenlet."""
+class poll:
+    """select.poll(), cooperative: poll() parks only the calling greenlet."""
 
-        def __init__(self) -> None:
-            self._fds: dict[int, int] = {}  # {fd: eventmask}
-            self._poll = _std_poll()  # type: ignore[misc]  # not None where poll exists
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}  # {fd: eventmask}
+        self._poll = _std_poll()
 
-        def register(self, fd: _FileDescriptorLike,
-                     eventmask: int = _select.POLLIN | _select.POLLPRI | _select.POLLOUT) -> None:
-            """Watch fd for eventmask; raise what select.poll().register raises."""
-            self._poll.register(fd, eventmask)
-            self._fds[_fileno(fd)] = eventmask
+    def register(self, fd: _FileDescriptorLike,
+                 eventmask: int = _select.POLLIN | _select.POLLPRI | _select.POLLOUT) -> None:
+        """Watch fd for eventmask; raise what select.poll().register raises."""
+        self._poll.register(fd, eventmask)
+        self._fds[_fileno(fd)] = eventmask
 
-        def modify(self, fd: _FileDescriptorLike, eventmask: int) -> None:
-            """Change what fd is watched for; OSError(ENOENT) if it is not registered."""
-            self._poll.modify(fd, eventmask)
-            self._fds[_fileno(fd)] = eventmask
+    def modify(self, fd: _FileDescriptorLike, eventmask: int) -> None:
+        """Change what fd is watched for; OSError(ENOENT) if it is not registered."""
+        self._poll.modify(fd, eventmask)
+        self._fds[_fileno(fd)] = eventmask
 
-        def unregister(self, fd: _FileDescriptorLike) -> None:
-            """Stop watching fd; KeyError if it is not registered."""
-            self._poll.unregister(fd)
-            del self._fds[_fileno(fd)]
+    def unregister(self, fd: _FileDescriptorLike) -> None:
+        """Stop watching fd; KeyError if it is not registered."""
+        self._poll.unregister(fd)
+        del self._fds[_fileno(fd)]
 
-        def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
-            """Return [(fd, events)] once something is ready, waiting at most timeout ms (None, < 0: no limit)."""
-            timeout = _select_timeout(timeout, "an integer")
-            deadline = None if timeout is None or timeout < 0 else _monotonic() + timeout / 1000
-            while True:
-                ready = self._poll.poll(0)
-                remaining = None if deadline is None else deadline - _monotonic()
-                if ready or (remaining is not None and remaining <= 0):
-                    return ready
-                fds = {fd: (_EV_READ if mask & (_select.POLLIN | _select.POLLPRI) else 0)
-                       | (_EV_WRITE if mask & _select.POLLOUT else 0) for fd, mask in self._fds.items()}
-                fds = {fd: events for fd, events in fds.items() if events}
-                if fds:
-                    _wait_any(fds, remaining)
-                else:
-                    sleep(remaining if remaining is not None else 2 ** 31)
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        """Return [(fd, events)] once something is ready, waiting at most timeout ms (None, < 0: no limit)."""
+        timeout = _select_timeout(timeout, "an integer")
 
-    class DefaultSelector(_selectors.PollSelector):
-        """selectors.DefaultSelector, cooperative: select() parks only the calling greenlet."""
+        def watched():
+            fds = {fd: (_EV_READ if mask & (_select.POLLIN | _select.POLLPRI) else 0)
+                   | (_EV_WRITE if mask & _select.POLLOUT else 0) for fd, mask in self._fds.items()}
+            return {fd: events for fd, events in fds.items() if events}
+        return _until_ready(lambda: self._poll.poll(0), watched,
+                            None if timeout is None or timeout < 0 else _monotonic() + timeout / 1000)
 
-        _selector_cls = poll
-else:
-    class DefaultSelector(_selectors.SelectSelector):  # type: ignore[no-redef]  # where poll() is missing
-        """selectors.DefaultSelector, cooperative: select() parks only the calling greenlet."""
 
-        _select = staticmethod(select)
+class DefaultSelector(_selectors.PollSelector):
+    """selectors.DefaultSelector, cooperative: select() parks only the calling greenlet."""
+
+    _selector_cls = poll
 
 
 # -- patch() and unpatch() --------------------------------------------------
@@ -3260,13 +3236,11 @@ def _patch_table(wanted):
         yield ssl.SSLContext, "sslsocket_class", globals()["SSLSocket"]
     if wanted["select"]:
         yield _sys.modules["select"], "select", select
-        if hasattr(_select, "poll"):
-            yield _sys.modules["select"], "poll", poll
+        yield _sys.modules["select"], "poll", poll
     if wanted["selectors"]:
         std_selectors = _sys.modules["selectors"]
         yield std_selectors, "DefaultSelector", DefaultSelector
-        if hasattr(std_selectors, "PollSelector"):  # what socketserver picks when imported later
-            yield std_selectors, "PollSelector", DefaultSelector
+        yield std_selectors, "PollSelector", DefaultSelector  # what socketserver picks when imported later
         if "socketserver" in _sys.modules:  # what it picked, if imported already
             yield _sys.modules["socketserver"], "_ServerSelector", DefaultSelector
     if wanted["time"]:
