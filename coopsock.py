@@ -1929,9 +1929,8 @@ class AsyncResult(Event):
     def __call__(self, source: Greenlet) -> None:
         """Take the outcome of source, a finished greenlet: its value, or its exception."""
         if source.exception is None:
-            self.set(source.value)
-        else:
-            self.set_exception(source.exception)
+            return self.set(source.value)
+        self.set_exception(source.exception)
 
     def successful(self) -> bool:
         """Return True if set with a value."""
@@ -2027,7 +2026,7 @@ def _check_timeout(block, timeout):
 
 
 class Queue:
-    """A FIFO queue for one thread's greenlets (queue.Queue's API, plus peek; true when empty); maxsize None, 0: unbounded."""
+    """A FIFO queue for one thread's greenlets: queue.Queue's API, plus peek; always true; maxsize None, 0: unbounded."""
 
     __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
 
@@ -2150,7 +2149,7 @@ class Semaphore:
     def _free(self): return self.counter > 0
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take one, parking in line while there is none; False if `timeout` passed first (ValueError if not blocking)."""
+        """Take one, parking in line while there is none; False if `timeout` passes first (ValueError: not blocking)."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         if (self.counter <= 0 or blocking and self._waiters) and not (
@@ -2249,7 +2248,7 @@ class RLock:
 
 
 class Pool:
-    """One thread's greenlets spawned through it, at most `size` at once (None: no limit), to wait for or kill together."""
+    """One thread's greenlets spawned through it, at most `size` (None: no limit) at once, to join or kill together."""
 
     def __init__(self, size: int | None = None) -> None:
         if size is not None and _index(size) < 1:  # TypeError for 1.5 or "2", as range() gives
@@ -3224,9 +3223,7 @@ _originals: dict[tuple[Any, str], Any] = {}  # {(module or class, attribute): wh
 def _patch_table(wanted):
     """Yield (object, attribute, replacement) for each kind of patch wanted."""
     if wanted["socket"]:
-        for name in _SOCKET_NAMES:
-            if name in globals():  # whatever coopsock defines
-                yield _sys.modules["socket"], name, globals()[name]
+        yield from ((_sys.modules["socket"], name, globals()[name]) for name in _SOCKET_NAMES)
     if wanted["ssl"]:
         # Every context the stdlib makes, before or after patch() and however
         # its class was imported, wraps with its class's sslsocket_class.
@@ -3253,7 +3250,7 @@ def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selecto
 
     Covers socket.socket and the socket module's functions coopsock has, TLS
     (every ssl.SSLContext wraps sockets cooperatively), select.select and
-    poll, _selectors.DefaultSelector (and the one socketserver picks), and
+    poll, selectors.DefaultSelector (and the one socketserver picks), and
     time.sleep. Call it first thing in __main__: names bound earlier with
     `from socket import socket` stay the stdlib's. Threads still work, each
     with a hub of its own; C extensions that do their own I/O still block.
@@ -3270,8 +3267,7 @@ def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selecto
 def unpatch() -> None:
     """Put back every original patch() replaced; safe to call twice. Raises nothing."""
     for key in reversed(list(_originals)):
-        target, attribute = key
-        original = _originals[key]
+        (target, attribute), original = key, _originals[key]
         if original is _MISSING:
             delattr(target, attribute)
         else:
