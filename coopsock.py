@@ -2026,7 +2026,7 @@ def _check_timeout(block, timeout):
 
 
 class Queue:
-    """A FIFO queue for one thread's greenlets: queue.Queue's API, plus peek; always true; maxsize None, 0: unbounded."""
+    """A FIFO queue for one thread's greenlets: queue.Queue's API, plus peek; always true; maxsize None, 0: no limit."""
 
     __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
 
