@@ -3154,10 +3154,7 @@ def _until_ready(ask, watched, deadline):
 def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptorLike],
            xlist: Iterable[_FileDescriptorLike],
            timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
-    """select.select, cooperative: park until an fd is ready or timeout seconds pass.
-
-    Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
-    """
+    """select.select, cooperative: park until an fd is ready or timeout seconds pass; raise what select.select does."""
     timeout = _select_timeout(timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be non-negative")
