@@ -1968,17 +1968,19 @@ def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int
     def on_ready(obj):
         ready.append(obj)
         waiter()
-    for obj in objects:
-        obj.rawlink(on_ready)
-    deadline = None if timeout is None else _monotonic() + _delay(timeout)
+    linked = []  # what to unlink, however this ends (iwait([event, 5]) raises at 5)
     try:
+        for obj in objects:
+            obj.rawlink(on_ready)
+            linked.append(obj)
+        deadline = None if timeout is None else _monotonic() + _delay(timeout)
         for _ in range(count):
             while not ready:
                 if not waiter.wait(None if deadline is None else deadline - _monotonic()):
                     return
             yield ready.popleft()
     finally:
-        for obj in objects:
+        for obj in linked:
             obj.unlink(on_ready)
 
 

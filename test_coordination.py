@@ -316,6 +316,15 @@ def test_with_timeout_interrupts_an_async_result_get():
 # ---------------------------------------------------------------------------
 # wait, iwait, killall
 
+def test_iwait_given_something_it_cannot_wait_for_leaves_no_link_behind():
+    event = Event()
+    with pytest.raises(AttributeError):
+        list(coopsock.iwait([event, 5]))
+    with pytest.raises(ValueError):
+        coopsock.wait([event], timeout=float("nan"))
+    assert not event._waiters  # no callback of a finished iwait stays linked
+
+
 def test_iwait_yields_objects_in_the_order_they_become_ready():
     event, result = Event(), coopsock.AsyncResult()
     slow, fast = spawn(sleep, 0.3), spawn(sleep, 0)
