@@ -1411,7 +1411,7 @@ class Greenlet(_greenlet):
 
     def __init__(self, func: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(parent=get_hub())
-        self._func, self._args, self._kwargs = self._run if func is None else func, args, kwargs
+        self._func, self._args, self._kwargs = func, args, kwargs  # None: _run (not stored: a cycle)
         self.value = self.exception = self._starter = None
         self.name = f"Greenlet-{next(_greenlet_numbers)}"  # for reports; settable
         self._links: list[Callable[[Greenlet], object]] = []
@@ -1445,7 +1445,7 @@ class Greenlet(_greenlet):
     def run(self) -> None:
         self._starter = None
         try:
-            self.value = self._func(*self._args, **self._kwargs)
+            self.value = (self._run if self._func is None else self._func)(*self._args, **self._kwargs)
         except GreenletExit as exc:
             self.value = exc
         except BaseException as exc:
@@ -1456,7 +1456,8 @@ class Greenlet(_greenlet):
 
     def _finish(self):
         self._finished = True
-        self._func = getattr(self._func, "__qualname__", None) or _reprlib.repr(self._func)  # for the repr
+        func = self._run if self._func is None else self._func
+        self._func = getattr(func, "__qualname__", None) or _reprlib.repr(func)  # for the repr
         self._args = self._kwargs = None
         links, self._links = self._links, []
         for link in links:
@@ -2393,13 +2394,20 @@ def _wait_before(hub, entry, events, deadline):
     hub.wait(entry, events, deadline)
 
 
-class _SocketClass(type):
-    def __getattr__(cls, name):  # the gevent habit: `from coopsock import socket` is a class, not a module
-        if not name.startswith("_") and name in globals():
-            raise AttributeError(f"coopsock.socket is the socket class, not a module: use coopsock.{name}, "
-                                 f"or `import coopsock as socket`")
-        raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+def _class_getattr(cls, name):  # the gevent habit: `from coopsock import socket` is a class, not a module
+    if not name.startswith("_") and name in globals():
+        raise AttributeError(f"coopsock.socket is the socket class, not a module: use coopsock.{name}, "
+                             f"or `import coopsock as socket`")
+    raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
 
+
+# (set by setattr: a type checker that saw a metaclass __getattr__ would take
+# every attribute of coopsock.socket for Any, typos included)
+class _SocketClass(type):
+    pass
+
+
+setattr(_SocketClass, "__getattr__", _class_getattr)  # noqa: B010
 
 class socket(_stdsocket.socket, metaclass=_SocketClass):
     """The stdlib socket, cooperative: a blocking call parks only the calling greenlet."""
