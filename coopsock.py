@@ -2746,23 +2746,28 @@ def _run_in_thread(func, *args):
         except BaseException as exc:
             outcome.append((False, exc))
         hub._run_threadsafe(waiter)  # dropped if the hub is gone; a no-op if the wait ended
-    waiter.greenlet = getcurrent()
-    with _resolver:
-        _resolver_jobs.append(work)
-        running, idle = _resolver_threads
-        if idle >= len(_resolver_jobs):
-            _resolver.notify()
-        elif running < 8:
-            _resolver_threads[0] += 1
-            _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
     current = getcurrent()
-    try:
+    try:  # as in Hub.wait: each step one store inside the try, each undone idempotently, again if cut short
+        waiter.greenlet = current
         hub._parked[current] = waiter  # the worker will wake this hub
+        with _resolver:
+            _resolver_jobs.append(work)
+            running, idle = _resolver_threads
+            if idle >= len(_resolver_jobs):
+                _resolver.notify()
+            elif running < 8:
+                _resolver_threads[0] += 1
+                _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
         while not outcome:
             hub.switch()
     finally:
-        hub._parked.pop(current, None)
-        waiter.greenlet = None
+        try:
+            waiter.greenlet = None  # first: a late wake-up then switches to nobody
+            hub._parked.pop(current, None)
+        except BaseException:
+            waiter.greenlet = None
+            hub._parked.pop(current, None)
+            raise
     ok, result = outcome[0]
     if ok:
         return result
