@@ -1152,8 +1152,9 @@ class Hub(_greenlet):
             # Only the callbacks queued before this pass: a sleep(0) loop must
             # let I/O in. Each is taken (func set to None) without a call, its
             # ref dropped before, and popped after it ran: an interrupted pass
-            # runs none twice, and loses one only if the signal lands between
-            # the take and the call (on 3.9, 3.10 and PyPy, not on 3.11+).
+            # runs none twice. One a signal cut short as it was entered is
+            # given back for the next pass; one is lost only if the signal
+            # lands between the take and the call (3.9, 3.10 and PyPy).
             for _ in range(len(callbacks)):
                 callback = callbacks[0]
                 func = callback.func
@@ -1166,6 +1167,10 @@ class Hub(_greenlet):
                     except BaseException as exc:
                         if self._destroyed:  # destroy() from a greenlet this callback switched to
                             return
+                        if _landed_before_the_callee_began(exc):  # it never ran: the next pass runs it
+                            callback.func = func
+                            if callback.ref:
+                                refs.add(callback)
                         self.handle_error(func, exc)
                 callbacks.popleft()
             while incoming:  # what other threads handed over: each call is idempotent
@@ -1265,14 +1270,30 @@ class Hub(_greenlet):
 _DIRECTIONS: tuple[Any, ...] = (None, (0,), (1,), (0, 1))  # indexed by events: _EV_READ, _EV_WRITE, both
 
 
-def _raised_by_signal_handler(exc):
+def _signal_handler_codes():
     import signal
-    handlers = {getattr(getattr(handler, "__func__", handler), "__code__", None)
-                for handler in map(signal.getsignal, signal.valid_signals())} - {None}
-    tb = exc.__traceback__
+    return {getattr(getattr(handler, "__func__", handler), "__code__", None)
+            for handler in map(signal.getsignal, signal.valid_signals())} - {None}
+
+
+def _raised_by_signal_handler(exc):
+    handlers, tb = _signal_handler_codes(), exc.__traceback__
     while tb is not None and tb.tb_frame.f_code not in handlers:
         tb = tb.tb_next
     return tb is not None
+
+
+def _landed_before_the_callee_began(exc):
+    """True if a signal handler raised exc as the hub's callee was entered, before its first step."""
+    callee = exc.__traceback__.tb_next  # (the first entry is the hub's own frame)
+    handler = callee and callee.tb_next
+    if handler is None or handler.tb_frame.f_code not in _signal_handler_codes():
+        return False
+    if _sys.version_info < (3, 11):  # handlers run before the first instruction, or just after it
+        return callee.tb_lasti <= 0
+    import dis  # 3.11+: at the RESUME that opens every function
+    return callee.tb_lasti <= next(i.offset for i in dis.get_instructions(callee.tb_frame.f_code)
+                                   if i.opname == "RESUME")
 
 
 def _wake_closed(entry, waiter):

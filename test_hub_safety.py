@@ -16,6 +16,7 @@ import socket as stdsocket
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -304,6 +305,46 @@ def test_signals_landing_anywhere_in_the_wait_path_leave_the_hub_consistent(back
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     alarms, trips = map(int, proc.stdout.split()[-2:])
     assert alarms > 50 and trips > 50, proc.stdout  # the signals did land, and trips did complete
+
+
+def test_a_hub_callback_a_signal_cut_short_as_it_began_runs_on_the_next_pass(alarm, monkeypatch):
+    # A signal landing at the callback's entry (3.11+: its RESUME): it never
+    # ran, so the hub gives it back instead of losing a wake-up.
+    calls, real = [], coopsock._landed_before_the_callee_began
+    def callback():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            _raise_alarm(signal.SIGALRM, None)  # as the handler would, before the body's first step
+    monkeypatch.setattr(coopsock, "_landed_before_the_callee_began", lambda exc: len(calls) == 1 or real(exc))
+    coopsock.get_hub().run_callback(callback)
+    with pytest.raises(Alarm):
+        sleep(0.01)
+    sleep(0.01)
+    assert calls == [0, 1]
+
+
+def test_a_signal_at_a_callees_entry_is_told_from_one_inside_it(alarm):
+    def handler(signum=None, frame=None):
+        return sys._getframe()
+    def callee():
+        return sys._getframe()
+    def other():
+        return sys._getframe()
+    signal.signal(signal.SIGALRM, handler)  # the alarm fixture puts its own back
+    hub, inside, in_handler, elsewhere = sys._getframe(), callee(), handler(), other()
+    entry = -1
+    if sys.version_info >= (3, 11):
+        import dis
+        entry = next(i.offset for i in dis.get_instructions(callee) if i.opname == "RESUME")
+
+    def landed(lasti, last):  # the traceback of an exception from `last`, called in callee at lasti
+        tb = types.TracebackType(None, last, 0, last.f_lineno)
+        tb = types.TracebackType(tb, inside, lasti, inside.f_lineno)
+        exc = Alarm().with_traceback(types.TracebackType(tb, hub, 0, hub.f_lineno))
+        return coopsock._landed_before_the_callee_began(exc)
+    assert landed(entry, in_handler)
+    assert not landed(entry + 2, in_handler)  # the body had begun
+    assert not landed(entry, elsewhere)  # not raised by a signal handler
 
 
 def test_a_chaining_unraisablehook_installed_later_sees_each_error_once():
