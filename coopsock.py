@@ -649,13 +649,14 @@ class _SelWatcher:
     def start(self):
         if not self.active:
             self.loop._selector or _sel_closed()
-            self._add()  # first, and idempotent: an interrupted start is redone, never half-done
+            self._add()  # idempotent, as _remove() is
             self.active = True
 
     def stop(self):
-        if self.active:
-            self.active = False
-            self._remove()
+        # Even if inactive: a signal between _add() and `active = True` left
+        # it registered, and a later file on its fd would never be watched.
+        self.active = False
+        self._remove()
 
 
 class _SelIo(_SelWatcher):
@@ -682,7 +683,8 @@ class _SelIo(_SelWatcher):
     def _remove(self):
         loop, fd = self.loop, self._fd
         watchers = loop._ios.get(fd, {})
-        watchers.pop(self, None)
+        if watchers.pop(self, loop) is loop and fd not in loop._cut_short:
+            return  # not registered: nothing to undo
         if not watchers:
             loop._ios.pop(fd, None)
         if loop._selector is not None:

@@ -562,6 +562,36 @@ def test_every_stand_in_method_on_a_destroyed_loop_raises_the_backends_error(bac
     _assert_clean_exit(_run_child(code, backend))
 
 
+def test_a_selectors_watcher_whose_start_a_signal_cut_short_leaves_no_registration(backend):
+    if backend != "selectors":
+        pytest.skip("the selectors stand-in's own registration")
+    code = """
+    hub = coopsock.get_hub()
+    real_add, shots = coopsock._SelIo._add, [1]
+    def add_then_signal(self):  # as a signal landing after _add(), before `active = True`
+        real_add(self)
+        if shots[0]:
+            shots[0] -= 1
+            raise KeyboardInterrupt
+    coopsock._SelIo._add = add_then_signal
+    a, b = coopsock.socketpair()
+    try:
+        a.recv(1)
+    except KeyboardInterrupt:
+        pass
+    fd = a.fileno()
+    a.close()
+    b.close()
+    assert fd not in hub.loop._ios, hub.loop._ios  # else a later file on that fd number is never watched
+    c, d = coopsock.socketpair()
+    c.settimeout(5)
+    spawn(d.sendall, b"x")
+    assert c.recv(1) == b"x"
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, backend))
+
+
 def test_a_libev_loop_whose_making_a_signal_cut_short_is_collected_quietly(backend, monkeypatch):
     if backend != "libev":
         pytest.skip("the ctypes stand-in's own construction")
