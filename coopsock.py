@@ -964,7 +964,7 @@ class Hub(_greenlet):
         waiters, watchers = entry.waiters, entry.watchers
         for i in _DIRECTIONS[events]:
             other = waiters[i]
-            if other is not None and other is not current and not other.dead:
+            if other is not None and other is not current and not other.dead and self._waits_on(other, entry):
                 sock = entry.owner and entry.owner()
                 raise ConcurrentObjectUseError(
                     f"This {'socket' if sock else 'fd'} is already used by another greenlet for "
@@ -997,6 +997,11 @@ class Hub(_greenlet):
             except BaseException:
                 self._unpark(current, entry, slot)
                 raise
+
+    def _waits_on(self, greenlet, entry):
+        """False if a signal left greenlet's record of a wait on entry behind: it has moved on."""
+        frame = greenlet.gr_frame
+        return self._parked.get(greenlet) is entry and frame is not None and frame.f_code is Hub.wait.__code__
 
     def _unpark(self, current, entry, slot):
         """Undo what a wait of current on entry did; again if a signal cut it short."""
@@ -1479,6 +1484,7 @@ class Greenlet(_greenlet):
 
     def _finish(self):
         self._finished = True
+        self.parent._parked.pop(self, None)  # left by a wait a signal cut short: it must not stop LoopExit
         func = self._run if self._func is None else self._func
         self._func = getattr(func, "__qualname__", None) or _reprlib.repr(func)  # for the repr
         self._args = self._kwargs = None

@@ -21,7 +21,7 @@ import types
 import pytest
 
 import coopsock
-from coopsock import sleep, spawn
+from coopsock import Event, LoopExit, sleep, spawn
 from test_reliability import _assert_clean_exit, _run_child
 
 STAND_INS = ("libev", "selectors")
@@ -590,6 +590,24 @@ def test_a_selectors_watcher_whose_start_a_signal_cut_short_leaves_no_registrati
     print("OK")
     """
     _assert_clean_exit(_run_child(code, backend))
+
+
+def test_records_a_signal_left_behind_stop_neither_another_reader_nor_loop_exit(pair):
+    # What a signal cutting a wait's cleanup short leaves (possible on 3.9,
+    # 3.10 and PyPy): the greenlet still named as the fd's reader, and as parked.
+    a, b = pair
+    hub = coopsock.get_hub()
+    sleeper = spawn(sleep, 10)
+    sleep(0)
+    entry = hub._entry(a.fileno())
+    entry.waiters[0] = sleeper
+    hub._parked[sleeper] = entry
+    spawn(b.sendall, b"x")
+    assert a.recv(1) == b"x"  # no ConcurrentObjectUseError: the sleeper does not wait on a
+    sleeper.kill()
+    assert sleeper not in hub._parked
+    with pytest.raises(LoopExit):
+        Event().wait()  # nothing can wake it: the record left behind does not keep the hub polling
 
 
 def test_a_libev_loop_whose_making_a_signal_cut_short_is_collected_quietly(backend, monkeypatch):
