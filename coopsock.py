@@ -984,8 +984,9 @@ class Hub(_greenlet):
             parked[current] = entry
             waiters[0] = (waiters[0], current)[events & 1]
             waiters[1] = (waiters[1], current)[events >> 1]
+            entry.deadlines[slot] = _NO_DEADLINE  # in case a signal kept the last wait's finally from it
             if deadline is not None:
-                self._at(deadline, current.throw, (_timed_out, "timed out"), 0, entry.deadlines, slot)
+                self._at(deadline, self._time_out, (current, entry, slot), 0, entry.deadlines, slot)
             return _greenlet.switch(self)
         finally:
             try:
@@ -997,6 +998,13 @@ class Hub(_greenlet):
             except BaseException:
                 self._unpark(current, entry, slot)
                 raise
+
+    def _time_out(self, greenlet, entry, slot):
+        # Only into the wait this deadline is for: on PyPy a signal can keep
+        # a wait's finally from cancelling it (so the next wait holds another).
+        deadline = entry.deadlines[slot]
+        if deadline.func is None and deadline is not _NO_DEADLINE and self._waits_on(greenlet, entry):
+            greenlet.throw(_timed_out, "timed out")
 
     def _waits_on(self, greenlet, entry):
         """False if a signal left greenlet's record of a wait on entry behind: it has moved on."""
