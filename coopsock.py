@@ -239,7 +239,8 @@ def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
 # declared with libev's first two arguments, (loop, watcher), and ignores the
 # third (revents), which every C calling convention allows: insert(loop
 # address, watcher address) appends the watcher, the index being past the
-# end. start() then calls each fired watcher's callback in Python.
+# end. start() then calls each fired watcher's callback in Python. (On PyPy
+# the thunk is cffi's, not ctypes': see _ev_recorder.)
 #
 # libev's allocator is process-wide, and importing pyev makes it
 # PyMem_Realloc, which needs the GIL. So libev runs with the GIL held, as
@@ -273,6 +274,21 @@ class _ev_async(_ev_watcher):
 
 
 _EV_RECORD = _ct.CFUNCTYPE(None, _ct.c_ssize_t, _ct.c_void_p)
+
+
+def _ev_recorder(fired):
+    """Return (the thunk to keep alive, its address): a C callback doing fired.insert(loop, watcher)."""
+    if _sys.implementation.name == "pypy":
+        # PyPy's ctypes thunks run a trampoline written in Python: a signal
+        # handler can run in it, and PyPy prints and drops what it raises
+        # there (a lost Ctrl-C). cffi's (built into PyPy) calls the builtin
+        # straight from C, as CPython's ctypes does.
+        import cffi
+        ffi = cffi.FFI()
+        thunk = ffi.callback("void(intptr_t, intptr_t)", fired.insert)
+        return thunk, int(ffi.cast("intptr_t", thunk))
+    thunk = _EV_RECORD(fired.insert)
+    return thunk, _ct.cast(thunk, _ct.c_void_p).value
 
 
 @_ct.CFUNCTYPE(None, _ct.c_char_p)
@@ -354,8 +370,7 @@ class _EvLoop:
         if not self._ptr:
             raise _EvError("ev_loop_new() failed: no usable backend")
         self._fired = []   # addresses of the watchers libev called back in this pass
-        self._record = _EV_RECORD(self._fired.insert)
-        self._cb = _ct.cast(self._record, _ct.c_void_p).value
+        self._record, self._cb = _ev_recorder(self._fired)
         self._active = {}  # {struct address: watcher} for every watcher libev may point at
         self._run, self._polls = _ev_lib.ev_run, 0
         if _ev_gil_hooks:
@@ -2986,7 +3001,8 @@ def _build_tls() -> Any:
 
         def unwrap(self) -> socket:
             """Close TLS (close_notify both ways) and return the socket, now plain."""
-            return self._tls_retry(super().unwrap)
+            plain = self._tls_retry(super().unwrap)
+            return plain.sock if isinstance(plain, _TLSFd) else plain  # PyPy: see _wrap_socket
 
     class SSLContext(ssl.SSLContext):
         """ssl.SSLContext whose wrap_socket() returns a cooperative coopsock.SSLSocket.
@@ -2997,6 +3013,27 @@ def _build_tls() -> Any:
         """
 
         sslsocket_class = SSLSocket
+
+        if _sys.implementation.name == "pypy":
+            def _wrap_socket(self, sock, *args, **kwargs):
+                # PyPy's _ssl is Python that asks sock.gettimeout() whether to
+                # wait itself: our None (the user's) would make it spin on the
+                # non-blocking fd for ever. It sees an fd view of timeout 0.0,
+                # as CPython's C code sees the fd's own, and raises "want read".
+                sock._tls_fd = view = _TLSFd(sock)
+                return super()._wrap_socket(view, *args, **kwargs)
+
+    class _TLSFd:
+        __slots__ = ("sock", "__weakref__")
+
+        def __init__(self, sock):
+            self.sock = sock  # what unwrap() gives back, as CPython's does
+
+        def fileno(self):
+            return self.sock.fileno()  # -1 once the socket closes, as PyPy's _ssl checks
+
+        def gettimeout(self):
+            return 0.0
 
     std_create_default_context = ssl.create_default_context
 
