@@ -92,6 +92,8 @@ __all__ = [
 
 import sys as _sys
 
+_PYPY = _sys.implementation.name == "pypy"  # whose stdlib takes some arguments CPython's rejects
+
 if __name__ == "__main__":  # python -m coopsock: let `import coopsock` find this very module
     _sys.modules.setdefault("coopsock", _sys.modules[__name__])
 
@@ -278,7 +280,7 @@ _EV_RECORD = _ct.CFUNCTYPE(None, _ct.c_ssize_t, _ct.c_void_p)
 
 def _ev_recorder(fired):
     """Return (the thunk to keep alive, its address): a C callback doing fired.insert(loop, watcher)."""
-    if _sys.implementation.name == "pypy":
+    if _PYPY:
         # PyPy's ctypes thunks run a trampoline written in Python: a signal
         # handler can run in it, and PyPy prints and drops what it raises
         # there (a lost Ctrl-C). cffi's (built into PyPy) calls the builtin
@@ -1546,7 +1548,9 @@ def _seconds_int(value):
     except TypeError:
         if _sys.version_info >= (3, 10) or not hasattr(type(value), "__int__"):
             raise
-    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated
+    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated; PyPy 3.9's without a word
+    if _PYPY:
+        return result
     import warnings
     warnings.warn(f"an integer is required (got type {type(value).__name__}).  Implicit conversion to integers "
                   "using __int__ is deprecated, and may be removed in a future version of Python.",
@@ -1578,7 +1582,7 @@ def sleep(seconds: float = 0) -> None:
         seconds = seconds if isinstance(seconds, float) else _seconds_int(seconds)
         if seconds != seconds:
             raise ValueError("Invalid value NaN (not a number)")
-        if seconds < 0:
+        if seconds < 0 if not _PYPY else int(seconds * 1e9) < 0:  # PyPy's truncates to ns first
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
@@ -2763,7 +2767,9 @@ def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
     """
     if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
         timeout = timeout if isinstance(timeout, float) else _seconds_int(timeout)  # TypeError, as select's
-        if not timeout >= 0:
+        if _PYPY and timeout != timeout:  # PyPy's select waits with no timeout; CPython's raises
+            timeout = None
+        elif not timeout >= 0:
             raise ValueError("timeout must be non-negative")
     fd, hub = _check_fd(fileno), get_hub()
     entry = hub._entry(fd)
@@ -3014,7 +3020,7 @@ def _build_tls() -> Any:
 
         sslsocket_class = SSLSocket
 
-        if _sys.implementation.name == "pypy":
+        if _PYPY:
             def _wrap_socket(self, sock, *args, **kwargs):
                 # PyPy's _ssl is Python that asks sock.gettimeout() whether to
                 # wait itself: our None (the user's) would make it spin on the
@@ -3111,6 +3117,8 @@ def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptor
 
     Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
     """
+    if _PYPY and isinstance(timeout, float) and timeout != timeout:  # as PyPy's select: no timeout
+        timeout = None
     timeout = _select_timeout(timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be non-negative")

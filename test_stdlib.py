@@ -267,15 +267,19 @@ def test_select_timeout_and_sleep():
         assert coopsock.select([a], [], [], 0) == ([], [], [])
 
 
-@pytest.mark.parametrize("args", [([], [], [], -1), ([], [], [], "1"), ([], [], [], float("nan")),
+@pytest.mark.parametrize("args", [([], [], [], -1), ([], [], [], "1"), ([], ["writable"], [], float("nan")),
                                   ([-1], [], [], 0), (["x"], [], [], 0), (5, [], [], 0), ([object()], [], [], 0)])
-def test_select_raises_what_select_select_raises(args):
+def test_select_raises_what_select_select_raises(pair, args):
     import select as stdselect
-    with pytest.raises(Exception) as expected:
-        stdselect.select(*args)
-    with pytest.raises(expected.type) as got:
-        coopsock.select(*args)
-    assert str(got.value) == str(expected.value)
+    args = [[pair[0] if fd == "writable" else fd for fd in arg] if isinstance(arg, list) else arg for arg in args]
+    try:  # PyPy's select takes a NaN timeout as none: then the writable fd makes it return at once
+        expected = stdselect.select(*args)
+    except Exception as exc:
+        with pytest.raises(type(exc)) as got:
+            coopsock.select(*args)
+        assert str(got.value) == str(exc)
+    else:
+        assert coopsock.select(*args) == expected
 
 
 def test_select_closed_fd_raises_ebadf():
