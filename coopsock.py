@@ -2952,6 +2952,7 @@ def __dir__() -> list[str]:
 
 def _build_tls() -> Any:
     import ssl
+    import weakref
 
     class SSLSocket(ssl.SSLSocket, socket):  # type: ignore[misc]  # accept(): each returns its own class
         """ssl.SSLSocket, cooperative: the handshake, reads and writes park only the calling greenlet.
@@ -2967,6 +2968,13 @@ def _build_tls() -> Any:
             # OpenSSL on a non-blocking fd says which way it must wait (a read
             # may need to write, in a handshake or a TLS 1.3 key update):
             # wait for that, then make the very same call again.
+            if _PYPY and self._sslobj is not None and type(self._sslobj.socket()) is not _TLSFd:
+                # PyPy's _ssl is Python that asks its socket's gettimeout()
+                # whether to wait itself: our None (the user's) would make it
+                # spin on the non-blocking fd. It gets an fd view of timeout
+                # 0.0, as CPython's C code sees the fd's own, and says "want read".
+                self._tls_fd = view = _TLSFd(self)
+                self._sslobj.socket = weakref.ref(view)
             while True:
                 try:
                     return call(*args)
@@ -3008,7 +3016,7 @@ def _build_tls() -> Any:
         def unwrap(self) -> socket:
             """Close TLS (close_notify both ways) and return the socket, now plain."""
             plain = self._tls_retry(super().unwrap)
-            return plain.sock if isinstance(plain, _TLSFd) else plain  # PyPy: see _wrap_socket
+            return plain.sock if isinstance(plain, _TLSFd) else plain  # PyPy: see _tls_retry
 
     class SSLContext(ssl.SSLContext):
         """ssl.SSLContext whose wrap_socket() returns a cooperative coopsock.SSLSocket.
@@ -3020,16 +3028,7 @@ def _build_tls() -> Any:
 
         sslsocket_class = SSLSocket
 
-        if _PYPY:
-            def _wrap_socket(self, sock, *args, **kwargs):
-                # PyPy's _ssl is Python that asks sock.gettimeout() whether to
-                # wait itself: our None (the user's) would make it spin on the
-                # non-blocking fd for ever. It sees an fd view of timeout 0.0,
-                # as CPython's C code sees the fd's own, and raises "want read".
-                sock._tls_fd = view = _TLSFd(sock)
-                return super()._wrap_socket(view, *args, **kwargs)
-
-    class _TLSFd:
+    class _TLSFd:  # PyPy: see _tls_retry
         __slots__ = ("sock", "__weakref__")
 
         def __init__(self, sock):
