@@ -277,7 +277,8 @@ def test_select_raises_what_select_select_raises(pair, args):
     except Exception as exc:
         with pytest.raises(type(exc)) as got:
             coopsock.select(*args)
-        assert str(got.value) == str(exc)
+        if sys.implementation.name != "pypy":  # PyPy words some (a str timeout's); coopsock keeps CPython's words
+            assert str(got.value) == str(exc)
     else:
         assert coopsock.select(*args) == expected
 
@@ -492,7 +493,8 @@ def run_100(request, expected, cpu_bound=False):
     hub was blocked is bounded.
     """
     gc.collect()
-    gc.freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
+    freeze = getattr(gc, "freeze", lambda: None)  # PyPy has none: its major collections are incremental
+    freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
     try:
         with Ticker() as ticker:
             start = time.monotonic()
@@ -500,7 +502,7 @@ def run_100(request, expected, cpu_bound=False):
             results = [g.get(timeout=30) for g in greenlets]
             elapsed = time.monotonic() - start
     finally:
-        gc.unfreeze()
+        getattr(gc, "unfreeze", lambda: None)()
     assert results == [expected(i) for i in range(100)]
     timing = (f"elapsed {elapsed:.3f} s (waiting for a CPU {ticker.starved:.3f} s), "
               f"longest stall {ticker.longest:.3f} s, blocked {ticker.blocked:.3f} s")
