@@ -2139,7 +2139,8 @@ def _lock_timeout(blocking, timeout):
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
     if timeout < 0:
-        raise ValueError("timeout value must be " + ("positive" if _sys.version_info < (3, 13) else
+        raise ValueError("timeout value must be " + ("strictly positive" if _PYPY else "positive"
+                                                     if _sys.version_info < (3, 13) else
                                                      "a non-negative number"))  # threading's words
     return timeout
 
