@@ -1461,10 +1461,12 @@ def _constructor_verdict(lib, name, recipes):
     except Exception as exc:
         return type(exc).__name__
     finally:
+        owned = {sock.fileno() for sock in made}  # PyPy's socket() takes a pipe's fd, and then owns it
         for sock in made:
             sock.close()
         for n in fds:
-            os.close(n)
+            if n not in owned:
+                os.close(n)
         if name == "socket" and args and recipes[-1] == "dup of a socket fd" and not made:
             os.close(args[-1])  # the constructor refused it: close it ourselves
 
