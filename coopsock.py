@@ -1582,7 +1582,7 @@ def sleep(seconds: float = 0) -> None:
         seconds = seconds if isinstance(seconds, float) else _seconds_int(seconds)
         if seconds != seconds:
             raise ValueError("Invalid value NaN (not a number)")
-        if seconds < 0 if not _PYPY else int(seconds * 1e9) < 0:  # PyPy's truncates to ns first
+        if seconds < 0 if not _PYPY else seconds * 1e9 <= -1:  # PyPy's truncates to whole ns first
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
