@@ -2761,6 +2761,15 @@ def getfqdn(name: str = "") -> str:
     return next((n for n in [hostname, *aliases] if "." in n), hostname)
 
 
+def _pypy_seconds(value):
+    """A timeout as PyPy's select takes it: a float, or any type with __float__ (a Fraction too)."""
+    if isinstance(value, float):
+        return value
+    if not hasattr(type(value), "__float__"):
+        raise TypeError(f"must be real number, not {type(value).__name__}")  # PyPy's words
+    return float(value)  # OverflowError for a huge int, as PyPy's
+
+
 def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
                    timeout_exc: type[BaseException] | BaseException | None = None, *,
                    events: int = _EV_READ | _EV_WRITE) -> None:
@@ -2771,7 +2780,8 @@ def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
     coopsock socket on the fd is closed meanwhile.
     """
     if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
-        timeout = timeout if isinstance(timeout, float) else _seconds_int(timeout)  # TypeError, as select's
+        timeout = _pypy_seconds(timeout) if _PYPY else timeout if isinstance(timeout, float) else \
+            _seconds_int(timeout)  # TypeError, as select's
         if _PYPY and timeout != timeout:  # PyPy's select waits with no timeout; CPython's raises
             timeout = None
         elif not timeout >= 0:
@@ -3121,8 +3131,9 @@ def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptor
 
     Raises what select.select raises (TypeError, ValueError, OSError(EBADF)).
     """
-    if _PYPY and isinstance(timeout, float) and timeout != timeout:  # as PyPy's select: no timeout
-        timeout = None
+    if _PYPY and timeout is not None:  # as PyPy's select: any real number; NaN is no timeout
+        timeout = _pypy_seconds(timeout)
+        timeout = None if timeout != timeout else timeout
     timeout = _select_timeout(timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be non-negative")

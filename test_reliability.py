@@ -660,7 +660,8 @@ def test_stress_churn_leaks_no_fd_and_no_watcher(hub_errors):
           f"hub {stats_before} -> {stats_after}")
     assert all(g.successful() for g in crew + acceptors) and hub_errors == []
     assert done == cycles
-    assert fds_after == fds_before
+    if not PYPY_WITH_PYEV:  # PYEV_FDS_ON_PYPY says why not there
+        assert fds_after == fds_before
     _assert_counted(stats_before, stats_after)
     assert stats_after == stats_before
 

@@ -509,6 +509,8 @@ def run_100(request, expected, cpu_bound=False):
     assert elapsed - ticker.starved < 1.0, f"100 requests did not overlap: {timing}"
     print(f"\n{request.__qualname__}: {timing}")
     assert ticker.blocked < 0.05, f"the hub was blocked: {timing}"
+    # PyPy's JIT compiles a loop in the pass that first runs it hot: tens of ms of CPU, as a TLS handshake costs.
+    cpu_bound = cpu_bound or sys.implementation.name == "pypy"
     assert cpu_bound or ticker.longest < 0.05, f"the hub stalled: {timing}"
     return elapsed
 
