@@ -92,6 +92,8 @@ __all__ = [
 
 import sys as _sys
 
+_PYPY = _sys.implementation.name == "pypy"  # whose stdlib takes some arguments CPython's rejects
+
 if __name__ == "__main__":  # python -m coopsock: let `import coopsock` find this very module
     _sys.modules.setdefault("coopsock", _sys.modules[__name__])
 
@@ -243,7 +245,8 @@ def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
 # declared with libev's first two arguments, (loop, watcher), and ignores the
 # third (revents), which every C calling convention allows: insert(loop
 # address, watcher address) appends the watcher, the index being past the
-# end. start() then calls each fired watcher's callback in Python.
+# end. start() then calls each fired watcher's callback in Python. (On PyPy
+# the thunk is cffi's, not ctypes': see _ev_recorder.)
 #
 # libev's allocator is process-wide, and importing pyev makes it
 # PyMem_Realloc, which needs the GIL. So libev runs with the GIL held, as
@@ -277,6 +280,21 @@ class _ev_async(_ev_watcher):
 
 
 _EV_RECORD = _ct.CFUNCTYPE(None, _ct.c_ssize_t, _ct.c_void_p)
+
+
+def _ev_recorder(fired):
+    """Return (the thunk to keep alive, its address): a C callback doing fired.insert(loop, watcher)."""
+    if _PYPY:
+        # PyPy's ctypes thunks run a trampoline written in Python: a signal
+        # handler can run in it, and PyPy prints and drops what it raises
+        # there (a lost Ctrl-C). cffi's (built into PyPy) calls the builtin
+        # straight from C, as CPython's ctypes does.
+        import cffi
+        ffi = cffi.FFI()
+        thunk = ffi.callback("void(intptr_t, intptr_t)", fired.insert)
+        return thunk, int(ffi.cast("intptr_t", thunk))
+    thunk = _EV_RECORD(fired.insert)
+    return thunk, _ct.cast(thunk, _ct.c_void_p).value
 
 
 @_ct.CFUNCTYPE(None, _ct.c_char_p)
@@ -360,8 +378,7 @@ class _EvLoop:
             raise _EvError("ev_loop_new() failed: libev found no backend it can use; unset LIBEV_FLAGS, "
                            "or set COOPSOCK_LOOP=selectors")
         self._fired = []   # addresses of the watchers libev called back in this pass
-        self._record = _EV_RECORD(self._fired.insert)
-        self._cb = _ct.cast(self._record, _ct.c_void_p).value
+        self._record, self._cb = _ev_recorder(self._fired)
         self._run, self._polls = _ev_lib.ev_run, 0
         if _ev_gil_hooks:
             _ev_lib.ev_set_loop_release_cb(self._ptr, *_ev_gil_hooks[:2])
@@ -1631,7 +1648,9 @@ def _seconds_int(value):
     except TypeError:
         if _sys.version_info >= (3, 10) or not hasattr(type(value), "__int__"):
             raise
-    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated
+    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated; PyPy 3.9's without a word
+    if _PYPY:
+        return result
     import warnings
     warnings.warn(f"an integer is required (got type {type(value).__name__}).  Implicit conversion to integers "
                   "using __int__ is deprecated, and may be removed in a future version of Python.",
@@ -1663,7 +1682,7 @@ def sleep(seconds: float = 0) -> None:
         seconds = seconds if isinstance(seconds, float) else _seconds_int(seconds)
         if seconds != seconds:
             raise ValueError("Invalid value NaN (not a number)")
-        if seconds < 0:
+        if seconds < 0 if not _PYPY else seconds * 1e9 <= -1:  # PyPy's truncates to whole ns first
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
@@ -2232,7 +2251,8 @@ def _lock_timeout(blocking, timeout):
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
     if timeout < 0:
-        raise ValueError("timeout value must be " + ("positive" if _sys.version_info < (3, 13) else
+        raise ValueError("timeout value must be " + ("strictly positive" if _PYPY else "positive"
+                                                     if _sys.version_info < (3, 13) else
                                                      "a non-negative number"))  # threading's words
     return timeout
 
@@ -2589,6 +2609,10 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
             if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                 raise
             sent = 0
+        except OSError:
+            if _PYPY and not memoryview(data).nbytes:
+                return  # PyPy's sendall makes no call for no data, so it raises nothing (CPython's sends once)
+            raise
         if type(data) is bytes and sent == len(data):
             return
         with memoryview(data) as view:
@@ -2871,6 +2895,15 @@ def getfqdn(name: str = "") -> str:
     return next((n for n in [hostname, *aliases] if "." in n), hostname)
 
 
+def _pypy_seconds(value):
+    """A timeout as PyPy's select takes it: a float, or any type with __float__ (a Fraction too)."""
+    if isinstance(value, float):
+        return value
+    if not hasattr(type(value), "__float__"):
+        raise TypeError(f"must be real number, not {type(value).__name__}")  # PyPy's words
+    return float(value)  # OverflowError for a huge int, as PyPy's
+
+
 def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
                    timeout_exc: type[BaseException] | BaseException | None = None, *,
                    events: int = _EV_READ | _EV_WRITE) -> None:
@@ -2881,8 +2914,11 @@ def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
     coopsock socket on the fd is closed meanwhile.
     """
     if timeout is not None and not (type(timeout) in (int, float) and timeout >= 0):
-        timeout = timeout if isinstance(timeout, float) else _seconds_int(timeout)  # TypeError, as select's
-        if not timeout >= 0:
+        timeout = _pypy_seconds(timeout) if _PYPY else timeout if isinstance(timeout, float) else \
+            _seconds_int(timeout)  # TypeError, as select's
+        if _PYPY and timeout != timeout:  # PyPy's select waits with no timeout; CPython's raises
+            timeout = None
+        elif not timeout >= 0:
             raise ValueError("timeout must be non-negative")
     fd, hub = _check_fd(fileno), get_hub()
     entry = hub._entry(fd)
@@ -3062,6 +3098,7 @@ def __dir__() -> list[str]:
 
 def _build_tls() -> Any:
     import ssl
+    import weakref
 
     class SSLSocket(ssl.SSLSocket, socket):  # type: ignore[misc]  # accept(): each returns its own class
         """ssl.SSLSocket, cooperative: the handshake, reads and writes park only the calling greenlet.
@@ -3076,6 +3113,13 @@ def _build_tls() -> Any:
             # OpenSSL on a non-blocking fd says which way it must wait (a read
             # may need to write, in a handshake or a TLS 1.3 key update):
             # wait for that, then make the very same call again.
+            if _PYPY and self._sslobj is not None and type(self._sslobj.socket()) is not _TLSFd:
+                # PyPy's _ssl is Python that asks its socket's gettimeout()
+                # whether to wait itself: our None (the user's) would make it
+                # spin on the non-blocking fd. It gets an fd view of timeout
+                # 0.0, as CPython's C code sees the fd's own, and says "want read".
+                self._tls_fd = view = _TLSFd(self)
+                self._sslobj.socket = weakref.ref(view)
             while True:
                 try:
                     return call(*args)
@@ -3116,12 +3160,25 @@ def _build_tls() -> Any:
 
         def unwrap(self) -> socket:
             """Close TLS (close_notify both ways) and return the socket, now plain."""
-            return self._tls_retry(super().unwrap)
+            plain = self._tls_retry(super().unwrap)
+            return plain.sock if isinstance(plain, _TLSFd) else plain  # PyPy: see _tls_retry
 
     class SSLContext(ssl.SSLContext):
         """ssl.SSLContext whose wrap_socket() (the stdlib's arguments and errors) returns a coopsock.SSLSocket."""
 
         sslsocket_class = SSLSocket
+
+    class _TLSFd:  # PyPy: see _tls_retry
+        __slots__ = ("sock", "__weakref__")
+
+        def __init__(self, sock):
+            self.sock = sock  # what unwrap() gives back, as CPython's does
+
+        def fileno(self):
+            return self.sock.fileno()  # -1 once the socket closes, as PyPy's _ssl checks
+
+        def gettimeout(self):
+            return 0.0
 
     std_create_default_context = ssl.create_default_context
 
@@ -3207,6 +3264,9 @@ def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptor
            xlist: Iterable[_FileDescriptorLike],
            timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
     """select.select, cooperative: park until an fd is ready or timeout seconds pass; raise what select.select does."""
+    if _PYPY and timeout is not None:  # as PyPy's select: any real number; NaN is no timeout
+        timeout = _pypy_seconds(timeout)
+        timeout = None if timeout != timeout else timeout
     timeout = _select_timeout(timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be non-negative")

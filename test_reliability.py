@@ -52,6 +52,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import coopsock
+from conftest import PYEV_FDS_ON_PYPY, PYPY_WITH_PYEV, settled_fd_count
 
 with warnings.catch_warnings():
     # When a property fails, hypothesis imports libcst, which warns (a
@@ -525,6 +526,8 @@ def _rss_trend(samples, warmup=0.25):
 
 
 @pytest.mark.stress
+@pytest.mark.skipif(sys.implementation.name == "pypy", reason="PyPy's GC lets the heap grow until a major "
+                    "collection and seldom gives memory back: a flat RSS is a property of CPython's refcounting")
 def test_stress_soak_keeps_rss_flat(hub_errors):
     conns, total, interval = 100, _size(200_000, 1_000_000), _size(0.5, 2.0)
     server = _EchoServer()
@@ -657,7 +660,8 @@ def test_stress_churn_leaks_no_fd_and_no_watcher(hub_errors):
           f"hub {stats_before} -> {stats_after}")
     assert all(g.successful() for g in crew + acceptors) and hub_errors == []
     assert done == cycles
-    assert fds_after == fds_before
+    if not PYPY_WITH_PYEV:  # PYEV_FDS_ON_PYPY says why not there
+        assert fds_after == fds_before
     _assert_counted(stats_before, stats_after)
     assert stats_after == stats_before
 
@@ -702,10 +706,11 @@ def _hub_thread(index, count, inboxes, laps, round_trips, lookups, barrier):
 
 
 @pytest.mark.stress
+@pytest.mark.skipif(PYPY_WITH_PYEV, reason=PYEV_FDS_ON_PYPY)
 def test_stress_threads_each_with_its_own_hub(hub_errors):
     count, laps = _size(4, 8), _size(1_000, 10_000)
     round_trips, lookups = _size(10_000, 100_000), _size(200, 2_000)
-    fds_before = _fd_count()
+    fds_before = settled_fd_count()
     inboxes = [stdsocket.socketpair() for _ in range(count)]
     barrier, results = threading.Barrier(count), [None] * count
 
@@ -725,8 +730,7 @@ def test_stress_threads_each_with_its_own_hub(hub_errors):
     assert not hung, f"threads still running: {hung}"
     failed = [r for r in results if not isinstance(r, dict)]
     assert not failed, f"threads failed: {failed}"
-    gc.collect()
-    fds_after = _fd_count()
+    fds_after = settled_fd_count()
     print(f"\nthreads [{coopsock.BACKEND}]: {count} threads, each with its own hub: "
           f"{sum(r['round_trips'] for r in results):,} echo round trips, "
           f"{sum(r['hops'] for r in results):,} cross-thread token hops, "
@@ -1101,12 +1105,13 @@ def test_exception_in_a_hub_callback_is_reported_and_the_hub_runs_on(capsys):
     assert coopsock.spawn(lambda: "alive").get(timeout=5) == "alive"
 
 
+@pytest.mark.skipif(PYPY_WITH_PYEV, reason=PYEV_FDS_ON_PYPY)
 def test_a_destroyed_hub_leaves_no_fd_behind():
     # Every thread that used coopsock ends with its hub destroyed (this suite's
     # fixture does it after each test too): the loop's fds must go with it, at
     # once, without waiting for the garbage collector to find them unclosed.
     _settle()
-    before = _fd_count()
+    before = settled_fd_count()
 
     def use_a_hub():
         hub = coopsock.get_hub()
@@ -1191,7 +1196,8 @@ def _stdlib_verdict(func, *args, waiting="ok"):
     def on_alarm(signum, frame):
         if armed[0]:
             raise _Woken
-    previous = signal.signal(signal.SIGALRM, on_alarm)
+    previous, collecting = signal.signal(signal.SIGALRM, on_alarm), gc.isenabled()
+    gc.disable()  # the alarm must not land in a collection's callback (hypothesis has one): unraisable there
     try:
         signal.setitimer(signal.ITIMER_REAL, ALARM)
         try:
@@ -1205,6 +1211,8 @@ def _stdlib_verdict(func, *args, waiting="ok"):
         return type(exc).__name__
     finally:
         signal.signal(signal.SIGALRM, previous)
+        if collecting:
+            gc.enable()
     return "ok"
 
 
@@ -1457,10 +1465,12 @@ def _constructor_verdict(lib, name, recipes):
     except Exception as exc:
         return type(exc).__name__
     finally:
+        owned = {sock.fileno() for sock in made}  # PyPy's socket() takes a pipe's fd, and then owns it
         for sock in made:
             sock.close()
         for n in fds:
-            os.close(n)
+            if n not in owned:
+                os.close(n)
         if name == "socket" and args and recipes[-1] == "dup of a socket fd" and not made:
             os.close(args[-1])  # the constructor refused it: close it ourselves
 

@@ -267,15 +267,20 @@ def test_select_timeout_and_sleep():
         assert coopsock.select([a], [], [], 0) == ([], [], [])
 
 
-@pytest.mark.parametrize("args", [([], [], [], -1), ([], [], [], "1"), ([], [], [], float("nan")),
+@pytest.mark.parametrize("args", [([], [], [], -1), ([], [], [], "1"), ([], ["writable"], [], float("nan")),
                                   ([-1], [], [], 0), (["x"], [], [], 0), (5, [], [], 0), ([object()], [], [], 0)])
-def test_select_raises_what_select_select_raises(args):
+def test_select_raises_what_select_select_raises(pair, args):
     import select as stdselect
-    with pytest.raises(Exception) as expected:
-        stdselect.select(*args)
-    with pytest.raises(expected.type) as got:
-        coopsock.select(*args)
-    assert str(got.value) == str(expected.value)
+    args = [[pair[0] if fd == "writable" else fd for fd in arg] if isinstance(arg, list) else arg for arg in args]
+    try:  # PyPy's select takes a NaN timeout as none: then the writable fd makes it return at once
+        expected = stdselect.select(*args)
+    except Exception as exc:
+        with pytest.raises(type(exc)) as got:
+            coopsock.select(*args)
+        if sys.implementation.name != "pypy":  # PyPy words some (a str timeout's); coopsock keeps CPython's words
+            assert str(got.value) == str(exc)
+    else:
+        assert coopsock.select(*args) == expected
 
 
 def test_select_closed_fd_raises_ebadf():
@@ -488,7 +493,8 @@ def run_100(request, expected, cpu_bound=False):
     hub was blocked is bounded.
     """
     gc.collect()
-    gc.freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
+    freeze = getattr(gc, "freeze", lambda: None)  # PyPy has none: its major collections are incremental
+    freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
     try:
         with Ticker() as ticker:
             start = time.monotonic()
@@ -496,13 +502,15 @@ def run_100(request, expected, cpu_bound=False):
             results = [g.get(timeout=30) for g in greenlets]
             elapsed = time.monotonic() - start
     finally:
-        gc.unfreeze()
+        getattr(gc, "unfreeze", lambda: None)()
     assert results == [expected(i) for i in range(100)]
     timing = (f"elapsed {elapsed:.3f} s (waiting for a CPU {ticker.starved:.3f} s), "
               f"longest stall {ticker.longest:.3f} s, blocked {ticker.blocked:.3f} s")
     assert elapsed - ticker.starved < 1.0, f"100 requests did not overlap: {timing}"
     print(f"\n{request.__qualname__}: {timing}")
     assert ticker.blocked < 0.05, f"the hub was blocked: {timing}"
+    # PyPy's JIT compiles a loop in the pass that first runs it hot: tens of ms of CPU, as a TLS handshake costs.
+    cpu_bound = cpu_bound or sys.implementation.name == "pypy"
     assert cpu_bound or ticker.longest < 0.05, f"the hub stalled: {timing}"
     return elapsed
 
