@@ -497,16 +497,18 @@ def run_100(request, expected, cpu_bound=False):
     freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
     try:
         with Ticker() as ticker:
-            start = time.monotonic()
+            start, (ran, _) = time.monotonic(), thread_clock()
             greenlets = [coopsock.spawn(request, i) for i in range(100)]
             results = [g.get(timeout=30) for g in greenlets]
-            elapsed = time.monotonic() - start
+            elapsed, ran = time.monotonic() - start, thread_clock()[0] - ran
     finally:
         getattr(gc, "unfreeze", lambda: None)()
     assert results == [expected(i) for i in range(100)]
-    timing = (f"elapsed {elapsed:.3f} s (waiting for a CPU {ticker.starved:.3f} s), "
+    timing = (f"elapsed {elapsed:.3f} s (on a CPU {ran:.3f} s, waiting for one {ticker.starved:.3f} s), "
               f"longest stall {ticker.longest:.3f} s, blocked {ticker.blocked:.3f} s")
-    assert elapsed - ticker.starved < 1.0, f"100 requests did not overlap: {timing}"
+    # One after another they would wait 10 s for the servers; overlapped, the
+    # time neither computing nor waiting for a CPU is about one reply's 0.1 s.
+    assert elapsed - ticker.starved - ran < 1.0, f"100 requests did not overlap: {timing}"
     print(f"\n{request.__qualname__}: {timing}")
     assert ticker.blocked < 0.05, f"the hub was blocked: {timing}"
     # PyPy's JIT compiles a loop in the pass that first runs it hot: tens of ms of CPU, as a TLS handshake costs.
