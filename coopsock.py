@@ -371,9 +371,11 @@ def _ev_closed():
 class _EvLoop:
     """pyev.Loop on a loop of its own (ev_loop_new)."""
 
+    _ptr = None  # until ev_loop_new's: __del__ runs on a loop whose __init__ a signal cut short
+
     def __init__(self):
         self._active = {}  # {struct address: watcher} for every watcher libev may point at
-        self._ptr = _ev_lib.ev_loop_new(0)  # after: a signal cutting __init__ short leaves __del__ a whole loop
+        self._ptr = _ev_lib.ev_loop_new(0)
         if not self._ptr:
             raise _EvError("ev_loop_new() failed: libev found no backend it can use; unset LIBEV_FLAGS, "
                            "or set COOPSOCK_LOOP=selectors")

@@ -614,15 +614,17 @@ def test_records_a_signal_left_behind_stop_neither_another_reader_nor_loop_exit(
 def test_a_libev_loop_whose_making_a_signal_cut_short_is_collected_quietly(backend, monkeypatch):
     if backend != "libev":
         pytest.skip("the ctypes stand-in's own construction")
-    def interrupted(fired):  # as a Ctrl-C landing in _EvLoop.__init__ after ev_loop_new
+    def interrupted(*args):  # as a Ctrl-C landing in _EvLoop.__init__
         raise KeyboardInterrupt
-    monkeypatch.setattr(coopsock, "_ev_recorder", interrupted)
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    with pytest.raises(KeyboardInterrupt):
-        coopsock._pyev.Loop()
-    gc.collect()
-    assert seen == []  # __del__ destroyed the half-made loop without an error
+    for where in ("_ev_recorder", "ev_loop_new"):  # after ev_loop_new, and before its result is stored
+        with monkeypatch.context() as patch:
+            patch.setattr(coopsock._ev_lib if where == "ev_loop_new" else coopsock, where, interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                coopsock._pyev.Loop()
+        gc.collect()
+        assert seen == [], where  # __del__ met the half-made loop without an error
 
 
 def test_a_hub_destroyed_in_its_thread_with_watchers_active_is_collected_safely():
