@@ -811,21 +811,46 @@ def _use_backend(name):
 # ---------------------------------------------------------------------------
 # The hub
 #
-# Watcher callbacks run inside the loop (inside C), where switching greenlets
-# is slow and an exception cannot propagate. So every watcher's callback is
-# the C builtin `_fired.__setitem__`, which records the watcher and runs no
-# Python code: no signal handler can run inside the loop, and whatever a
-# signal handler raises comes out of loop.start() itself. Back in its own
-# Python code the hub wakes the waiter of each fired watcher.
-#
-# The hub owns the fds it waits on, so it keeps their table ({fd: _Fd}): who
-# waits for each direction, and the watcher of each. A socket's watchers stay
-# started between waits (a wait is "set the waiter, switch"); one that fires
-# with nobody waiting is stopped. The socket tells the hub before it closes.
+# What the hub keeps true, and how:
+# 1. Only the hub greenlet changes what a wait, a sleep or a pass changes: the
+#    table of fds ({fd: _Fd}), the parked greenlets ({greenlet: request}),
+#    their deadlines and the callbacks. A greenlet parks with one switch that
+#    carries its request (Hub.park); the hub records it as the switch
+#    arrives, and whoever wakes a parked greenlet (its fd, its deadline, a
+#    call, a kill, Ctrl-C) is the hub, which clears the record first and
+#    wakes it only if the record was there. An exception a signal handler
+#    raises in a greenlet so finds either nothing recorded (before its
+#    switch) or nothing left (after it): no cleanup needs to be interrupt-safe.
+#    The one step a greenlet takes itself is _notify_closing, which must come
+#    before its fd closes; it is idempotent, and the fd stays open if it is cut
+#    short. A greenlet's timers (Timeout, run_later) are one heap push each.
+# 2. Watcher callbacks run inside the loop (inside C), where switching is
+#    slow and an exception cannot propagate. So every watcher's callback is
+#    the C builtin `_fired.__setitem__`: no Python code, so no signal handler,
+#    runs inside the loop, and what a handler raises comes out of loop.start(),
+#    which the hub throws into the main greenlet. Back in its own code, the
+#    hub wakes the waiters of each fired watcher.
+# 3. Every started watcher is in the table and stopped before its fd closes
+#    (trio's close protocol: stop watching, wake the waiters with EBADF, then
+#    close). A socket's watchers stay started between waits; one that fires
+#    with nobody waiting is stopped.
+# 4. No Python signal handler raises inside the hub's own code: SIGINT's
+#    default handler is replaced, while the main thread's hub lives, by one
+#    that defers the interrupt to the hub's next step when it lands in the
+#    hub, and patch(signal=True) does the same for every handler.
+# 5. LoopExit exactly when no greenlet is parked on an fd or a thread, no
+#    ref timer and no callback is pending.
 
 _local = _threading.local()
 _CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
 _NOT_FROM_HUB = "cannot block inside the hub: call blocking functions from a spawned greenlet, not a hub callback"
+_PARK = object()        # the first item of every request a greenlet parks with
+_TIMED_OUT = object()   # what a parked greenlet is woken with when its deadline passes
+_THREAD = object()      # a request's target while a worker thread works for the greenlet
+_DIRECTIONS: tuple[Any, ...] = (None, (0,), (1,), (0, 1))  # indexed by events: _EV_READ, _EV_WRITE, both
+_SWEEP_AT = 1024        # cancelled timers are swept from the heap once it outgrows this and twice its last size
+_SPARE_IOS = 16         # stopped io watchers kept, per direction, for the next raw-fd wait
+_POLL_EVERY = 5e-5      # a run of callbacks (a sleep(0) loop) lets I/O in at least this often, in seconds
 
 
 def get_hub() -> Hub:
@@ -860,26 +885,30 @@ class _LoopCloser:
 
 
 class _Fd:
-    """What a hub knows of one fd: the greenlet waiting and the watcher, per direction."""
+    """What a hub knows of one fd: per direction, its watcher, the greenlets parked and the socket's user."""
 
-    __slots__ = ("fd", "waiters", "watchers", "deadlines", "owner")
+    __slots__ = ("fd", "owner", "watchers", "waiters", "users")
 
     def __init__(self, fd, owner):
         self.fd, self.owner = fd, owner  # owner: a weak reference to the socket, None for a raw fd
-        self.waiters, self.watchers = [None, None], [None, None]  # [reading, writing]
-        self.deadlines = [_NO_DEADLINE, _NO_DEADLINE]
+        self.watchers = [None, None]     # [reading, writing]
+        self.waiters = ([], [])          # greenlets parked on it: any number (select, wait_read)...
+        self.users = [None, None]        # ...of which at most one socket call per direction
 
 
-class _Drain:
-    """Stands as the waiter of the signal wake-up pipe: waking it empties the pipe."""
+class _Callback:
+    """The handle of a callback or timer: stop() cancels it (one store, so a signal cannot cut it in two)."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("func", "args", "ref")
 
-    def __init__(self, fd):
-        self.fd = fd
+    def __init__(self, func, args, ref):
+        self.func, self.args, self.ref = func, args, ref
 
-    def switch(self):
-        _drain(self.fd)
+    def stop(self):
+        """Cancel the call if it has not run yet."""
+        self.func = None
+
+    pending = property(lambda self: self.func is not None)
 
 
 class Hub(_greenlet):
@@ -896,32 +925,36 @@ class Hub(_greenlet):
         # pipe() for ever (pyev: aborts) if no fd is free: fail here with EMFILE.
         for fd in _os.pipe():
             _os.close(fd)
-        self.ev = _pyev
+        self.ev = _pyev  # the backend's namespace: pyev, or a stand-in with its names
         self.loop = _pyev.Loop()
         self._fired: dict[Any, int] = {}  # {watcher: revents} recorded by the loop in one pass
-        self._record = self._fired.__setitem__
+        self._record_fired = self._fired.__setitem__
         self._fds: dict[int, _Fd] = {}
         self._spare_ios: tuple[list[Any], list[Any]] = ([], [])  # stopped watchers for reading, writing, to reuse
-        self._parked: dict[_greenlet, object] = {}  # {greenlet: what it waits for}: parked on an fd or a worker
-        self._callbacks: _deque[_Callback] = _deque()  # _Callback handles, run in order on the next pass
+        self._parked: dict[_greenlet, tuple[Any, ...]] = {}  # {greenlet: the request it parked with}
+        self._deadlines: dict[_greenlet, _Callback] = {}     # {parked greenlet: its wake-up at its deadline}
+        self._io_parks = 0             # parked greenlets an fd or a worker thread will wake
+        self._callbacks: _deque[_Callback] = _deque()  # run in order on the next pass
         self._timers: list[tuple[float, int, _Callback]] = []  # a heap
-        self._timer_sequence = 0
-        self._refs: set[_Callback] = set()  # pending timers that keep the hub alive (ref=True)
-        self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record)  # wakes the poll for _timers
-        self._clock_when = None        # when the clock is set to fire (None: stopped)
+        self._timer_numbers = _count()
+        self._sweep_at = _SWEEP_AT
+        self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record_fired)  # wakes the poll for _timers
+        self._clock_when: float | None = None  # when the clock is set to fire (None: stopped)
         self._incoming: _deque[tuple[Callable[..., object], tuple[Any, ...]]] = _deque()  # from other threads
         self._thread, self._pid, self._runner = _threading.get_ident(), _os.getpid(), _threading.current_thread()
         self._wake_lock = _threading.Lock()  # no thread wakes the loop while destroy() closes it
-        self._wakeup = _pyev.Async(self.loop, self._record)
+        self._wakeup = _pyev.Async(self.loop, self._record_fired)
         self._destroyed = False
-        self._escaped: BaseException | None = None  # what escaped a pass, for the main greenlet
-        self._next_poll = 0.0          # when rounds of callbacks next let I/O in
-        self._signal_wakeup: tuple[_Fd, tuple[int, int]] | None = None
+        self._next_poll = 0.0          # when a run of callbacks next lets I/O in
+        self._deferred: _deque[tuple[Callable[..., object], int]] = _deque()  # signal handlers that landed in the hub
+        self._signal_wakeup: tuple[Any, tuple[int, int]] | None = None  # (watcher, pipe)
+        self._sigint = None            # SIGINT's handler before ours, while ours is installed
         self._wakeup.start()
         _install_process_hooks()
         try:
             if _threading.current_thread() is _threading.main_thread():
                 self._watch_signal_wakeup()
+                self._defer_sigint()
             # Start the hub greenlet here, and let it park at once: a signal
             # handler that raises as it starts then fails this call, and no
             # dead hub is ever handed out.
@@ -930,6 +963,8 @@ class Hub(_greenlet):
         except BaseException:
             self._close_loop()  # pyev would free its watchers active
             raise
+
+    # -- signals ------------------------------------------------------------
 
     def _watch_signal_wakeup(self):
         # A signal delivered to another thread does not interrupt this
@@ -942,10 +977,9 @@ class Hub(_greenlet):
         except ValueError:
             previous = None
         if previous == -1:
-            entry = _Fd(pipe[0], None)
-            entry.waiters[0] = _Drain(pipe[0])
-            self._watch(entry, 0).start()
-            self._signal_wakeup = (entry, pipe)
+            watcher = self.ev.Io(pipe[0], _EV_READ, self.loop, self._record_fired)
+            watcher.start()
+            self._signal_wakeup = (watcher, pipe)
             return
         if previous is not None:
             signal.set_wakeup_fd(previous)  # not ours: put the other one back
@@ -955,9 +989,9 @@ class Hub(_greenlet):
     def _stop_signal_wakeup(self):
         if self._signal_wakeup:
             import signal
-            entry, pipe = self._signal_wakeup
+            watcher, pipe = self._signal_wakeup
             self._signal_wakeup = None
-            entry.watchers[0].stop()
+            watcher.stop()
             try:
                 previous = signal.set_wakeup_fd(-1)
                 if previous != pipe[1]:
@@ -967,81 +1001,163 @@ class Hub(_greenlet):
             _os.close(pipe[0])
             _os.close(pipe[1])
 
+    def _defer_sigint(self):
+        # trio's rule: take SIGINT over only from Python's default handler,
+        # never from one the program installed.
+        import signal
+        previous = signal.signal(signal.SIGINT, _interrupt)
+        if previous is signal.default_int_handler:
+            self._sigint = previous
+        else:
+            signal.signal(signal.SIGINT, previous)
+
+    def _restore_sigint(self):
+        if self._sigint is not None:
+            import signal
+            try:
+                previous = signal.signal(signal.SIGINT, self._sigint)
+                if previous is not _interrupt:
+                    signal.signal(signal.SIGINT, previous)  # the program installed its own since: leave it
+            except ValueError:  # not the main thread (a hub closed at interpreter exit)
+                pass
+            self._sigint = None
+
+    def _run_deferred_signals(self):
+        """Run the signal handlers that landed in the hub's code; what they raise goes to the main greenlet."""
+        deferred = self._deferred
+        while deferred:
+            handler, signum = deferred.popleft()
+            try:
+                handler(signum, None)
+            except BaseException as exc:
+                self._throw(self.parent, exc)
+
     # -- parking and waking -------------------------------------------------
 
-    def wait(self, entry: _Fd, events: int, deadline: float | None = None) -> Any:
-        """Park the current greenlet until entry's fd is ready for events (EV_READ, EV_WRITE, both).
+    def park(self, request: tuple[Any, ...]) -> Any:
+        """Park the current greenlet with request; return the value it is woken with.
 
-        The one primitive that parks a greenlet on I/O. Raises TimeoutError
-        past `deadline` (a time.monotonic() value), OSError(EBADF) if the fd
-        is closed meanwhile, ConcurrentObjectUseError if another greenlet
-        waits on the fd for the same direction.
+        The one primitive that parks a greenlet: a single switch into the hub
+        that carries the request, (_PARK, greenlet, target, events, deadline,
+        exclusive). target is an _Fd to wait on for events (EV_READ, EV_WRITE
+        or both), a list of (_Fd, events), _THREAD, or None; deadline is a
+        time.monotonic() value, 0 for the next pass, or None. Woken by the fd
+        (None), the deadline (_TIMED_OUT), a call of wake(request, value) or an
+        exception thrown in by kill(), a Timeout or Ctrl-C.
+        """
+        if request[1] is self or self._destroyed:
+            self._check_switch()
+        return _greenlet.switch(self, request)
+
+    def wait(self, entry: _Fd, events: int, deadline: float | None = None) -> None:
+        """Park the current greenlet until entry's fd is ready for events, as a socket call.
+
+        Raises TimeoutError past `deadline` (a time.monotonic() value),
+        OSError(EBADF) if the fd is closed meanwhile, ConcurrentObjectUseError
+        if another greenlet's socket call waits on the fd for the same direction.
         """
         current = getcurrent()
-        if current is self or self._destroyed:
-            self._check_switch()
-        waiters, watchers = entry.waiters, entry.watchers
+        users = entry.users
         for i in _DIRECTIONS[events]:
-            other = waiters[i]
-            if other is not None and other is not current and not other.dead and self._waits_on(other, entry):
+            other = users[i]
+            if other is not None and other is not current:
                 sock = entry.owner and entry.owner()
                 raise ConcurrentObjectUseError(
                     f"This {'socket' if sock else 'fd'} is already used by another greenlet for "
                     f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
                     f"use one greenlet per direction, or a lock")
-            (watchers[i] or self._watch(entry, i)).start()
-        # A signal handler may raise between almost any two bytecodes (3.9 and
-        # PyPy; 3.10 at calls and jumps; 3.11+ at calls and loops). So each
-        # change a wait makes is one store, made inside the try, and the
-        # finally undoes each idempotently, whether or not it was made; a
-        # signal cutting the finally short makes _unpark() undo it all again.
-        # (The inner try costs nothing on 3.11+; on 3.9 and 3.10 no handler
-        # runs before a SETUP_FINALLY, so it is always entered.)
-        slot = 0 if events != _EV_WRITE else 1
-        parked = self._parked
-        try:
-            parked[current] = entry
-            waiters[0] = (waiters[0], current)[events & 1]
-            waiters[1] = (waiters[1], current)[events >> 1]
-            entry.deadlines[slot] = _NO_DEADLINE  # in case a signal kept the last wait's finally from it
-            if deadline is not None:
-                self._at(deadline, self._time_out, (current, entry, slot), 0, entry.deadlines, slot)
-            return _greenlet.switch(self)
-        finally:
+        if self.park((_PARK, current, entry, events, deadline, True)) is _TIMED_OUT:
+            raise _timed_out("timed out")
+
+    def _take(self, request):
+        """Record what a greenlet switched into the hub with, if it parked (anything else is ignored)."""
+        if type(request) is not tuple or len(request) != 6 or request[0] is not _PARK:
+            return
+        _, greenlet, target, events, deadline, exclusive = request
+        if greenlet in self._parked:  # a record a raw throw() left behind
+            self._unpark(greenlet)
+        self._parked[greenlet] = request
+        if target is not None:
+            self._io_parks += 1
             try:
-                entry.deadlines[slot].func = None  # _NO_DEADLINE's too: harmless
-                entry.deadlines[slot] = _NO_DEADLINE
-                waiters[0] = (waiters[0], None)[waiters[0] is current]
-                waiters[1] = (waiters[1], None)[waiters[1] is current]
-                parked.pop(current, None)
-            except BaseException:
-                self._unpark(current, entry, slot)
-                raise
+                if type(target) is _Fd:
+                    self._watch_for(greenlet, target, events, exclusive)
+                elif target is not _THREAD:
+                    for entry, entry_events in target:
+                        self._watch_for(greenlet, entry, entry_events, False)
+            except OSError as exc:  # the fd closed meanwhile, or the backend refused it
+                self._throw(greenlet, exc)
+                return
+        if deadline is not None:
+            wake = _Callback(self._wake, (request, _TIMED_OUT), 1)
+            self._deadlines[greenlet] = wake
+            if deadline:
+                _heappush(self._timers, (deadline, next(self._timer_numbers), wake))
+            else:
+                self._callbacks.append(wake)
 
-    def _time_out(self, greenlet, entry, slot):
-        # Only into the wait this deadline is for: on PyPy a signal can keep
-        # a wait's finally from cancelling it (so the next wait holds another).
-        deadline = entry.deadlines[slot]
-        if deadline.func is None and deadline is not _NO_DEADLINE and self._waits_on(greenlet, entry):
-            greenlet.throw(_timed_out, "timed out")
+    def _watch_for(self, greenlet, entry, events, exclusive):
+        waiters = entry.waiters
+        for i in _DIRECTIONS[events]:  # first the record, which _unpark undoes whatever follows
+            waiters[i].append(greenlet)
+            if exclusive:
+                entry.users[i] = greenlet
+        known = self._fds.get(entry.fd)
+        if known is not entry:
+            if known is not None or entry.owner is not None:  # the socket closed before the request came
+                raise OSError(_errno.EBADF, _CLOSED_WHILE_WAITING)
+            self._fds[entry.fd] = entry  # a raw fd's first wait
+        for i in _DIRECTIONS[events]:
+            watcher = entry.watchers[i] or self._watch(entry, i)
+            if not watcher.active:
+                watcher.start()
 
-    def _waits_on(self, greenlet, entry):
-        """False if a signal left greenlet's record of a wait on entry behind: it has moved on."""
-        frame = greenlet.gr_frame
-        return self._parked.get(greenlet) is entry and frame is not None and frame.f_code is Hub.wait.__code__
+    def _unpark(self, greenlet):
+        """Clear greenlet's record; return the request it parked with, or None if it was not parked."""
+        request = self._parked.pop(greenlet, None)
+        if request is None:
+            return None
+        _, _, target, events, deadline, exclusive = request
+        if target is not None:
+            self._io_parks -= 1
+            if type(target) is _Fd:
+                self._unwatch_for(greenlet, target, events, exclusive)
+            elif target is not _THREAD:
+                for entry, entry_events in target:
+                    self._unwatch_for(greenlet, entry, entry_events, False)
+        if deadline is not None:
+            self._deadlines.pop(greenlet).func = None
+        return request
 
-    def _unpark(self, current, entry, slot):
-        """Undo what a wait of current on entry did; again if a signal cut it short."""
-        try:
-            entry.deadlines[slot].func = None
-            entry.deadlines[slot] = _NO_DEADLINE
-            for i, waiter in enumerate(entry.waiters):
-                if waiter is current:
-                    entry.waiters[i] = None
-            self._parked.pop(current, None)
-        except BaseException:
-            self._unpark(current, entry, slot)
-            raise
+    def _unwatch_for(self, greenlet, entry, events, exclusive):
+        waiters = entry.waiters
+        for i in _DIRECTIONS[events]:
+            try:
+                waiters[i].remove(greenlet)
+            except ValueError:  # a wait on several fds that failed before it reached this one
+                continue
+            if exclusive:
+                entry.users[i] = None
+        if entry.owner is None and not waiters[0] and not waiters[1]:
+            self._notify_closing(entry, keep_watchers=True)  # nothing tells the hub when a raw fd closes
+
+    def _wake(self, request, value=None):
+        """From the hub: wake the greenlet of request with value, if it is still parked with it."""
+        greenlet = request[1]
+        if self._parked.get(greenlet) is request:
+            self._unpark(greenlet)
+            self._take(greenlet.switch(value))
+
+    def _throw(self, greenlet, exception):
+        """From the hub: raise exception in greenlet, clearing its record first."""
+        if not greenlet.dead:
+            self._unpark(greenlet)
+            self._take(greenlet.throw(exception))
+
+    def _wake_closed(self, entry, directions=(0, 1)):
+        for i in directions:
+            for greenlet in list(entry.waiters[i]):
+                self._throw(greenlet, OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
 
     def _watch(self, entry, i):
         spares = self._spare_ios[i]
@@ -1049,38 +1165,48 @@ class Hub(_greenlet):
             watcher = spares.pop()
             watcher.set(entry.fd, i + 1)
         else:
-            watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record)
-        watcher.data = (entry.waiters, i)
+            watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record_fired)
+        watcher.data = (entry, i)
         entry.watchers[i] = watcher
         return watcher
 
     def _entry(self, fd, owner=None):
-        """Return this hub's entry for fd, made when needed; owner: a weakref to the socket."""
+        """Return this hub's entry for fd; owner: a weakref to the socket, whose entry is kept at once.
+
+        A raw fd's entry is kept from its first wait's arrival to its last
+        waiter's leaving: nothing tells the hub when a raw fd closes.
+        """
         entry = self._fds.get(fd)
         if entry is not None and entry.owner is not None:
             sock = entry.owner()
             if sock is None or sock.fileno() != fd:  # dropped unclosed, or closed by another thread
-                self._forget(entry)
+                self._notify_closing(entry)
                 entry = None
         if entry is None:
-            self._fds[fd] = entry = _Fd(fd, owner)
-        elif entry.owner is None:
+            entry = _Fd(fd, owner)
+            if owner is not None:
+                self._fds[fd] = entry
+        elif entry.owner is None and owner is not None:
             entry.owner = owner
         return entry
 
-    def _forget(self, entry, keep_watchers=False):
-        """Stop watching entry's fd (about to close): its waiters get EBADF on the next pass."""
-        if self._fds.get(entry.fd) is entry:
-            del self._fds[entry.fd]
-        for watcher, spares in zip(entry.watchers, self._spare_ios):
+    def _notify_closing(self, entry, keep_watchers=False):
+        """Stop watching entry's fd, which is about to close; its waiters get EBADF on the next pass.
+
+        Called by whoever closes the fd, before it closes; idempotent: if a
+        signal cuts it short, the close does not happen, and the next call
+        finishes it.
+        """
+        for i, watcher in enumerate(entry.watchers):
             if watcher is not None:
                 watcher.stop()
-                watcher.data = None
-                if keep_watchers and len(spares) < 16:
-                    spares.append(watcher)
-        for waiter in entry.waiters:
-            if waiter is not None:
-                self.run_callback(_wake_closed, entry, waiter)
+                if keep_watchers and len(self._spare_ios[i]) < _SPARE_IOS:
+                    self._spare_ios[i].append(watcher)
+                watcher.data = entry.watchers[i] = None
+        if self._fds.get(entry.fd) is entry:
+            del self._fds[entry.fd]
+        if entry.waiters[0] or entry.waiters[1]:
+            self.run_callback(self._wake_closed, entry)
 
     def switch(self, *args: Any) -> Any:
         """Switch to the hub; it switches back when something wakes this greenlet."""
@@ -1093,9 +1219,16 @@ class Hub(_greenlet):
             raise BlockingSwitchOutError(_NOT_FROM_HUB)
         raise self.ev.Error(_LOOP_CLOSED)  # else it would return at once: nothing runs a destroyed hub
 
+    # -- callbacks and timers -----------------------------------------------
+
     def run_callback(self, func: Callable[..., object], *args: Any) -> _Callback:
-        """Call func(*args) from the hub on its next pass; return a handle with .stop()."""
-        callback = _Callback(func, args, self, 0)
+        """Call func(*args) from the hub on its next pass; return a handle with .stop().
+
+        func runs in the hub: if it switches into a greenlet, it must return
+        what that switch returned (as a bound greenlet.switch does), so that a
+        greenlet that parks again is recorded.
+        """
+        callback = _Callback(func, args, 0)
         self._callbacks.append(callback)
         return callback
 
@@ -1104,51 +1237,50 @@ class Hub(_greenlet):
 
         With ref=False the pending call does not keep the hub alive.
         """
-        return self._at(_monotonic() + seconds, func, args, 1 if ref else 0)
+        return self._at(_monotonic() + seconds, func, args, ref)
 
-    def _at(self, when, func, args, ref, holder=None, index=0):
-        # Deadlines live in a heap here, and one loop timer (the clock) wakes
-        # the poll for the earliest: a timeout costs a heap push, not a loop
-        # watcher, and a cancelled one is dropped when it surfaces, or when
-        # the heap is swept every 1,024 pushes. The handle goes into
-        # holder[index] before the push, and the push comes before the ref:
-        # wherever a signal lands, the owner can cancel what was made, and
-        # no ref is left without a timer to drop it.
-        callback = _Callback(func, args, self, ref)
+    def _at(self, when, func, args, ref, holder=None, attribute=None):
+        # The handle goes to holder before the push (one C call): wherever a
+        # signal lands, the owner can cancel what was made.
+        callback = _Callback(func, args, ref)
         if holder is not None:
-            holder[index] = callback
-        self._timer_sequence = sequence = self._timer_sequence + 1
-        _heappush(self._timers, (when, sequence, callback))
-        if ref:
-            self._refs.add(callback)
-        if not sequence & 1023 and len(self._timers) > 1024:
-            self._timers = [entry for entry in self._timers if entry[2].func is not None]
-            _heapify(self._timers)
-            self._refs.difference_update([c for c in self._refs if c.func is None])  # cancels a signal cut short
+            setattr(holder, attribute, callback)
+        _heappush(self._timers, (when, next(self._timer_numbers), callback))
         return callback
+
+    # Deadlines live in a heap here, and one loop timer (the clock) wakes the
+    # poll for the earliest: a timeout costs a heap push, not a loop watcher.
+    # Most timeouts are cancelled before they are due (a socket call that did
+    # not wait long); a cancelled one is dropped when it surfaces, or when the
+    # heap is swept. The clock is set again only when the next deadline is
+    # earlier than the one it is set for: one that fires early, or for a
+    # cancelled timer, costs a pass that finds nothing due. libev counts a
+    # timer from its cached time, which goes stale while greenlets run, so the
+    # loop's time is updated before the clock starts, or it would fire early.
 
     def _run_due_timers(self):
         """Move due timers to the callbacks; set the clock for the next one."""
         timers, now, clock = self._timers, _monotonic(), self._clock
-        while timers:
-            when, _, callback = timers[0]
+        if len(timers) > self._sweep_at:
+            timers[:] = [timer for timer in timers if timer[2].func is not None]
+            _heapify(timers)
+            self._sweep_at = max(_SWEEP_AT, 2 * len(timers))
+        while timers and (timers[0][2].func is None or timers[0][0] <= now):
+            callback = _heappop(timers)[2]
             if callback.func is not None:
-                if when > now:
-                    break
-                self._callbacks.append(callback)  # before the pop: an interrupted move runs it once
-            elif callback.ref:
-                self._refs.discard(callback)  # a cancel a signal cut short left its ref
-            _heappop(timers)
+                self._callbacks.append(callback)
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
-            # Set the clock only when the next deadline is earlier than the one
-            # it is set for: a clock that fires early just sets itself again.
             clock.stop()
             self._clock_when = timers[0][0]
             clock.set(max(self._clock_when - now, 0.0), 0.0)
-            self.loop.update()  # the loop's cached time goes stale while greenlets run
+            self.loop.update()
             clock.start()
+
+    def _keeps_polling(self):
+        """True while something can still wake a parked greenlet: an fd, a thread, a ref timer."""
+        return self._io_parks > 0 or any(timer[2].ref and timer[2].func is not None for timer in self._timers)
 
     def _run_threadsafe(self, func, *args):
         """From any thread: have the hub call func(*args); False if the hub is gone."""
@@ -1162,108 +1294,106 @@ class Hub(_greenlet):
     # -- the loop -----------------------------------------------------------
 
     def run(self) -> None:
-        """Run the loop until destroy(); what escapes a pass is raised in the main greenlet."""
-        while True:  # (its jump back lands on the try's SETUP_FINALLY, where 3.9 and 3.10 run no handler)
-            try:
-                if self._destroyed:
-                    return
-                if self._creator is not None:  # just started by __init__: park until the first wait
-                    creator, self._creator = self._creator, None
-                    creator.switch()
-                self._run_passes()
-            except GreenletExit:  # destroy(), or the hub was garbage-collected
-                return
-            except BaseException as exc:  # from the loop, or a signal handler run in the hub's code
-                self._escaped = exc  # no call here: a second signal would find the hub outside its try
+        """Run the loop until destroy()."""
+        creator, self._creator = self._creator, None
+        try:
+            self._take(creator.switch())  # __init__ started the hub: park until the first wait
+            while not self._destroyed:
+                self._run_pass()
+        except GreenletExit:  # destroy(), or the hub was garbage-collected
+            return
 
-    def _run_passes(self):
-        """Run callbacks, poll once, wake the waiters of fired watchers; repeat."""
-        loop, fired, callbacks, incoming, refs = self.loop, self._fired, self._callbacks, self._incoming, self._refs
-        while not self._destroyed:
-            if self._escaped is not None:
-                exc, self._escaped = self._escaped, None
-                self.parent.throw(exc)
-            # Only the callbacks queued before this pass: a sleep(0) loop must
-            # let I/O in. Each is taken (func set to None) without a call, its
-            # ref dropped before, and popped after it ran: an interrupted pass
-            # runs none twice. One a signal cut short as it was entered is
-            # given back for the next pass; one is lost only if the signal
-            # lands between the take and the call (3.9, 3.10 and PyPy).
-            for _ in range(len(callbacks)):
-                callback = callbacks[0]
-                func = callback.func
-                if func is not None:
-                    if callback.ref:
-                        refs.discard(callback)
-                    callback.func = None
-                    try:
-                        func(*callback.args)
-                    except BaseException as exc:
-                        if self._destroyed:  # destroy() from a greenlet this callback switched to
-                            return
-                        if _landed_before_the_callee_began(exc):  # it never ran: the next pass runs it
-                            callback.func = func
-                            if callback.ref:
-                                refs.add(callback)
-                        self.handle_error(func, exc)
-                callbacks.popleft()
-            while incoming:  # what other threads handed over: each call is idempotent
-                func, args = incoming[0]
-                self.run_callback(func, *args)
-                incoming.popleft()
-            if self._timers:
-                self._run_due_timers()
-            if callbacks:  # a sleep(0) loop polls I/O every 50 us, not at every round
-                now = _monotonic()
-                if now < self._next_poll:
+    def _run_pass(self):
+        """Run the callbacks queued before this pass, poll once, wake the waiters of fired watchers.
+
+        The only place callbacks are called; a callback's exception is
+        reported (KeyboardInterrupt and SystemExit go to the main greenlet).
+        What a signal handler raises in the poll goes to the main greenlet.
+        """
+        callbacks, take = self._callbacks, self._take
+        if self._deferred:
+            self._run_deferred_signals()
+        for _ in range(len(callbacks)):  # only those queued before: a sleep(0) loop must let I/O in
+            callback = callbacks.popleft()
+            func = callback.func
+            if func is not None:
+                callback.func = None
+                try:
+                    take(func(*callback.args))
+                except BaseException as exc:
+                    if self._destroyed:  # destroy() from a greenlet this callback switched to
+                        raise GreenletExit from None
+                    self.handle_error(func, exc)
+        incoming = self._incoming
+        while incoming:  # what other threads handed over
+            func, args = incoming.popleft()
+            self.run_callback(func, *args)
+        if self._timers:
+            self._run_due_timers()
+        if callbacks:  # a sleep(0) loop polls I/O every _POLL_EVERY, not at every round
+            now = _monotonic()
+            if now < self._next_poll:
+                return
+            self._next_poll = now + _POLL_EVERY
+            flags = _EVRUN_NOWAIT
+        elif self._keeps_polling() or self._deferred:
+            flags = _EVRUN_ONCE
+        else:
+            self._throw(self.parent, LoopExit(
+                "This operation would block forever: no greenlet waits on I/O and no timer "
+                "or callback is pending, so nothing can wake the waiting greenlet; spawn the "
+                "greenlet that is to wake it before waiting, or wait with a timeout"))
+            return
+        try:
+            self.loop.start(flags)
+        except BaseException as exc:  # what a signal handler raised in the poll
+            if self._destroyed:
+                raise GreenletExit from None
+            self._throw(self.parent, exc)
+        fired = self._fired
+        if fired:
+            watchers = list(fired)
+            fired.clear()
+            for watcher in watchers:
+                data = watcher.data
+                if data is None:
+                    if self._signal_wakeup and watcher is self._signal_wakeup[0]:
+                        _drain(self._signal_wakeup[1][0])
                     continue
-                self._next_poll = now + 5e-5
-                loop.start(_EVRUN_NOWAIT)
-            elif self._parked or refs:
-                loop.start(_EVRUN_ONCE)
-            else:
-                self.parent.throw(LoopExit(
-                    "This operation would block forever: no greenlet waits on I/O and no timer "
-                    "or callback is pending, so nothing can wake the waiting greenlet; spawn the "
-                    "greenlet that is to wake it before waiting, or wait with a timeout"))
-                continue
-            if fired:
-                watchers = list(fired)
-                fired.clear()
-                for watcher in watchers:  # an interrupted round loses none: the fds are still ready
-                    data = watcher.data
-                    if data is not None:
-                        waiter = data[0][data[1]]
-                        if waiter is None:
-                            watcher.stop()  # nobody waits: a ready fd would fire every pass
-                        else:
-                            try:
-                                waiter.switch()
-                            except BaseException as exc:  # a raw greenlet died, or destroy()
-                                if self._destroyed:
-                                    return
-                                self.handle_error(waiter, exc)
+                waiting = data[0].waiters[data[1]]
+                if not waiting:
+                    watcher.stop()  # nobody waits: a ready fd would fire every pass
+                    continue
+                for greenlet in (waiting[0],) if len(waiting) == 1 else list(waiting):
+                    request = self._parked.get(greenlet)
+                    if request is not None:
+                        try:
+                            self._wake(request)
+                        except BaseException as exc:  # a raw greenlet died, or destroy()
+                            if self._destroyed:
+                                raise GreenletExit from None
+                            self.handle_error(greenlet, exc)
 
     def handle_error(self, where: object, exc: BaseException) -> None:
         """Report an exception that escaped a callback or greenlet; the hub carries on.
 
-        KeyboardInterrupt, SystemExit and what a signal handler raised in the
-        hub's own code are re-raised in the main greenlet, as if it were polling.
+        KeyboardInterrupt and SystemExit are raised in the main greenlet instead.
         """
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _raised_by_signal_handler(exc):
-            if getcurrent() is self:  # out of this pass: the next throws it before waking anyone
-                raise exc
-            self.run_callback(self.parent.throw, exc)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if getcurrent() is self:
+                self._throw(self.parent, exc)
+            else:
+                self.run_callback(self._throw, self.parent, exc)
         elif not isinstance(exc, GreenletExit):
             _traceback.print_exception(type(exc), exc, exc.__traceback__)
             now = _time.strftime("%Y-%m-%dT%H:%M:%S%z")
             print(f"{now} {where!r} failed with {type(exc).__name__}: {exc}", file=_sys.stderr)
 
     def stats(self) -> dict[str, Any]:
-        """Return counts for tests and debugging: fds watched, greenlets waiting on them,
+        """Return counts for tests and debugging: fds watched, greenlets waiting on fds or threads,
         pending timers (run_later, Timeout, sleep, socket timeouts) and callbacks."""
-        return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": len(self._parked),
-                "timers": sum(entry[2].func is not None for entry in self._timers),
+        return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": self._io_parks,
+                "timers": sum(timer[2].func is not None for timer in self._timers),
                 "callbacks": sum(c.func is not None for c in self._callbacks)}
 
     def destroy(self) -> None:
@@ -1284,6 +1414,7 @@ class Hub(_greenlet):
         # shares its epoll instance with the parent's: stopping a watcher
         # there (EPOLL_CTL_DEL) would take the fd from the parent. Close only.
         if self._pid == _os.getpid():
+            self._restore_sigint()
             self._stop_signal_wakeup()
             for entry in list(self._fds.values()):
                 for watcher in entry.watchers:
@@ -1292,7 +1423,7 @@ class Hub(_greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
-        self._timers, self._callbacks, self._refs = [], _deque(), set()  # their handles refer to the hub
+        self._timers, self._callbacks, self._deadlines = [], _deque(), {}  # their handles refer to the hub
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -1301,66 +1432,17 @@ class Hub(_greenlet):
         return f"<Hub backend={self.ev.__name__} callbacks={len(self._callbacks)} at {id(self):#x}>"
 
 
-_DIRECTIONS: tuple[Any, ...] = (None, (0,), (1,), (0, 1))  # indexed by events: _EV_READ, _EV_WRITE, both
+def _interrupt(signum, frame):
+    """SIGINT's handler while the main thread's hub lives: Ctrl-C that lands in the hub waits for its next step."""
+    hub = _local.__dict__.get("hub")  # (handlers run in the main thread)
+    if hub is not None and getcurrent() is hub:
+        hub._deferred.append((_default_interrupt, signum))
+    else:
+        raise KeyboardInterrupt
 
 
-def _signal_handler_codes():
-    import signal
-    return {getattr(getattr(handler, "__func__", handler), "__code__", None)
-            for handler in map(signal.getsignal, signal.valid_signals())} - {None}
-
-
-def _raised_by_signal_handler(exc):
-    handlers, tb = _signal_handler_codes(), exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code not in handlers:
-        tb = tb.tb_next
-    return tb is not None
-
-
-def _landed_before_the_callee_began(exc):
-    """True if a signal handler raised exc as the hub's callee was entered, before its first step."""
-    callee = exc.__traceback__.tb_next  # (the first entry is the hub's own frame)
-    handler = callee and callee.tb_next
-    if handler is None or handler.tb_frame.f_code not in _signal_handler_codes():
-        return False
-    if _sys.version_info < (3, 11):  # handlers run before the first instruction, or just after it
-        return callee.tb_lasti <= 0
-    import dis  # 3.11+: at the RESUME that opens every function
-    return callee.tb_lasti <= next(i.offset for i in dis.get_instructions(callee.tb_frame.f_code)
-                                   if i.opname == "RESUME")
-
-
-def _wake_closed(entry, waiter):
-    if waiter in entry.waiters:
-        waiter.throw(OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
-
-
-class _Callback:
-    __slots__ = ("func", "args", "hub", "ref")
-
-    def __init__(self, func, args, hub, ref):
-        self.func, self.args, self.hub, self.ref = func, args, hub, ref
-
-    def stop(self):
-        """Cancel the call if it has not run yet."""
-        if self.func is not None:
-            _cancel(self)
-
-    pending = property(lambda self: self.func is not None)
-
-
-def _cancel(callback):
-    """Cancel a pending callback; idempotent, so that a cancel a signal cut short can be made again."""
-    try:
-        callback.func = callback.args = None
-        if callback.ref:
-            callback.hub._refs.discard(callback)
-    except BaseException:
-        _cancel(callback)
-        raise
-
-
-_NO_DEADLINE = _Callback(None, (), None, 0)  # what an fd's wait without a deadline holds: cancelling it is a no-op
+def _default_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 def _check_fd(fd):
     """Return fd as an int if a loop may watch it; else raise as select() does."""
@@ -1425,30 +1507,27 @@ def _after_fork_in_child():
 # -- greenlets ---------------------------------------------------------------
 
 class _Waiter:
-    """A one-shot wake-up for a parked greenlet; a call after the wait ended does nothing."""
+    """A wake-up for one park of one greenlet: a call wakes it if that park is still on, else does nothing."""
 
-    __slots__ = ("greenlet",)
+    __slots__ = ("hub", "request")
 
     def __init__(self):
-        self.greenlet = None
+        self.hub = self.request = None
 
     def __call__(self, *args):
-        waiting = self.greenlet  # the woken side clears it: a call a signal cut short can be made again
-        if waiting is not None:
-            waiting.switch(self)
+        request, hub = self.request, self.hub
+        if request is not None:
+            if getcurrent() is hub:
+                hub._wake(request)
+            else:
+                hub.run_callback(hub._wake, request)
 
     def wait(self, timeout=None):
         """Park until called; return False if `timeout` seconds passed first."""
-        self.greenlet, woken = getcurrent(), False
-        try:
-            if timeout is None:
-                woken = get_hub().switch() is self
-            else:
-                with Timeout(timeout, False):
-                    woken = get_hub().switch() is self
-        finally:
-            self.greenlet = None
-        return woken
+        hub = get_hub()
+        deadline = None if timeout is None else _monotonic() + _delay(timeout)
+        self.hub, self.request = hub, (_PARK, getcurrent(), None, 0, deadline, False)
+        return hub.park(self.request) is not _TIMED_OUT
 
 
 class Greenlet(_greenlet):
@@ -1511,7 +1590,6 @@ class Greenlet(_greenlet):
 
     def _finish(self):
         self._finished = True
-        self.parent._parked.pop(self, None)  # left by a wait a signal cut short: it must not stop LoopExit
         func = self._run if self._func is None else self._func
         self._func = getattr(func, "__qualname__", None) or _reprlib.repr(func)  # for the repr
         self._args = self._kwargs = None
@@ -1590,7 +1668,7 @@ class Greenlet(_greenlet):
                 self.exception = exc
             self._finish()
             return
-        self.parent.run_callback(_throw_into, self, exception)  # itself too: at its next switch, as gevent
+        self.parent.run_callback(self.parent._throw, self, exception)  # itself too: at its next switch, as gevent
         if block:
             self.join(timeout)
 
@@ -1622,11 +1700,6 @@ class _Link:
 
     def __eq__(self, other):
         return self is other or self.callback == other
-
-
-def _throw_into(target, exception):
-    if not target.dead:
-        target.throw(exception)
 
 
 def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Greenlet:
@@ -1688,24 +1761,7 @@ def sleep(seconds: float = 0) -> None:
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
-    waking: list[_Callback | None] = [None]
-    callback: _Callback | None
-    try:  # the wake-up is made inside the try, and cancelled without a call: see Hub.wait
-        if seconds:
-            hub._at(_monotonic() + seconds, current.switch, (), 1, waking)
-        else:
-            waking[0] = callback = _Callback(current.switch, (), hub, 0)
-            hub._callbacks.append(callback)
-        _greenlet.switch(hub)
-    finally:
-        try:  # woken, the hub took it; else (an exception) cancel it, again if a signal cuts that short
-            callback = waking[0]
-            if callback is not None and callback.func is not None:
-                _cancel(callback)
-        except BaseException:
-            if waking[0] is not None:
-                _cancel(waking[0])
-            raise
+    hub.park((_PARK, current, None, 0, _monotonic() + seconds if seconds else 0, False))
 
 
 def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_error: bool = False) -> list[Greenlet]:
@@ -1743,7 +1799,8 @@ def kill(greenlet_: _greenlet, exception: type[BaseException] | BaseException = 
     if isinstance(greenlet_, Greenlet):
         greenlet_.kill(exception, block, timeout)
     elif not greenlet_.dead:
-        get_hub().run_callback(_throw_into, greenlet_, exception)
+        hub = get_hub()
+        hub.run_callback(hub._throw, greenlet_, exception)
 
 
 # ---------------------------------------------------------------------------
@@ -1790,42 +1847,30 @@ class Timeout(BaseException):
         if seconds is not None:
             if type(seconds) not in (int, float) or not seconds >= 0:
                 seconds = _delay(seconds)
-            get_hub()._at(_monotonic() + seconds, self._raise_in, (getcurrent(),),
-                          1 if self._ref else 0, self.__dict__, "_raising")
+            hub = get_hub()
+            hub._at(_monotonic() + seconds, self._raise_in, (hub, getcurrent()), self._ref, self, "_raising")
 
     def cancel(self) -> None:
         """Stop the countdown, if it is running; safe to call at any time."""
         raising = self._raising
-        if raising is not None and raising.func is not None:
-            _cancel(raising)
+        if raising is not None:
+            raising.func = None
 
     close = cancel
 
-    def _raise_in(self, target):
+    def _raise_in(self, hub, target):
         exc = self.exception
-        _throw_into(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
+        hub._throw(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
 
     def __enter__(self: _Timeout) -> _Timeout:
         if self._raising is None or self._raising.func is None:  # not pending
-            try:
-                self.start()
-            except BaseException:  # a signal landed in start(): no __exit__ will cancel it
-                if self._raising is not None:
-                    _cancel(self._raising)
-                raise
+            self.start()
         return self
 
     def __exit__(self, typ: object, value: object, tb: object) -> bool:
-        try:  # cancel(), inline: the hot path of every `with Timeout`
-            raising = self._raising
-            if raising is not None and raising.func is not None:
-                raising.func = raising.args = None
-                if raising.ref:
-                    raising.hub._refs.discard(raising)
-        except BaseException:  # a signal cut it short: once more
-            if self._raising is not None:
-                _cancel(self._raising)
-            raise
+        raising = self._raising
+        if raising is not None:
+            raising.func = None
         return value is self and self.exception is False
 
     def __str__(self):
@@ -2536,9 +2581,9 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
                 return
         self._hub = self._entry = None
         if hub._thread == _threading.get_ident():
-            hub._forget(entry)
+            hub._notify_closing(entry)
         else:
-            hub._run_threadsafe(hub._forget, entry)
+            hub._run_threadsafe(hub._notify_closing, entry)
 
     def _real_close(self, _ss=_socket.socket):
         self._forget_fd()
@@ -2555,9 +2600,9 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         hub, entry = self._hub, self._entry
         if hub is not None and hub._thread == _threading.get_ident():
             for i, shut in enumerate((how != _socket.SHUT_WR, how != _socket.SHUT_RD)):
-                if shut and entry.waiters[i] is not None:
-                    entry.watchers[i].stop()  # so that the fd becoming ready cannot wake it first
-                    hub.run_callback(_wake_closed, entry, entry.waiters[i])
+                if shut and entry.waiters[i]:
+                    entry.watchers[i].stop()  # so that the fd becoming ready cannot wake them first
+                    hub.run_callback(hub._wake_closed, entry, (i,))
 
     # -- the blocking calls ---------------------------------------------------
 
@@ -2801,36 +2846,24 @@ def _resolver_worker():
 
 def _run_in_thread(func, *args):
     """Run func(*args) in a worker thread; park until it returns (the hub's Async wakes it)."""
-    hub, waiter, outcome = get_hub(), _Waiter(), []
+    hub, outcome = get_hub(), []
+    request = (_PARK, getcurrent(), _THREAD, 0, None, False)
 
     def work():
         try:
             outcome.append((True, func(*args)))
         except BaseException as exc:
             outcome.append((False, exc))
-        hub._run_threadsafe(waiter)  # dropped if the hub is gone; a no-op if the wait ended
-    current = getcurrent()
-    try:  # as in Hub.wait: each step one store inside the try, each undone idempotently, again if cut short
-        waiter.greenlet = current
-        hub._parked[current] = waiter  # the worker will wake this hub
-        with _resolver:
-            _resolver_jobs.append(work)
-            running, idle = _resolver_threads
-            if idle >= len(_resolver_jobs):
-                _resolver.notify()
-            elif running < 8:
-                _resolver_threads[0] += 1
-                _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
-        while not outcome:
-            hub.switch()
-    finally:
-        try:
-            waiter.greenlet = None  # first: a late wake-up then switches to nobody
-            hub._parked.pop(current, None)
-        except BaseException:
-            waiter.greenlet = None
-            hub._parked.pop(current, None)
-            raise
+        hub._run_threadsafe(hub._wake, request)  # dropped if the hub is gone; a no-op if the wait ended
+    with _resolver:
+        _resolver_jobs.append(work)
+        running, idle = _resolver_threads
+        if idle >= len(_resolver_jobs):
+            _resolver.notify()
+        elif running < 8:
+            _resolver_threads[0] += 1
+            _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
+    hub.park(request)
     ok, result = outcome[0]
     if ok:
         return result
@@ -2923,17 +2956,9 @@ def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
         elif not timeout >= 0:
             raise ValueError("timeout must be non-negative")
     fd, hub = _check_fd(fileno), get_hub()
-    entry = hub._entry(fd)
-    try:
-        hub.wait(entry, events, None if timeout is None else _monotonic() + timeout)
-    except _timed_out:
-        if timeout_exc is None:
-            raise
-        raise timeout_exc from None
-    finally:
-        # Nothing tells the hub when a raw fd closes: stop watching it now.
-        if entry.owner is None and entry.waiters == [None, None]:
-            hub._forget(entry, keep_watchers=True)
+    deadline = None if timeout is None else _monotonic() + timeout
+    if hub.park((_PARK, getcurrent(), hub._entry(fd), events, deadline, False)) is _TIMED_OUT:
+        raise _timed_out("timed out") if timeout_exc is None else timeout_exc
 
 
 def wait_read(fileno: _FileDescriptorLike, timeout: float | None = None,
@@ -3222,30 +3247,9 @@ def _fileno(fd):  # of an argument the stdlib's call has accepted
 
 def _wait_any(fds, timeout):
     """Park until one of fds ({fd: _EV_READ and/or _EV_WRITE}) is ready, or timeout seconds pass."""
-    if len(fds) == 1:  # the common case costs one wait and no greenlet
-        (fd, events), = fds.items()
-        try:
-            wait_readwrite(fd, timeout, events=events)
-        except _timed_out:
-            pass
-        return
-    waiter, raised = _Waiter(), []
-
-    def watch(fd, events):
-        try:
-            wait_readwrite(fd, events=events)
-        except Exception as exc:  # handed to the caller, as if it had waited itself
-            raised.append(exc)
-        waiter()
-    watchers = [spawn(watch, fd, events) for fd, events in fds.items()]
-    try:
-        waiter.wait(timeout)
-    finally:
-        for watcher in watchers:
-            watcher.kill(block=False)
-        joinall(watchers)  # so that none still holds an fd's waiter slot when this returns
-    if raised:
-        raise raised[0]
+    hub = get_hub()
+    targets = [(hub._entry(_check_fd(fd)), events) for fd, events in fds.items()]
+    hub.park((_PARK, getcurrent(), targets, 0, None if timeout is None else _monotonic() + timeout, False))
 
 
 def _until_ready(ask, watched, deadline):
