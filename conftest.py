@@ -40,6 +40,15 @@ def backend(request):
     coopsock.get_hub().destroy()
 
 
+@pytest.fixture(autouse=True)
+def hang_guard(backend):
+    """Turn a main greenlet parked for good (a lost wake-up) into a failure, not a stuck run."""
+    guard = coopsock.Timeout.start_new(60, AssertionError("the main greenlet waited 60 s: a lost wake-up?"),
+                                       ref=False)
+    yield guard
+    guard.cancel()
+
+
 @pytest.fixture
 def pair():
     """A connected pair of cooperative AF_UNIX stream sockets."""

@@ -1297,9 +1297,15 @@ class Hub(_greenlet):
         """Run the loop until destroy()."""
         creator, self._creator = self._creator, None
         try:
-            self._take(creator.switch())  # __init__ started the hub: park until the first wait
+            if creator is not None:  # __init__ started the hub: park until the first wait
+                self._take(creator.switch())
             while not self._destroyed:
-                self._run_pass()
+                try:
+                    self._run_pass()
+                except GreenletExit:
+                    raise
+                except BaseException as exc:  # a handler patch(signal=True) did not wrap raised here
+                    self._throw(self.parent, exc)
         except GreenletExit:  # destroy(), or the hub was garbage-collected
             return
 
@@ -3357,21 +3363,63 @@ def _patch_table(wanted):
             yield _sys.modules["socketserver"], "_ServerSelector", DefaultSelector
     if wanted["time"]:
         yield _sys.modules["time"], "sleep", sleep
+    if wanted["signal"]:
+        import signal
+        yield signal, "signal", _install_deferring
+        yield signal, "getsignal", _installed_handler
+
+
+class _DeferringHandler:
+    """A signal handler that, landing in the hub's own code, runs at the hub's next step instead (patch(signal=True)).
+
+    Elsewhere it runs at once, as Python runs handlers; what it raises in the
+    hub's step goes to the main greenlet.
+    """
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, signum, frame):
+        hub = _local.__dict__.get("hub")  # (handlers run in the main thread)
+        if hub is not None and getcurrent() is hub:
+            hub._deferred.append((self.handler, signum))
+        else:
+            self.handler(signum, frame)
+
+
+def _install_deferring(signalnum: int, handler: Any) -> Any:
+    """signal.signal under patch(signal=True): install handler wrapped in a _DeferringHandler."""
+    std_signal = _originals[(_sys.modules["signal"], "signal")]
+    previous = std_signal(signalnum, _DeferringHandler(handler) if callable(handler) else handler)
+    return previous.handler if type(previous) is _DeferringHandler else previous
+
+
+def _installed_handler(signalnum: int) -> Any:
+    """signal.getsignal under patch(signal=True): the handler as the program gave it."""
+    handler = _originals[(_sys.modules["signal"], "getsignal")](signalnum)
+    return handler.handler if type(handler) is _DeferringHandler else handler
 
 
 def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selectors: bool = True,
-          time: bool = True) -> None:
+          time: bool = True, signal: bool = False) -> None:
     """Make the stdlib's blocking entry points coopsock's, so libraries using them cooperate.
 
     Covers socket.socket and the socket module's functions coopsock has, TLS
     (every ssl.SSLContext wraps sockets cooperatively), select.select and
     poll, selectors.DefaultSelector (and the one socketserver picks), and
-    time.sleep. Call it first thing in __main__: names bound earlier with
+    time.sleep. With signal=True, a handler signal.signal() installs from then
+    on is deferred when it lands in the hub's own code: it runs at the hub's
+    next step, and what it raises goes to the main greenlet (without it, a
+    handler that raises there can leave the hub inconsistent).
+    Call it first thing in __main__: names bound earlier with
     `from socket import socket` stay the stdlib's. Threads still work, each
     with a hub of its own; C extensions that do their own I/O still block.
     Idempotent; unpatch() undoes it. Raises nothing of its own.
     """
-    wanted = {"socket": socket, "ssl": ssl, "select": select, "selectors": selectors, "time": time}
+    wanted = {"socket": socket, "ssl": ssl, "select": select, "selectors": selectors, "time": time,
+              "signal": signal}
     for target, attribute, replacement in list(_patch_table(wanted)):
         key = (target, attribute)
         if key not in _originals:  # recorded first: an interrupted patch() is still undone

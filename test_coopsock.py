@@ -43,14 +43,6 @@ def hub_never_fails():
     assert not failures, f"the hub failed {len(failures)} time(s), first with {failures[0]!r}"
 
 
-@pytest.fixture(autouse=True)
-def hang_guard():
-    """Turn a main greenlet parked for good (a lost wake-up) into a failure, not a stuck run."""
-    guard = Timeout.start_new(20, AssertionError("the main greenlet waited 20 s: a lost wake-up?"), ref=False)
-    yield guard
-    guard.cancel()
-
-
 # ---------------------------------------------------------------------------
 # Helpers and fixtures
 
