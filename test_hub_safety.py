@@ -20,7 +20,7 @@ import time
 import pytest
 
 import coopsock
-from coopsock import Event, LoopExit, sleep, spawn
+from coopsock import sleep, spawn
 from test_reliability import _assert_clean_exit, _run_child
 
 STAND_INS = ("libev", "selectors")
