@@ -106,6 +106,7 @@ import stat as _stat
 import threading as _threading
 import time as _time
 import traceback as _traceback
+import warnings as _warnings
 from collections import deque as _deque
 from itertools import count as _count
 from operator import index as _index
@@ -2544,6 +2545,20 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         self._forget_fd()
         _ss.close(self)
 
+    def __del__(self, _ss=_socket.socket):
+        # Dropped unclosed, or half-made (an SSLSocket whose creation a kill
+        # cut short): the C finalizer would close the fd behind the hub's
+        # back. A __del__ replaces it, so this one warns as it does, then
+        # closes as close() does: the hub lets go of the fd first.
+        if _ss.fileno(self) >= 0:
+            try:
+                _warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            finally:
+                try:
+                    self._forget_fd()
+                finally:
+                    _ss.close(self)
+
     def detach(self) -> int:
         """Stop waiting on the fd and return it, leaving it open."""
         self._forget_fd()
@@ -2763,6 +2778,9 @@ def create_connection(address: tuple[str | None, int], timeout: float | None = _
         except OSError as exc:
             errors.append(exc)
             sock.close()
+        except BaseException:  # a Timeout or a kill: closed now, not by a finalizer some time later
+            sock.close()
+            raise
     if not errors:
         raise OSError("getaddrinfo returns an empty list")
     if all_errors:
@@ -3132,6 +3150,25 @@ def _build_tls() -> Any:
                 if deadline is False:
                     deadline = None if block and self._timeout == 0.0 else self._deadline()
                 self._wait(events, deadline)
+
+        @classmethod
+        def _create(cls, sock, server_side=False, do_handshake_on_connect=True, **kwargs):
+            # ssl's _create() closes the SSLSocket it made (which owns the fd
+            # by then) only if the handshake raises OSError or ValueError: a
+            # Timeout or a kill would leave the fd open until a garbage
+            # collection, late if a stored traceback holds it in a cycle. So
+            # the handshake is made here, and any exception closes the fd at
+            # once. (A non-blocking socket still gets ssl's own ValueError.)
+            handshake = do_handshake_on_connect and sock.gettimeout() != 0.0
+            self = super()._create(sock, server_side, do_handshake_on_connect and not handshake, **kwargs)
+            self.do_handshake_on_connect = do_handshake_on_connect
+            if handshake and self._connected:
+                try:
+                    self.do_handshake()
+                except BaseException:
+                    self.close()
+                    raise
+            return self
 
         def do_handshake(self, block: bool = False) -> None:
             """Perform the TLS handshake (wrap_socket and connect do it unless told not to)."""

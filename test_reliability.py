@@ -1867,3 +1867,89 @@ def test_misuse_async_send_before_start():
     assert run_until(lambda: P.EV_ASYNC in fired)
     idle.stop()
     """)
+
+
+# ---------------------------------------------------------------------------
+# Issue 19: fds closed behind the hub's back, waiters leaving, servers at limits
+
+_TLS_CHILD_PRELUDE = """
+import random, ssl, trustme
+ca = trustme.CA()
+cert = ca.issue_cert("127.0.0.1")
+server_ctx = coopsock.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+cert.configure_cert(server_ctx)
+client_ctx = coopsock.create_default_context()
+ca.configure_trust(client_ctx)
+"""
+
+
+def test_tls_handshakes_cut_by_timeouts_and_kills_never_abort_and_close_every_fd():
+    # A Timeout or a kill landing in wrap_socket() escaped ssl's _create()
+    # without a close; the half-made SSLSocket was closed later by its C
+    # finalizer with its watcher still started, and libev aborted on the
+    # closed fd (SIGABRT on libev and pyev). Then with garbage collection
+    # off: every fd must close without it.
+    code = _TLS_CHILD_PRELUDE + textwrap.dedent("""
+    rng = random.Random(19)
+
+    def echo(conn, address):
+        conn.sendall(conn.recv(100))
+
+    def wrap_under_a_timeout(conn):  # a user's own accept loop
+        tls = None
+        try:
+            with Timeout(rng.uniform(0, 0.03)):
+                tls = server_ctx.wrap_socket(conn, server_side=True)
+                tls.sendall(tls.recv(100))
+        except (Timeout, OSError):
+            pass
+        finally:
+            (tls or conn).close()
+
+    def accept_loop(listener):
+        while True:
+            conn, _ = listener.accept()
+            spawn(wrap_under_a_timeout, conn)
+
+    def client(address, drop):
+        sock = tls = None
+        try:
+            with Timeout(rng.uniform(0.005, 0.03)):
+                sock = coopsock.create_connection(address)
+                tls = client_ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+                tls.sendall(b"x")
+                tls.recv(10)
+        except (Timeout, OSError):
+            pass
+        finally:
+            if not drop:  # else dropped unclosed: its finalizer closes it
+                for each in (tls, sock):
+                    each and each.close()
+
+    coopsock.get_hub()
+    before = len(os.listdir("/proc/self/fd"))
+    server = coopsock.StreamServer(("127.0.0.1", 0), echo, ssl_context=server_ctx)
+    server.start()
+    listener = coopsock.create_server(("127.0.0.1", 0), backlog=1024)
+    acceptor = spawn(accept_loop, listener)
+    for round_ in range(ROUNDS):
+        if round_ == ROUNDS - 2:  # the last two: every fd closes without a cyclic collection
+            gc.collect()
+            gc.disable()
+        address = (server.address, listener.getsockname())[round_ % 2]
+        clients = [spawn(client, address, i % 2 == 0) for i in range(CLIENTS)]
+        for g in rng.sample(clients[1::2], CLIENTS // 4):
+            coopsock.spawn_later(rng.uniform(0, 0.03), g.kill, block=False)
+        coopsock.joinall(clients)
+    server.stop(timeout=0)
+    acceptor.kill()
+    listener.close()
+    sleep(0.05)  # the last peers' ends
+    after = len(os.listdir("/proc/self/fd"))
+    assert after == before, (before, after, os.listdir("/proc/self/fd"))
+    assert stats()["fds"] == 0, stats()
+    print("OK")
+    """)
+    proc = _run_child(code.replace("ROUNDS", str(_size(4, 10))).replace("CLIENTS", str(_size(100, 200))),
+                      coopsock.BACKEND, timeout=120)
+    _assert_clean_exit(proc)
