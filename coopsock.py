@@ -2486,6 +2486,30 @@ class Group(Pool):
 # lives in _timeout. Every blocking call first tries the system call, and only
 # on EWOULDBLOCK parks on the socket's read or write watcher (created once per
 # socket, so the hot path creates no objects) and retries.
+#
+# How an fd closes, and how the hub hears of it first. A watcher left started
+# on a closed fd makes libev abort (EBADF in epoll_ctl) at the next change it
+# makes for that fd, or when it re-arms every fd after a stale event; a reused
+# number would get the old file's events. So every path follows trio's
+# notify_closing protocol: the socket drops its entry, tells the hub
+# (_forget_fd: the hub stops the fd's watchers now and wakes its waiters with
+# EBADF on its next pass), and only then closes the fd:
+#   close(), and so `with`: _real_close().
+#   detach(): the hub lets go as above; whoever owns the fd next closes it,
+#     through its own close path (a coopsock socket) or unwatched (any other).
+#   dropped unclosed, or collected in a cycle: __del__ does what close()
+#     does (without it, the C finalizer of _socket.socket closed the fd behind
+#     the hub's back).
+#   an SSLSocket: ssl's _create() detaches the plain socket (above), and the
+#     SSLSocket owns the fd; a handshake it cannot finish closes it whatever
+#     the exception (SSLSocket._create); then close() and __del__ as above.
+#   create_connection(): an attempt cut short by any exception closes its socket.
+#   fromfd(), dup(), accept(): each is a new fd of its own, with an entry of
+#     its own; closing one leaves the others watched.
+#   another thread's close(): the hub hears through _run_threadsafe, after
+#     the fd has closed (a window the hub must close itself).
+#   os.close() of a socket's fd: the user's bug (gevent's and trio's words);
+#     the hub cannot hear of it, and must check the fd itself before it watches.
 
 _CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
 

@@ -2116,3 +2116,52 @@ def test_demo_max_connections_under_a_burst_serves_exactly_that_many():
             demo.kill()
             demo.wait()
         demo.stderr.close()
+
+
+def test_every_way_a_socket_fd_closes_lets_the_hub_go_first():
+    # A watcher started on the fd (no waiter left, as after a timed-out
+    # recv), then the fd closes by each path, then the number is reused and
+    # waited on: libev must never see the closed fd, nor the hub keep its entry.
+    code = """
+    def started_watcher():
+        a, b = coopsock.socketpair()
+        a.settimeout(0.001)
+        assert isinstance(outcome(a.recv, 1), TimeoutError)  # the read watcher stays started
+        return a, b
+
+    def reuse_the_number():
+        for _ in range(3):
+            c, d = coopsock.socketpair()
+            reader = spawn(c.recv, 1)
+            sleep(0)
+            d.sendall(b"x")
+            assert reader.get(timeout=5) == b"x"
+            c.close(); d.close()
+
+    def by_close(a): a.close()
+    def by_detach(a): os.close(a.detach())
+    def by_dropping(a): pass  # the last reference goes with this frame
+    def by_closing_a_dup(a):
+        dup = a.dup()
+        a.close()
+        dup.settimeout(0.001)
+        assert isinstance(outcome(dup.recv, 1), TimeoutError)
+        dup.close()
+
+    gc.disable()
+    coopsock.get_hub()
+    before = len(os.listdir("/proc/self/fd"))
+    for path in (by_close, by_detach, by_dropping, by_closing_a_dup):
+        a, b = started_watcher()
+        path(a)
+        del a
+        assert stats()["fds"] == 0, (path.__name__, "the hub still watches the closed fd")
+        reuse_the_number()
+        b.close()
+        sleep(0); sleep(0)
+        assert stats()["fds"] == 0, (path.__name__, stats())
+        assert len(os.listdir("/proc/self/fd")) == before, path.__name__
+    print("OK")
+    """
+    proc = _run_child(code, coopsock.BACKEND, PYTHONWARNINGS="ignore::ResourceWarning")
+    _assert_clean_exit(proc)
