@@ -106,6 +106,7 @@ import stat as _stat
 import threading as _threading
 import time as _time
 import traceback as _traceback
+import warnings as _warnings
 from collections import deque as _deque
 from itertools import count as _count
 from operator import index as _index
@@ -1910,6 +1911,12 @@ def with_timeout(seconds: float | None, func: Callable[..., _T], *args: Any, tim
 # These belong to the thread whose greenlets use them; only Event.set(),
 # AsyncResult.set() and set_exception() may be called from another thread.
 
+def _check_callable(func, what="func"):
+    """Raise TypeError at the call, not when the hub calls func later (gevent's habit too)."""
+    if not callable(func):
+        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
+
+
 class _Line(_deque):
     """The greenlets (their _Waiter) and link callbacks waiting on a primitive, in arrival order.
 
@@ -1920,22 +1927,52 @@ class _Line(_deque):
     before anything else runs, so no later greenlet gets in first. A waiter
     leaves the line itself, in a finally: one killed or timed out leaves
     nothing behind, and the next in line gets what it did not take.
+
+    Leaving costs O(1) wherever the waiter stands: one at either end is
+    popped, one in the middle is only marked gone (a linear remove() made
+    40,000 waiters killed newest-first take half a minute); gone ones are
+    dropped as they reach an end. The line is true while a waiter is still there.
     """
 
-    __slots__ = ()
+    __slots__ = ("_gone",)
+
+    def __init__(self):
+        super().__init__()
+        self._gone = set()  # {id(waiter)}: the waiters that left from the middle, still in the deque
+
+    def __bool__(self):  # (not __len__: a deque's negative indices count from it)
+        return _deque.__len__(self) > len(self._gone)
 
     def park(self, timeout, may_go, *args):
         """Wait in line until wake() lets this greenlet go; False on timeout."""
-        waiter, woken = _Waiter(), False
+        waiter, woken, queued = _Waiter(), False, False
         try:
             self.append(waiter)
+            queued = True
             woken = waiter.wait(timeout)
             return woken
         finally:
-            if waiter in self:
-                self.remove(waiter)
+            if queued:
+                self._leave(waiter)
             if not woken and self:  # interrupted: pass on a wake-up that may have been ours
                 self.schedule(may_go, *args)
+
+    def _leave(self, waiter):
+        if self[-1] is waiter:
+            self.pop()
+        elif self[0] is waiter:
+            self.popleft()
+        else:
+            self._gone.add(id(waiter))  # ids: a link callback may be unhashable
+        self._drop_gone()
+
+    def _drop_gone(self):
+        gone = self._gone
+        if gone:
+            while gone and id(self[0]) in gone:
+                gone.discard(id(self.popleft()))
+            while gone and id(self[-1]) in gone:
+                gone.discard(id(self.pop()))
 
     def schedule(self, may_go, *args):
         get_hub().run_callback(self.wake, may_go, *args)
@@ -1944,6 +1981,7 @@ class _Line(_deque):
         """From the hub: wake the head of the line while may_go(); call a link callback with args."""
         try:
             for _ in range(len(self)):  # at most once each: a woken greenlet may queue up again
+                self._drop_gone()
                 if not self or not may_go():
                     return
                 waiter = self[0]
@@ -2003,7 +2041,8 @@ class Event:
         return self._flag or self._waiters.park(timeout, self.is_set, self) or self._flag
 
     def rawlink(self, callback: Callable[[Any], object]) -> None:
-        """Call callback(self) from the hub once the flag is set (at once if it is)."""
+        """Call callback(self) from the hub once the flag is set (at once if it is); TypeError if not callable."""
+        _check_callable(callback, "callback")
         self._hub = get_hub()
         if self._flag:
             self._hub.run_callback(callback, self)
@@ -2401,7 +2440,11 @@ class Pool:
                 self._empty.set()
 
     def spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Greenlet:
-        """Start func(*args, **kwargs) in a greenlet of this group (parking while a pool is full)."""
+        """Start func(*args, **kwargs) in a greenlet of this group (parking while a pool is full).
+
+        Raises TypeError if func is not callable (None too: a pool runs functions).
+        """
+        _check_callable(func)
         g = Greenlet(func, *args, **kwargs)
         self.add(g)
         g.start()
@@ -2419,10 +2462,12 @@ class Pool:
 
     def imap(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
         """Yield func(*args) for args in zip(*iterables) in order, computed concurrently."""
+        _check_callable(func)  # now, not at the first next()
         return self._imap(func, iterables, True)
 
     def imap_unordered(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
         """Yield func(*args) for args in zip(*iterables) as each finishes."""
+        _check_callable(func)
         return self._imap(func, iterables, False)
 
     def _imap(self, func, iterables, ordered):
@@ -2492,6 +2537,30 @@ class Group(Pool):
 # lives in _timeout. Every blocking call first tries the system call, and only
 # on EWOULDBLOCK parks on the socket's read or write watcher (created once per
 # socket, so the hot path creates no objects) and retries.
+#
+# How an fd closes, and how the hub hears of it first. A watcher left started
+# on a closed fd makes libev abort (EBADF in epoll_ctl) at the next change it
+# makes for that fd, or when it re-arms every fd after a stale event; a reused
+# number would get the old file's events. So every path follows trio's
+# notify_closing protocol: the socket drops its entry, tells the hub
+# (_forget_fd: the hub stops the fd's watchers now and wakes its waiters with
+# EBADF on its next pass), and only then closes the fd:
+#   close(), and so `with`: _real_close().
+#   detach(): the hub lets go as above; whoever owns the fd next closes it,
+#     through its own close path (a coopsock socket) or unwatched (any other).
+#   dropped unclosed, or collected in a cycle: __del__ does what close()
+#     does (without it, the C finalizer of _socket.socket closed the fd behind
+#     the hub's back).
+#   an SSLSocket: ssl's _create() detaches the plain socket (above), and the
+#     SSLSocket owns the fd; a handshake it cannot finish closes it whatever
+#     the exception (SSLSocket._create); then close() and __del__ as above.
+#   create_connection(): an attempt cut short by any exception closes its socket.
+#   fromfd(), dup(), accept(): each is a new fd of its own, with an entry of
+#     its own; closing one leaves the others watched.
+#   another thread's close(): the hub hears through _run_threadsafe, after
+#     the fd has closed (a window the hub must close itself).
+#   os.close() of a socket's fd: the user's bug (gevent's and trio's words);
+#     the hub cannot hear of it, and must check the fd itself before it watches.
 
 _CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
 
@@ -2594,6 +2663,20 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
     def _real_close(self, _ss=_socket.socket):
         self._forget_fd()
         _ss.close(self)
+
+    def __del__(self, _ss=_socket.socket):
+        # Dropped unclosed, or half-made (an SSLSocket whose creation a kill
+        # cut short): the C finalizer would close the fd behind the hub's
+        # back. A __del__ replaces it, so this one warns as it does, then
+        # closes as close() does: the hub lets go of the fd first.
+        if _ss.fileno(self) >= 0:
+            try:
+                _warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            finally:
+                try:
+                    self._forget_fd()
+                finally:
+                    _ss.close(self)
 
     def detach(self) -> int:
         """Stop waiting on the fd and return it, leaving it open."""
@@ -2814,6 +2897,9 @@ def create_connection(address: tuple[str | None, int], timeout: float | None = _
         except OSError as exc:
             errors.append(exc)
             sock.close()
+        except BaseException:  # a Timeout or a kill: closed now, not by a finalizer some time later
+            sock.close()
+            raise
     if not errors:
         raise OSError("getaddrinfo returns an empty list")
     if all_errors:
@@ -2996,6 +3082,7 @@ class StreamServer:
     stop_timeout = 1  # seconds stop() waits for the running handlers before it kills them
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
     _acceptor: Greenlet | None  # (for type checkers)
+    _log: Any  # logging.getLogger("coopsock"), got by start()
 
     def __init__(self, listener: tuple[str, int] | _stdsocket.socket, handle: Callable[[socket, Any], object],
                  backlog: int | None = None, spawn: Literal["default"] | int | Pool = "default",
@@ -3031,6 +3118,10 @@ class StreamServer:
             self.socket = create_server(self.address, family=family, backlog=self.backlog or self.backlog_default)
             self.address = self.socket.getsockname()  # the real port; kept once the socket is closed
         if not self.started:
+            # The accept loop logs when accept() fails, EMFILE above all: then
+            # importing logging would need an fd too, and fail. So it is done now.
+            import logging
+            self._log = logging.getLogger("coopsock")
             self._acceptor = spawn(self._accept_loop)
 
     def serve_forever(self) -> None:
@@ -3074,9 +3165,8 @@ class StreamServer:
                 if exc.errno in (_errno.EBADF, _errno.EINVAL, _errno.ENOTSOCK):  # the listener is gone
                     return self.close()
                 if not delay:  # EMFILE and friends: back off until fds free up; log once per episode
-                    import logging
-                    logging.getLogger("coopsock").warning("accept() on %s failed, retrying with back-off "
-                                                          "up to 1 s: %s", self.address, exc)
+                    self._log.warning("accept() on %s failed, retrying with back-off up to 1 s: %s",
+                                      self.address, exc)
                 delay = min(delay * 2 or 0.01, 1.0)
                 sleep(delay)
                 continue
@@ -3163,6 +3253,25 @@ def _build_tls() -> Any:
                 if deadline is False:
                     deadline = None if block and self._timeout == 0.0 else self._deadline()
                 self._wait(events, deadline)
+
+        @classmethod
+        def _create(cls, sock, server_side=False, do_handshake_on_connect=True, **kwargs):
+            # ssl's _create() closes the SSLSocket it made (which owns the fd
+            # by then) only if the handshake raises OSError or ValueError: a
+            # Timeout or a kill would leave the fd open until a garbage
+            # collection, late if a stored traceback holds it in a cycle. So
+            # the handshake is made here, and any exception closes the fd at
+            # once. (A non-blocking socket still gets ssl's own ValueError.)
+            handshake = do_handshake_on_connect and sock.gettimeout() != 0.0
+            self = super()._create(sock, server_side, do_handshake_on_connect and not handshake, **kwargs)
+            self.do_handshake_on_connect = do_handshake_on_connect
+            if handshake and self._connected:
+                try:
+                    self.do_handshake()
+                except BaseException:
+                    self.close()
+                    raise
+            return self
 
         def do_handshake(self, block: bool = False) -> None:
             """Perform the TLS handshake (wrap_socket and connect do it unless told not to)."""
@@ -3482,15 +3591,17 @@ def _serve(args, log):
     _os.close(gate)
     log.info("echo server listening on %s:%d%s (loop backend: %s, pid %d)", where, listener.getsockname()[1],
              " and IPv4" if dualstack else "", BACKEND, _os.getpid())
-    served = {"connections": 0, "bytes": 0}
+    served = {"connections": 0, "bytes": 0, "open": 0}
 
     def echo(conn, address):  # every byte back, until the peer closes, goes idle, or the server stops
-        if len(server._handlers) > args.max_connections:  # this one counts already
+        # Counted here, not as the server's handlers: a burst has many accepted and not yet started.
+        if served["open"] >= args.max_connections:
             return log.warning("refused %s: --max-connections %d reached", address, args.max_connections)
         served["connections"] += 1
         log.debug("connection from %s opened", address)
         conn.settimeout(args.idle_timeout or None)
         reason = "the server stops"
+        served["open"] += 1  # no switch since the check: a burst gets exactly --max-connections
         try:
             while data := conn.recv(65536):
                 conn.sendall(data)
@@ -3499,6 +3610,7 @@ def _serve(args, log):
         except OSError as exc:
             reason = f"idle for {args.idle_timeout} s" if isinstance(exc, _timed_out) else exc.strerror or str(exc)
         finally:  # then the server closes it
+            served["open"] -= 1
             log.debug("connection from %s closed (%s)", address, reason)
     server = StreamServer(listener, echo)  # out of fds, its accept loop backs off and logs once
     server.stop_timeout = 0  # an echo connection never ends by itself: close them all at once

@@ -1867,3 +1867,301 @@ def test_misuse_async_send_before_start():
     assert run_until(lambda: P.EV_ASYNC in fired)
     idle.stop()
     """)
+
+
+# ---------------------------------------------------------------------------
+# Issue 19: fds closed behind the hub's back, waiters leaving, servers at limits
+
+_TLS_CHILD_PRELUDE = """
+import random, ssl, trustme
+ca = trustme.CA()
+cert = ca.issue_cert("127.0.0.1")
+server_ctx = coopsock.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+cert.configure_cert(server_ctx)
+client_ctx = coopsock.create_default_context()
+ca.configure_trust(client_ctx)
+"""
+
+
+def test_tls_handshakes_cut_by_timeouts_and_kills_never_abort_and_close_every_fd():
+    # A Timeout or a kill landing in wrap_socket() escaped ssl's _create()
+    # without a close; the half-made SSLSocket was closed later by its C
+    # finalizer with its watcher still started, and libev aborted on the
+    # closed fd (SIGABRT on libev and pyev). Then with garbage collection
+    # off: every fd must close without it.
+    code = _TLS_CHILD_PRELUDE + textwrap.dedent("""
+    rng = random.Random(19)
+
+    def echo(conn, address):
+        conn.sendall(conn.recv(100))
+
+    def wrap_under_a_timeout(conn):  # a user's own accept loop
+        tls = None
+        try:
+            with Timeout(rng.uniform(0, 0.03)):
+                tls = server_ctx.wrap_socket(conn, server_side=True)
+                tls.sendall(tls.recv(100))
+        except (Timeout, OSError):
+            pass
+        finally:
+            (tls or conn).close()
+
+    def accept_loop(listener):
+        while True:
+            conn, _ = listener.accept()
+            spawn(wrap_under_a_timeout, conn)
+
+    def client(address, drop):
+        sock = tls = None
+        try:
+            with Timeout(rng.uniform(0.005, 0.03)):
+                sock = coopsock.create_connection(address)
+                tls = client_ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+                tls.sendall(b"x")
+                tls.recv(10)
+        except (Timeout, OSError):
+            pass
+        finally:
+            if not drop:  # else dropped unclosed: its finalizer closes it
+                for each in (tls, sock):
+                    each and each.close()
+
+    coopsock.get_hub()
+    before = len(os.listdir("/proc/self/fd"))
+    server = coopsock.StreamServer(("127.0.0.1", 0), echo, ssl_context=server_ctx)
+    server.start()
+    listener = coopsock.create_server(("127.0.0.1", 0), backlog=1024)
+    acceptor = spawn(accept_loop, listener)
+    for round_ in range(ROUNDS):
+        if round_ == ROUNDS - 2:  # the last two: every fd closes without a cyclic collection
+            gc.collect()
+            gc.disable()
+        address = (server.address, listener.getsockname())[round_ % 2]
+        clients = [spawn(client, address, i % 2 == 0) for i in range(CLIENTS)]
+        for g in rng.sample(clients[1::2], CLIENTS // 4):
+            coopsock.spawn_later(rng.uniform(0, 0.03), g.kill, block=False)
+        coopsock.joinall(clients)
+    server.stop(timeout=0)
+    acceptor.kill()
+    listener.close()
+    sleep(0.05)  # the last peers' ends
+    after = len(os.listdir("/proc/self/fd"))
+    assert after == before, (before, after, os.listdir("/proc/self/fd"))
+    assert stats()["fds"] == 0, stats()
+    print("OK")
+    """)
+    proc = _run_child(code.replace("ROUNDS", str(_size(4, 10))).replace("CLIENTS", str(_size(100, 200))),
+                      coopsock.BACKEND, timeout=120)
+    _assert_clean_exit(proc)
+
+
+def test_stream_server_stop_closes_the_connections_of_killed_tls_handshakes():
+    # The killed handler's half-made SSLSocket lived on in a cycle through
+    # the GreenletExit it stored, open until a cyclic collection.
+    code = _TLS_CHILD_PRELUDE + textwrap.dedent("""
+    gc.disable()
+    server = coopsock.StreamServer(("127.0.0.1", 0), lambda conn, address: None, ssl_context=server_ctx)
+    server.start()
+    clients = [coopsock.create_connection(server.address) for _ in range(5)]  # never say hello
+    deadline = time.monotonic() + 10
+    while len(server.pool) < 5:  # every handler waits in its handshake
+        assert time.monotonic() < deadline, len(server.pool)
+        sleep(0.005)
+    sleep(0.05)
+    server.stop(timeout=0.1)
+    for client in clients:
+        client.settimeout(5)
+        started = time.monotonic()
+        try:
+            assert client.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 2, "the server end stayed open"
+        client.close()
+    print("OK")
+    """)
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
+
+
+def _seconds_for_waiters_to_leave_newest_first(count, park):
+    greenlets = [coopsock.spawn(park) for _ in range(count)]
+    coopsock.sleep(0)  # each has parked
+    assert not any(g.ready() for g in greenlets)
+    started = time.perf_counter()
+    for g in reversed(greenlets):
+        g.kill(block=False)
+    coopsock.joinall(greenlets)
+    return time.perf_counter() - started
+
+
+_PARKS = {"Event.wait": lambda: coopsock.Event().wait, "Semaphore.acquire": lambda: coopsock.Semaphore(0).acquire,
+          "Queue.get": lambda: coopsock.Queue().get}
+
+
+@pytest.mark.parametrize("primitive", sorted(_PARKS))
+def test_waiters_leaving_newest_first_take_linear_time(primitive):
+    # Each leaving waiter did a linear deque.remove(): 40,000 took ~25 s.
+    # Four times the waiters must take about four times as long, not sixteen.
+    small, large = (_seconds_for_waiters_to_leave_newest_first(count, _PARKS[primitive]())
+                    for count in (10_000, 40_000))
+    assert large < 8 * small + 0.2, f"{primitive}: 10,000 waiters left in {small:.3f} s, 40,000 in {large:.3f} s"
+
+
+def test_waiters_leaving_from_the_middle_keep_the_line_in_order():
+    # A waiter that leaves from the middle is only marked gone: those behind
+    # it still go in arrival order, and the line is true while one is left.
+    semaphore, order = coopsock.Semaphore(0), []
+
+    def take(i):
+        semaphore.acquire()
+        order.append(i)
+    greenlets = [coopsock.spawn(take, i) for i in range(6)]
+    coopsock.sleep(0)
+    for i in (2, 3, 1):
+        greenlets[i].kill()
+    assert semaphore._waiters
+    for _ in range(3):
+        semaphore.release()
+    coopsock.joinall(greenlets)
+    assert order == [0, 4, 5] and not semaphore._waiters and semaphore.counter == 0
+
+
+_NOT_CALLABLE = {
+    "spawn": lambda: coopsock.spawn(42),
+    "spawn_later": lambda: coopsock.spawn_later(0, 42),
+    "Pool.spawn": lambda: coopsock.Pool(2).spawn(42),
+    "Pool.map": lambda: coopsock.Pool(2).map(None, [1]),
+    "Pool.imap": lambda: coopsock.Pool(2).imap(42, [1]),
+    "Greenlet.link": lambda: coopsock.Greenlet(lambda: None).link(42),
+    "Event.rawlink": lambda: coopsock.Event().rawlink(42),
+    "AsyncResult.rawlink": lambda: coopsock.AsyncResult().rawlink(None),
+}
+
+
+@pytest.mark.parametrize("call", sorted(_NOT_CALLABLE))
+def test_a_non_callable_is_refused_at_the_call_as_gevent_does(call):
+    with pytest.raises(TypeError, match="must be callable, not (int|NoneType)"):
+        _NOT_CALLABLE[call]()
+    coopsock.sleep(0)  # nothing was left to fail later on the hub
+
+
+def test_stream_server_accept_loop_survives_the_fd_limit_with_logging_not_imported():
+    # At EMFILE the accept loop imported logging, which needs an fd itself:
+    # OSError(EMFILE) escaped and the loop died for good.
+    code = """
+    import resource
+    assert "logging" not in sys.modules
+    def echo(conn, address):
+        conn.sendall(conn.recv(100))
+    server = coopsock.StreamServer(("127.0.0.1", 0), echo)
+    server.start()
+    client, spare = coopsock.socket(), []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    gc.collect()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 5, hard))
+    try:
+        while True:
+            spare.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    client.connect(server.address)  # accept() has no fd left for it: EMFILE
+    sleep(0.3)  # the accept loop meets EMFILE and backs off
+    for fd in spare:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.started, "the accept loop died"
+    client.settimeout(10)
+    client.sendall(b"after")
+    assert client.recv(5) == b"after"
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
+
+
+def test_demo_max_connections_under_a_burst_serves_exactly_that_many():
+    # The handler counted the connections accepted but not yet started as
+    # open, and refused itself: 6 to 17 of 100 were served, not 20.
+    demo = subprocess.Popen([sys.executable, "-m", "coopsock", "--host", LOOPBACK, "--port", "0",
+                             "--max-connections", "20", "--loop", coopsock.BACKEND],
+                            cwd=HERE, env=_child_env(coopsock.BACKEND), stderr=subprocess.PIPE, text=True)
+    clients = []
+    try:
+        banner = ""
+        for _ in range(10):
+            banner += demo.stderr.readline()
+            port = re.search(r"listening on [\d.]+:(\d+)", banner)
+            if port:
+                break
+        assert port, f"no 'listening on' in what the demo said: {banner!r}"
+        demo.send_signal(signal.SIGSTOP)  # all 100 wait in the backlog: one burst
+        try:
+            clients = [stdsocket.create_connection((LOOPBACK, int(port[1])), timeout=10) for _ in range(100)]
+            for client in clients:
+                client.sendall(b"x")
+        finally:
+            demo.send_signal(signal.SIGCONT)
+        served = 0
+        for client in clients:
+            try:
+                served += client.recv(1) == b"x"
+            except ConnectionResetError:
+                pass
+        assert served == 20
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=10) == 0
+    finally:
+        for client in clients:
+            client.close()
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        demo.stderr.close()
+
+
+def test_every_way_a_socket_fd_closes_lets_the_hub_go_first():
+    # A watcher started on the fd (no waiter left, as after a timed-out
+    # recv), then the fd closes by each path, then the number is reused and
+    # waited on: libev must never see the closed fd, nor the hub keep its entry.
+    code = """
+    def started_watcher():
+        a, b = coopsock.socketpair()
+        a.settimeout(0.001)
+        assert isinstance(outcome(a.recv, 1), TimeoutError)  # the read watcher stays started
+        return a, b
+
+    def reuse_the_number():
+        for _ in range(3):
+            c, d = coopsock.socketpair()
+            reader = spawn(c.recv, 1)
+            sleep(0)
+            d.sendall(b"x")
+            assert reader.get(timeout=5) == b"x"
+            c.close(); d.close()
+
+    def by_close(a): a.close()
+    def by_detach(a): os.close(a.detach())
+    def by_dropping(a): pass  # the last reference goes with this frame
+    def by_closing_a_dup(a):
+        dup = a.dup()
+        a.close()
+        dup.settimeout(0.001)
+        assert isinstance(outcome(dup.recv, 1), TimeoutError)
+        dup.close()
+
+    gc.disable()
+    coopsock.get_hub()
+    before = len(os.listdir("/proc/self/fd"))
+    for path in (by_close, by_detach, by_dropping, by_closing_a_dup):
+        a, b = started_watcher()
+        path(a)
+        del a
+        assert stats()["fds"] == 0, (path.__name__, "the hub still watches the closed fd")
+        reuse_the_number()
+        b.close()
+        sleep(0); sleep(0)
+        assert stats()["fds"] == 0, (path.__name__, stats())
+        assert len(os.listdir("/proc/self/fd")) == before, path.__name__
+    print("OK")
+    """
+    proc = _run_child(code, coopsock.BACKEND, PYTHONWARNINGS="ignore::ResourceWarning")
+    _assert_clean_exit(proc)
