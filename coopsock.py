@@ -1513,6 +1513,12 @@ def _after_fork_in_child():
 
 # -- greenlets ---------------------------------------------------------------
 
+def _check_callable(func, what="func"):
+    """Raise TypeError at the call, not when the hub calls func later (gevent's habit too)."""
+    if not callable(func):
+        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
+
+
 class _Waiter:
     """A wake-up for one park of one greenlet: a call wakes it if that park is still on, else does nothing."""
 
@@ -1551,6 +1557,8 @@ class Greenlet(_greenlet):
     _starter: _Callback | None
 
     def __init__(self, func: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> None:
+        if func is not None:
+            _check_callable(func)
         super().__init__(parent=get_hub())
         self._func, self._args, self._kwargs = func, args, kwargs  # None: _run (not stored: a cycle)
         self.value = self.exception = self._starter = None
@@ -1616,6 +1624,7 @@ class Greenlet(_greenlet):
 
     def link(self, callback: Callable[[Greenlet], object]) -> None:
         """Call callback(self) from the hub once the greenlet finishes."""
+        _check_callable(callback, "callback")
         if self._finished:
             self.parent.run_callback(callback, self)
         else:
@@ -1699,6 +1708,7 @@ class _Link:
     __hash__ = object.__hash__
 
     def __init__(self, callback, on_success):
+        _check_callable(callback, "callback")
         self.callback, self.on_success = callback, on_success
 
     def __call__(self, g):
@@ -1910,12 +1920,6 @@ def with_timeout(seconds: float | None, func: Callable[..., _T], *args: Any, tim
 #
 # These belong to the thread whose greenlets use them; only Event.set(),
 # AsyncResult.set() and set_exception() may be called from another thread.
-
-def _check_callable(func, what="func"):
-    """Raise TypeError at the call, not when the hub calls func later (gevent's habit too)."""
-    if not callable(func):
-        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
-
 
 class _Line(_deque):
     """The greenlets (their _Waiter) and link callbacks waiting on a primitive, in arrival order.
@@ -2337,16 +2341,14 @@ class BoundedSemaphore(Semaphore):
 
 
 def _lock_timeout(blocking, timeout):
-    """Return _threading.Lock.acquire's timeout as Semaphore.acquire's; ValueError as threading's."""
-    if timeout == -1:
-        return None
-    if not blocking:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout < 0:
-        raise ValueError("timeout value must be " + ("strictly positive" if _PYPY else "positive"
-                                                     if _sys.version_info < (3, 13) else
-                                                     "a non-negative number"))  # threading's words
-    return timeout
+    """Return threading.Lock.acquire's timeout as Semaphore.acquire takes it (None: no limit).
+
+    Raises what threading's raises for the same arguments, by asking it: a
+    fresh lock, free, so acquire() checks them and returns at once.
+    """
+    if blocking.__class__ is not bool or timeout.__class__ is not int or timeout != -1:  # else: the defaults
+        _threading.Lock().acquire(blocking, timeout)
+    return None if timeout == -1 else timeout
 
 
 class Lock(BoundedSemaphore):

@@ -2165,3 +2165,18 @@ def test_every_way_a_socket_fd_closes_lets_the_hub_go_first():
     """
     proc = _run_child(code, coopsock.BACKEND, PYTHONWARNINGS="ignore::ResourceWarning")
     _assert_clean_exit(proc)
+
+
+_LOCK_TIMEOUTS = st.one_of(st.sampled_from([-1, -1.0, 0, 0.0, -0.5, 1e300, -1e300, math.nan, math.inf, -math.inf,
+                                             None, "x", True, 2**64, -2**64, _Index(1)]),
+                           st.floats(min_value=-2, max_value=0.01), st.integers(min_value=-3, max_value=0))
+
+
+@SLOW_SETTINGS
+@given(blocking=st.sampled_from([True, False, 0, 1, None, "yes", ""]), timeout=_LOCK_TIMEOUTS)
+def test_lock_acquire_takes_and_refuses_what_threading_lock_acquire_does(blocking, timeout):
+    # A free lock: each acquire returns at once, or raises for its arguments.
+    for coop, std in ((coopsock.Lock, threading.Lock), (coopsock.RLock, threading.RLock)):
+        expected = _stdlib_verdict(lambda: std().acquire(blocking, timeout))
+        got = _coop_verdict(lambda: coop().acquire(blocking, timeout))
+        assert got == expected, f"{coop.__name__}().acquire({blocking!r}, {timeout!r}): threading says {expected}"
