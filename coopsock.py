@@ -947,6 +947,7 @@ class Hub(_greenlet):
         self._wakeup = _pyev.Async(self.loop, self._record_fired)
         self._destroyed = False
         self._next_poll = 0.0          # when a run of callbacks next lets I/O in
+        self._arriving: tuple[Any, ...] | None = None  # PyPy: the last request a greenlet parked with (_resume)
         self._deferred: _deque[tuple[Callable[..., object], int]] = _deque()  # signal handlers that landed in the hub
         self._signal_wakeup: tuple[Any, tuple[int, int]] | None = None  # (watcher, pipe)
         self._sigint = None            # SIGINT's handler before ours, while ours is installed
@@ -1048,6 +1049,8 @@ class Hub(_greenlet):
         """
         if request[1] is self or self._destroyed:
             self._check_switch()
+        if _PYPY:  # see _resume
+            self._arriving = request
         return _greenlet.switch(self, request)
 
     def wait(self, entry: _Fd, events: int, deadline: float | None = None) -> None:
@@ -1147,13 +1150,41 @@ class Hub(_greenlet):
         greenlet = request[1]
         if self._parked.get(greenlet) is request:
             self._unpark(greenlet)
-            self._take(greenlet.switch(value))
+            self._take(self._resume(greenlet.switch, value))
 
     def _throw(self, greenlet, exception):
         """From the hub: raise exception in greenlet, clearing its record first."""
         if not greenlet.dead:
             self._unpark(greenlet)
-            self._take(greenlet.throw(exception))
+            self._take(self._resume(greenlet.throw, exception))
+
+    def _start(self, greenlet):
+        """From the hub: start greenlet (Greenlet.start schedules this)."""
+        self._take(self._resume(greenlet.switch))
+
+    if not _PYPY:
+        def _resume(self, switch, *value):
+            return switch(*value)
+    else:
+        # PyPy's greenlet is Python code: back on the hub's side of a switch,
+        # getcurrent() still names the greenlet that switched to the hub for a
+        # few bytecodes. A signal handler running there is not deferred, and
+        # its exception comes out of switch() in place of the request that
+        # greenlet brought. So on PyPy a greenlet also leaves its request in
+        # _arriving as it parks (see park), and an exception out of switch()
+        # while the target lives is the main greenlet's.
+        def _resume(self, switch, *value):
+            try:
+                request = switch(*value)
+            except BaseException as exc:
+                if switch.__self__.dead:
+                    raise  # a raw greenlet died of it: the caller reports it
+                request, self._arriving = self._arriving, None
+                if request is not None and request[1].dead:
+                    request = None
+                self.run_callback(self._throw, self.parent, exc)
+            self._arriving = None
+            return request
 
     def _wake_closed(self, entry, directions=(0, 1)):
         for i in directions:
@@ -1584,12 +1615,12 @@ class Greenlet(_greenlet):
     def start(self) -> None:
         """Schedule the greenlet to run on the hub's next pass."""
         if self._starter is None and not self and not self._finished:
-            self._starter = self.parent.run_callback(self.switch)
+            self._starter = self.parent.run_callback(self.parent._start, self)
 
     def start_later(self, seconds: float) -> None:
         """Schedule the greenlet to run in `seconds`."""
         if self._starter is None and not self and not self._finished:
-            self._starter = self.parent.run_later(_delay(seconds), self.switch)
+            self._starter = self.parent.run_later(_delay(seconds), self.parent._start, self)
 
     def run(self) -> None:
         self._starter = None
