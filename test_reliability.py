@@ -2177,6 +2177,6 @@ _LOCK_TIMEOUTS = st.one_of(st.sampled_from([-1, -1.0, 0, 0.0, -0.5, 1e300, -1e30
 def test_lock_acquire_takes_and_refuses_what_threading_lock_acquire_does(blocking, timeout):
     # A free lock: each acquire returns at once, or raises for its arguments.
     for coop, std in ((coopsock.Lock, threading.Lock), (coopsock.RLock, threading.RLock)):
-        expected = _stdlib_verdict(lambda: std().acquire(blocking, timeout))
-        got = _coop_verdict(lambda: coop().acquire(blocking, timeout))
+        expected = _stdlib_verdict(lambda std=std: std().acquire(blocking, timeout))
+        got = _coop_verdict(lambda coop=coop: coop().acquire(blocking, timeout))
         assert got == expected, f"{coop.__name__}().acquire({blocking!r}, {timeout!r}): threading says {expected}"
