@@ -886,15 +886,15 @@ class _LoopCloser:
 
 
 class _Fd:
-    """What a hub knows of one fd: per direction, its watcher, the greenlets parked and the socket's user."""
+    """What a hub knows of one fd: per direction, its watcher and the greenlets parked on it."""
 
     __slots__ = ("fd", "owner", "watchers", "waiters", "users")
 
     def __init__(self, fd, owner):
         self.fd, self.owner = fd, owner  # owner: a weak reference to the socket, None for a raw fd
         self.watchers = [None, None]     # [reading, writing]
-        self.waiters = ([], [])          # greenlets parked on it: any number (select, wait_read)...
-        self.users = [None, None]        # ...of which at most one socket call per direction
+        self.waiters = ([], [])          # greenlets parked on it in select, poll, wait_read: any number
+        self.users = [None, None]        # the greenlet parked on it in a socket call: one at most
 
 
 class _Callback:
@@ -1061,6 +1061,8 @@ class Hub(_greenlet):
         if another greenlet's socket call waits on the fd for the same direction.
         """
         current = getcurrent()
+        if current is self or self._destroyed:
+            self._check_switch()
         users = entry.users
         for i in _DIRECTIONS[events]:
             other = users[i]
@@ -1070,7 +1072,10 @@ class Hub(_greenlet):
                     f"This {'socket' if sock else 'fd'} is already used by another greenlet for "
                     f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
                     f"use one greenlet per direction, or a lock")
-        if self.park((_PARK, current, entry, events, deadline, True)) is _TIMED_OUT:
+        request = (_PARK, current, entry, events, deadline, True)
+        if _PYPY:  # see _resume
+            self._arriving = request
+        if _greenlet.switch(self, request) is _TIMED_OUT:  # (park(), inline: the socket's hot path)
             raise _timed_out("timed out")
 
     def _take(self, request):
@@ -1078,14 +1083,22 @@ class Hub(_greenlet):
         if type(request) is not tuple or len(request) != 6 or request[0] is not _PARK:
             return
         _, greenlet, target, events, deadline, exclusive = request
-        if greenlet in self._parked:  # a record a raw throw() left behind
+        parked = self._parked
+        if greenlet in parked:  # a record a raw throw() left behind
             self._unpark(greenlet)
-        self._parked[greenlet] = request
+        parked[greenlet] = request
         if target is not None:
             self._io_parks += 1
             try:
                 if type(target) is _Fd:
-                    self._watch_for(greenlet, target, events, exclusive)
+                    if exclusive and events != 3 and self._fds.get(target.fd) is target:  # the hot path, inline
+                        i = events - 1
+                        target.users[i] = greenlet
+                        watcher = target.watchers[i] or self._watch(target, i)
+                        if not watcher.active:
+                            watcher.start()
+                    else:
+                        self._watch_for(greenlet, target, events, exclusive)
                 elif target is not _THREAD:
                     for entry, entry_events in target:
                         self._watch_for(greenlet, entry, entry_events, False)
@@ -1101,11 +1114,11 @@ class Hub(_greenlet):
                 self._callbacks.append(wake)
 
     def _watch_for(self, greenlet, entry, events, exclusive):
-        waiters = entry.waiters
         for i in _DIRECTIONS[events]:  # first the record, which _unpark undoes whatever follows
-            waiters[i].append(greenlet)
             if exclusive:
                 entry.users[i] = greenlet
+            else:
+                entry.waiters[i].append(greenlet)
         known = self._fds.get(entry.fd)
         if known is not entry:
             if known is not None or entry.owner is not None:  # the socket closed before the request came
@@ -1125,23 +1138,26 @@ class Hub(_greenlet):
         if target is not None:
             self._io_parks -= 1
             if type(target) is _Fd:
-                self._unwatch_for(greenlet, target, events, exclusive)
+                if exclusive and events != 3:  # the hot path, inline
+                    target.users[events - 1] = None
+                else:
+                    self._unwatch_for(greenlet, target, events, exclusive)
             elif target is not _THREAD:
                 for entry, entry_events in target:
                     self._unwatch_for(greenlet, entry, entry_events, False)
         if deadline is not None:
-            self._deadlines.pop(greenlet).func = None
+            wake = self._deadlines.pop(greenlet, None)  # (None if _take failed before it set one)
+            if wake is not None:
+                wake.func = None
         return request
 
     def _unwatch_for(self, greenlet, entry, events, exclusive):
         waiters = entry.waiters
         for i in _DIRECTIONS[events]:
-            try:
-                waiters[i].remove(greenlet)
-            except ValueError:  # a wait on several fds that failed before it reached this one
-                continue
             if exclusive:
                 entry.users[i] = None
+            elif greenlet in waiters[i]:  # (not yet, in a wait on several fds that failed before it)
+                waiters[i].remove(greenlet)
         if entry.owner is None and not waiters[0] and not waiters[1]:
             self._notify_closing(entry, keep_watchers=True)  # nothing tells the hub when a raw fd closes
 
@@ -1150,7 +1166,7 @@ class Hub(_greenlet):
         greenlet = request[1]
         if self._parked.get(greenlet) is request:
             self._unpark(greenlet)
-            self._take(self._resume(greenlet.switch, value))
+            self._take(greenlet.switch(value) if not _PYPY else self._resume(greenlet.switch, value))
 
     def _throw(self, greenlet, exception):
         """From the hub: raise exception in greenlet, clearing its record first."""
@@ -1188,8 +1204,9 @@ class Hub(_greenlet):
 
     def _wake_closed(self, entry, directions=(0, 1)):
         for i in directions:
-            for greenlet in list(entry.waiters[i]):
-                self._throw(greenlet, OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
+            for greenlet in [entry.users[i], *entry.waiters[i]]:
+                if greenlet is not None and greenlet in self._parked:
+                    self._throw(greenlet, OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
 
     def _watch(self, entry, i):
         spares = self._spare_ios[i]
@@ -1237,7 +1254,7 @@ class Hub(_greenlet):
                 watcher.data = entry.watchers[i] = None
         if self._fds.get(entry.fd) is entry:
             del self._fds[entry.fd]
-        if entry.waiters[0] or entry.waiters[1]:
+        if entry.waiters[0] or entry.waiters[1] or entry.users != [None, None]:
             self.run_callback(self._wake_closed, entry)
 
     def switch(self, *args: Any) -> Any:
@@ -1398,15 +1415,19 @@ class Hub(_greenlet):
                     if self._signal_wakeup and watcher is self._signal_wakeup[0]:
                         _drain(self._signal_wakeup[1][0])
                     continue
-                waiting = data[0].waiters[data[1]]
-                if not waiting:
+                entry, i = data
+                user, waiting = entry.users[i], entry.waiters[i]
+                if waiting:
+                    waking = [user, *waiting] if user is not None else list(waiting)
+                elif user is not None:
+                    waking = (user,)
+                else:
                     watcher.stop()  # nobody waits: a ready fd would fire every pass
                     continue
-                for greenlet in (waiting[0],) if len(waiting) == 1 else list(waiting):
-                    request = self._parked.get(greenlet)
-                    if request is not None:
+                for greenlet in waking:
+                    if self._unpark(greenlet) is not None:  # (else woken already, by its other fd)
                         try:
-                            self._wake(request)
+                            take(greenlet.switch() if not _PYPY else self._resume(greenlet.switch))
                         except BaseException as exc:  # a raw greenlet died, or destroy()
                             if self._destroyed:
                                 raise GreenletExit from None
@@ -2722,7 +2743,7 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         hub, entry = self._hub, self._entry
         if hub is not None and hub._thread == _threading.get_ident():
             for i, shut in enumerate((how != _socket.SHUT_WR, how != _socket.SHUT_RD)):
-                if shut and entry.waiters[i]:
+                if shut and (entry.users[i] is not None or entry.waiters[i]):
                     entry.watchers[i].stop()  # so that the fd becoming ready cannot wake them first
                     hub.run_callback(hub._wake_closed, entry, (i,))
 
