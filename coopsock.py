@@ -545,7 +545,7 @@ class _SelLoop:
         self._timers = []   # a heap of (when, sequence, watcher), live while it is the watcher's _entry
         self._asyncs = {}   # {started async watcher: None}
         self._always_ready = set()  # fds epoll refuses (EPERM: regular files, some ttys); poll(2) says ready
-        self._fired = []    # what this pass calls back
+        self._fired = []    # the watchers this pass calls back; one cut short leaves them to the next
         self._sequence, self._now = _count(), _monotonic()
         self._open()
 
@@ -569,7 +569,7 @@ class _SelLoop:
             if fd == self._wake_r:
                 _drain(fd)
                 continue
-            # As libev: an error or hang-up (any bit but the other direction's) is both directions.
+            # As libev: any bit but OUT (IN, an error, a hang-up) is readable, any bit but IN writable.
             mask = (event & ~self._OUT and _EV_READ) | (event & ~self._IN and _EV_WRITE)
             woken = [w for w in ios.get(fd, ()) if w._revents & mask]
             if woken:
@@ -586,7 +586,7 @@ class _SelLoop:
                 fired.append(watcher)
                 watcher._entry = None  # one-shot: it stops as it fires
             _heappop(timers)
-        for watcher in fired:  # a pass cut short leaves them all to the next: spurious calls
+        for watcher in fired:  # cut short, the next pass calls them all (again): spurious, never lost
             watcher.callback(watcher, watcher._revents)
         fired.clear()
         return True
@@ -617,7 +617,7 @@ class _SelLoop:
                 self._poller.register(fd, interest)
             except FileExistsError:
                 self._poller.modify(fd, interest)
-        except PermissionError:  # (before ENOENT) epoll refuses files that are always ready: so they are
+        except PermissionError:  # EPERM, even to MOD: epoll refuses files that are always ready, so they are
             self._always_ready.add(fd)
             return
         self._always_ready.discard(fd)

@@ -12,7 +12,6 @@ import os
 import re
 import select
 import signal
-import socket as stdsocket
 import sys
 import threading
 import time
