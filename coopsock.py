@@ -496,24 +496,34 @@ class _EvAsync(_EvWatcher):
         _ev_lib.ev_async_send(self.loop._ptr, self._address)
 
 
-# --- the pure-Python stand-in on selectors ---------------------------------
+# --- the pure-Python stand-in on epoll or poll ("selectors") ---------------
 #
-# The same semantics for machines without libev: level-triggered io, one-shot
-# timers relative to the cached loop time, and an Async that another thread
-# wakes through a pipe. Every change of state is ordered so that a signal
-# handler raising between any two bytecodes leaves at worst a spurious
-# wake-up, never a lost one.
+# For machines where libev will not load: the same semantics (level-triggered
+# io, one-shot timers counted from the cached loop time, an Async that other
+# threads wake through a pipe) on select.epoll, or select.poll where the OS
+# has no epoll. The backend keeps the name of the stdlib module it once sat
+# on: users write COOPSOCK_LOOP=selectors. What it gives up is kqueue: on
+# macOS and the BSDs it uses poll(2), fine for sockets and pipes, not for ttys
+# and devices. CI runs Linux only, and tests the poll flavour there
+# (test_the_selectors_loop_on_poll): never on macOS.
+#
+# The kernel holds the only copy of what an fd is watched for: each change
+# recomputes the fd's interest from its started Io watchers and hands it over
+# whole (_apply), so applying it again is always right. A watcher is active
+# exactly while the loop holds it, added after the kernel was told and
+# removed before; a pass keeps what fired until it called them all. So a
+# signal handler raising between any two bytecodes leaves at worst a
+# spurious wake-up, never a lost one.
 
-import selectors as _selectors
+import select as _select
+import selectors as _selectors  # for the cooperative DefaultSelector, far below
 from heapq import heapify as _heapify
 from heapq import heappop as _heappop
 from heapq import heappush as _heappush
 
-_DefaultSelector = _selectors.DefaultSelector  # the stdlib's, even once patch() has put coopsock's there
-
 
 class _SelError(Exception):
-    """pyev.Error for the selectors stand-in."""
+    """pyev.Error for the pure-Python stand-in."""
 
 
 def _sel_closed():
@@ -521,162 +531,149 @@ def _sel_closed():
 
 
 class _SelLoop:
-    """pyev.Loop in pure Python on the best selector the OS has."""
+    """pyev.Loop in pure Python, on epoll or poll."""
+
+    # The poller, its read and write bits, its timeout's units per second, and
+    # what its unregister() raises for an fd it lacks (epoll: ENOENT, EBADF
+    # once closed, EPERM if refused), taken now: patch() replaces select.poll.
+    _Poller, _IN, _OUT, _PER_SECOND, _ABSENT = (
+        (_select.epoll, _select.EPOLLIN, _select.EPOLLOUT, 1, OSError) if hasattr(_select, "epoll")
+        else (_select.poll, _select.POLLIN, _select.POLLOUT, 1000, KeyError))
+    _poller = None  # until _open()'s: __del__ runs on a loop whose __init__ a signal cut short
 
     def __init__(self):
-        self._selector = None
-        self._ios = {}         # {fd: {active io watcher: None}}, each fd registered as they want
-        self._timers = []      # heap of [when, sequence, watcher, or None once stopped]
-        self._asyncs = {}      # {active async watcher: None}
-        self._always_ready = set()  # fds with watchers that the selector refuses (EPERM)
-        self._cut_short = set()     # fds whose last _sync() an exception interrupted
-        self._sequence = 0
+        self._ios = {}      # {fd: {started io watcher: None}}
+        self._timers = []   # a heap of (when, sequence, watcher), live while it is the watcher's _entry
+        self._asyncs = {}   # {started async watcher: None}
+        self._always_ready = set()  # fds epoll refuses (EPERM: regular files, some ttys); poll(2) says ready
+        self._fired = []    # the watchers this pass calls back; one cut short leaves them to the next
+        self._sequence, self._now = _count(), _monotonic()
         self._open()
 
     def _open(self):
-        selector = _DefaultSelector()
-        try:
-            self._wake_r, self._wake_w = _nonblocking_pipe()
-        except OSError:
-            selector.close()
-            raise
-        selector.register(self._wake_r, _selectors.EVENT_READ)
-        self._selector, self._now = selector, _monotonic()
-        for fd in self._ios:  # after a fork: the same fds in a new selector
-            self._sync(fd)
+        poller = self._Poller()  # closed when collected, should pipe() fail
+        self._wake_r, self._wake_w = _nonblocking_pipe()
+        poller.register(self._wake_r, self._IN)
+        self._poller = poller
 
     def start(self, flags=0):
-        selector = self._selector or _sel_closed()
-        if self._cut_short:  # a sync a signal cut short: redo it now, as no start or stop may come
-            for fd in list(self._cut_short):
-                try:
-                    self._sync(fd)
-                except OSError:  # closed meanwhile: nothing to watch
-                    self._cut_short.discard(fd)
-        timers, timeout = self._timers, None
-        if flags & _EVRUN_NOWAIT or self._always_ready:
+        poller = self._poller or _sel_closed()
+        fired, timers, ios = self._fired, self._timers, self._ios
+        timeout = -1  # for ever (PyPy's epoll takes no None)
+        if flags & _EVRUN_NOWAIT or fired or self._always_ready or any(w._sent for w in self._asyncs):
             timeout = 0
-        elif timers:
-            timeout = min(max(0.0, timers[0][0] - _monotonic()), 86400.0)
-        ready = selector.select(timeout) + [(_AlwaysReady(fd), _EV_READ | _EV_WRITE) for fd in self._always_ready]
+        elif timers:  # at most a day: epoll_wait() and poll() take an int of ms, which overflows at 24.8 days
+            timeout = min(max(0.0, timers[0][0] - _monotonic()), 86400.0) * self._PER_SECOND
+        ready = poller.poll(timeout) + [(fd, self._IN | self._OUT) for fd in self._always_ready]
         self._now = now = _monotonic()
-        fired = []
-        for key, mask in ready:
-            if key.fd == self._wake_r:
-                _drain(self._wake_r)
-                fired += [w for w in self._asyncs if w._sent]
-            else:
-                fired += [w for w in self._ios.get(key.fd, ()) if w._revents & mask]
-        while timers and timers[0][0] <= now:
-            entry = timers[0]
-            watcher, entry[2] = entry[2], None
-            if watcher is not None:  # a one-shot timer stops as it fires
-                watcher.active, watcher._entry = False, None
-                fired.append(watcher)
-            else:
-                _heappop(timers)
-        for watcher in fired:
-            if type(watcher) is _SelAsync:
+        for fd, event in ready:
+            if fd == self._wake_r:
+                _drain(fd)
+                continue
+            # As libev: any bit but OUT (IN, an error, a hang-up) is readable, any bit but IN writable.
+            mask = (event & ~self._OUT and _EV_READ) | (event & ~self._IN and _EV_WRITE)
+            woken = [w for w in ios.get(fd, ()) if w._revents & mask]
+            if woken:
+                fired += woken
+            else:  # an interest that no started watcher has, left by a start or stop a signal cut short
+                self._apply(fd)
+        for watcher in self._asyncs:  # even if the pipe was drained by a pass a signal cut short
+            if watcher._sent:
+                fired.append(watcher)  # first: a signal here leaves a second call, not none
                 watcher._sent = False
+        while timers and timers[0][0] <= now:
+            watcher = timers[0][2]
+            if watcher._entry is timers[0]:  # else stopped since (or started again)
+                fired.append(watcher)
+                watcher._entry = None  # one-shot: it stops as it fires
+            _heappop(timers)
+        for watcher in fired:  # cut short, the next pass calls them all (again): spurious, never lost
             watcher.callback(watcher, watcher._revents)
+        fired.clear()
         return True
 
-    def _sync(self, fd):
-        # Right away, not at the next poll: a new file may take this fd number meanwhile.
-        events = 0
+    def _apply(self, fd, extra=0):
+        """Hand the kernel the events that fd's started watchers want, and extra."""
+        events = extra
         for watcher in self._ios.get(fd, ()):
             events |= watcher._revents
-        # The selectors module's register/modify are Python: a signal landing
-        # between its map and epoll_ctl leaves them disagreeing. So an fd whose
-        # last sync was cut short is forgotten in both before it is applied.
-        if fd in self._cut_short:
-            self._forget(fd)
-        self._cut_short.add(fd)
-        try:
-            self._apply(fd, events)
-        except (FileExistsError, FileNotFoundError):  # epoll's set and the map disagree anyway
-            self._forget(fd)
-            self._apply(fd, events)
-        self._cut_short.discard(fd)
-
-    def _forget(self, fd):
-        if fd in self._selector.get_map():
-            self._selector.unregister(fd)
-        try:
-            self._selector._selector.unregister(fd)
-        except (AttributeError, OSError):  # not epoll, or not in the kernel's set either
-            pass
-
-    def _apply(self, fd, events):
-        try:
-            if events:
-                self._selector.modify(fd, events)
-            else:
-                self._selector.unregister(fd)
-        except KeyError:  # not registered (yet, or any more)
-            if events:
-                try:
-                    self._selector.register(fd, events)  # OSError(EBADF) for a closed fd, as it should
-                except PermissionError:  # epoll refuses files that are always ready: so they are
-                    self._always_ready.add(fd)
         if not events:
             self._always_ready.discard(fd)
+            try:
+                self._poller.unregister(fd)
+            except self._ABSENT:
+                pass
+            return
+        # epoll's set holds open files, not fd numbers, and a file leaves it
+        # when its last fd closes: only the kernel knows if fd is in it. So
+        # ask by doing, as trio does: MOD; on ENOENT (a new fd, or a number
+        # closed and reused) ADD; on EEXIST then (a signal handler started a
+        # watcher in between) MOD again. poll's modify() and register() act
+        # alike, without EEXIST. Anything else (EBADF) is the caller's.
+        interest = (events & _EV_READ and self._IN) | (events & _EV_WRITE and self._OUT)
+        try:
+            self._poller.modify(fd, interest)
+        except FileNotFoundError:
+            try:
+                self._poller.register(fd, interest)
+            except FileExistsError:
+                self._poller.modify(fd, interest)
+        except PermissionError:  # EPERM, even to MOD: epoll refuses files that are always ready, so they are
+            self._always_ready.add(fd)
+            return
+        self._always_ready.discard(fd)
 
     def update(self):
-        self._selector or _sel_closed()
+        self._poller or _sel_closed()
         self._now = _monotonic()
 
     def reset(self):
-        """Rebuild the selector in a forked child (it shares the parent's otherwise)."""
-        self._selector or _sel_closed()
-        self._close_fds()
+        """In a forked child: a poller and wake-up pipe of its own, watching the same fds."""
+        parents = self._poller or _sel_closed(), self._wake_r, self._wake_w
         self._open()
-
-    def _close_fds(self):
-        self._selector.close()
-        self._selector = None
-        _os.close(self._wake_r)
-        _os.close(self._wake_w)
+        self._close_fds(*parents)  # without unregistering: the parent's epoll set would lose them
+        for fd in list(self._ios):
+            try:
+                self._apply(fd)
+            except OSError:  # closed since: nothing to watch
+                pass
 
     def _close(self):
-        if self._selector is not None:
-            self._close_fds()
-            for watcher in [*self._asyncs, *(w for ws in self._ios.values() for w in ws),
-                            *(entry[2] for entry in self._timers if entry[2] is not None)]:
-                watcher.active = False
-            self._ios, self._asyncs, self._timers = {}, {}, []
+        """Close the poller and the wake-up pipe now; every watcher becomes inactive."""
+        poller = self._poller
+        if poller is not None:
+            self._poller = None  # first: a close a signal cut short leaks, and never closes twice
+            for entry in self._timers:
+                entry[2]._entry = None
+            self._ios, self._asyncs, self._timers, self._always_ready = {}, {}, [], set()
+            self._close_fds(poller, self._wake_r, self._wake_w)
 
-    def __del__(self):
-        if getattr(self, "_selector", None) is not None:
-            self._close()
+    __del__ = _close
 
-
-class _AlwaysReady:
-    __slots__ = ("fd",)
-
-    def __init__(self, fd):
-        self.fd = fd
+    @staticmethod
+    def _close_fds(poller, wake_r, wake_w):
+        if hasattr(poller, "close"):  # epoll's fd; a poll object holds none
+            poller.close()
+        _os.close(wake_r)
+        _os.close(wake_w)
 
 
 class _SelWatcher:
-    __slots__ = ("loop", "callback", "data", "active", "_revents")
+    __slots__ = ("loop", "callback", "data", "_revents")
 
     def __init__(self, loop, callback):
         if not isinstance(loop, _SelLoop):
             raise TypeError(f"loop must be a Loop, not {type(loop).__name__}")
-        self.loop, self.callback, self.data, self.active = loop, callback, None, False
+        self.loop, self.callback, self.data = loop, callback, None
 
     def start(self):
         if not self.active:
-            self.loop._selector or _sel_closed()
-            self._add()  # idempotent, as _remove() is
-            self.active = True
+            self.loop._poller or _sel_closed()
+            self._add()
 
     def stop(self):
-        # Even if inactive: a signal between _add() and `active = True` left
-        # it registered, and a later file on its fd would never be watched.
-        self.active = False
-        self._remove()
+        if self.active:
+            self._remove()
 
 
 class _SelIo(_SelWatcher):
@@ -685,30 +682,28 @@ class _SelIo(_SelWatcher):
 
     def __init__(self, fd, events, loop, callback):
         super().__init__(loop, callback)
+        self._fd = None
         self.set(fd, events)
 
     def set(self, fd, events):
         _check_set(self, _SelError, fd, events)
         self._fd, self._revents = fd, events
 
+    active = property(lambda self: self in self.loop._ios.get(self._fd, ()))
+
     def _add(self):
-        loop = self.loop
-        loop._ios.setdefault(self._fd, {})[self] = None
-        try:
-            loop._sync(self._fd)
-        except OSError:
-            self._remove()
-            raise
+        self.loop._apply(self._fd, self._revents)  # OSError(EBADF) for a closed fd, as it should
+        self.loop._ios.setdefault(self._fd, {})[self] = None
 
     def _remove(self):
-        loop, fd = self.loop, self._fd
-        watchers = loop._ios.get(fd, {})
-        if watchers.pop(self, loop) is loop and fd not in loop._cut_short:
-            return  # not registered: nothing to undo
+        watchers = self.loop._ios[self._fd]
+        del watchers[self]
         if not watchers:
-            loop._ios.pop(fd, None)
-        if loop._selector is not None:
-            loop._sync(fd)
+            del self.loop._ios[self._fd]
+        try:
+            self.loop._apply(self._fd)
+        except OSError:  # closed: out of the kernel's set already
+            pass
 
 
 class _SelTimer(_SelWatcher):
@@ -724,20 +719,19 @@ class _SelTimer(_SelWatcher):
         _check_set(self, _SelError, after=after, repeat=repeat)
         self._after = after
 
+    active = property(lambda self: self._entry is not None)
+
     def _add(self):
         loop = self.loop
-        if self._entry is None:
-            loop._sequence += 1
-            self._entry = entry = [loop._now + self._after, loop._sequence, self]
-            _heappush(loop._timers, entry)
-            if len(loop._timers) > 1024:  # stopped entries pile up until their time comes
-                loop._timers = [e for e in loop._timers if e[2] is not None]
-                _heapify(loop._timers)
+        entry = (loop._now + self._after, next(loop._sequence), self)
+        _heappush(loop._timers, entry)
+        self._entry = entry
+        if len(loop._timers) > 1024:  # stopped timers' entries wait in the heap until due: drop them
+            live = [e for e in loop._timers if e[2]._entry is e]
+            _heapify(live)
+            loop._timers = live
 
-    def _remove(self):
-        entry, self._entry = self._entry, None
-        if entry is not None:
-            entry[2] = None
+    def _remove(self): self._entry = None  # its heap entry is dead
 
 
 class _SelAsync(_SelWatcher):
@@ -748,16 +742,15 @@ class _SelAsync(_SelWatcher):
         super().__init__(loop, callback)
         self._revents, self._sent = _EV_ASYNC, False
 
-    def _add(self):
-        self.loop._asyncs[self] = None
+    active = property(lambda self: self in self.loop._asyncs)
 
-    def _remove(self):
-        self.loop._asyncs.pop(self, None)
+    def _add(self): self.loop._asyncs[self] = None
+    def _remove(self): del self.loop._asyncs[self]
 
     def send(self):
-        if not self.active or self.loop._selector is None:
-            raise _SelError(_LOOP_CLOSED if self.loop._selector is None else _ASYNC_STOPPED)
-        self._sent = True
+        if not self.active:
+            raise _SelError(_LOOP_CLOSED if self.loop._poller is None else _ASYNC_STOPPED)
+        self._sent = True  # first: the loop, woken, looks for it
         try:
             _os.write(self.loop._wake_w, b"\0")
         except BlockingIOError:

@@ -12,7 +12,6 @@ import os
 import re
 import select
 import signal
-import socket as stdsocket
 import sys
 import threading
 import time
@@ -670,7 +669,7 @@ def test_a_selectors_watcher_whose_start_a_signal_cut_short_leaves_no_registrati
     code = """
     hub = coopsock.get_hub()
     real_add, shots = coopsock._SelIo._add, [1]
-    def add_then_signal(self):  # as a signal landing after _add(), before `active = True`
+    def add_then_signal(self):  # as a signal landing as start() returns: the watcher is started
         real_add(self)
         if shots[0]:
             shots[0] -= 1
@@ -902,53 +901,94 @@ def test_a_fork_leaves_the_parents_other_hubs_watching_their_fds():
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
 
 
-def test_the_selectors_loop_recovers_when_a_signal_cut_the_selectors_modules_bookkeeping(backend, pair):
-    # selectors' register/unregister are Python: a signal between its map and
-    # epoll_ctl leaves an fd in one but not the other (CI saw FileExistsError).
+class _HookedPoller:
+    """A selectors loop's poller that runs hooks[name]() once, right after its next call of name, as a signal may."""
+
+    def __init__(self, poller):
+        self.poller, self.hooks, self.polls, self.failed = poller, {}, 0, []
+
+    def __getattr__(self, name):
+        call = getattr(self.poller, name)
+
+        def hooked(*args):
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.failed.append((name, exc.errno))
+                raise
+            finally:  # whether the call returned or raised
+                self.polls += name == "poll"
+                hook = self.hooks.pop(name, None)
+                if hook is not None:
+                    hook()
+        return hooked
+
+
+def test_a_signal_next_to_any_kernel_call_of_the_selectors_loop_loses_no_wake_up_and_spins_not(backend, monkeypatch):
+    # The kernel holds the only copy of what the selectors loop watches. A
+    # signal landing right after any epoll_ctl() of a start or a stop, or
+    # before the one of a stop, must leave the fd watched as its started
+    # watchers want: a wait wakes, and an interest that no watcher has is
+    # dropped when it fires instead of waking the poll for ever.
     if backend != "selectors":
-        pytest.skip("the selectors stand-in's own bookkeeping")
-    a, b = pair
-    base = type(coopsock.get_hub().loop._selector).__mro__[1]  # the map's half of (un)register()
+        pytest.skip("the selectors stand-in's own registration")
+    loop = coopsock.get_hub().loop
+    loop._poller = poller = _HookedPoller(loop._poller)
 
-    def cut_short(method):
-        original = getattr(base, method)
+    def signal():
+        raise KeyboardInterrupt
 
-        def interrupted(self, *args):
-            original(self, *args)
-            raise KeyboardInterrupt  # as if a signal landed right after the map changed
-        return original, interrupted
-    original, interrupted = cut_short("register")
-    base.register = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            coopsock.wait_read(a.fileno(), timeout=0.01)
-    finally:
-        base.register = original
-    spawn(b.sendall, b"x")
-    a.settimeout(5)
-    assert a.recv(1) == b"x"  # registered for real this time
-    a.settimeout(0.01)
-    with pytest.raises(stdsocket.timeout):
-        a.recv(1)  # its watcher stays started
-    original, interrupted = cut_short("unregister")
-    base.unregister = interrupted
-    try:
-        b.sendall(b"y")  # the hub stops the watcher nobody waits on: cut short
-        with pytest.raises(KeyboardInterrupt):
-            sleep(0.05)
-    finally:
-        base.unregister = original
-    a.settimeout(5)
-    assert a.recv(1) == b"y"
-    spawn(b.sendall, b"z")
-    assert a.recv(1) == b"z"
-    # The state such a cut leaves (CI met it): in epoll's own set, not in the
-    # map, while the loop's watcher is stopped.
-    kernel = coopsock.get_hub().loop._selector._selector
-    if isinstance(kernel, getattr(select, "epoll", ())):
+    def still_watched_as_wanted(a, b):
+        b.sendall(b"x")  # a is readable and nobody waits: at most a few polls
+        polls = poller.polls
+        sleep(0.05)
+        assert poller.polls - polls < 20, "the loop spun on an interest no watcher has"
+        assert a.recv(1) == b"x"
+        spawn(b.sendall, b"y")
+        assert a.recv(1) == b"y"  # a wait wakes
+        polls = poller.polls
+        sleep(0.05)
+        assert poller.polls - polls < 20
+
+    for call in ("modify", "register"):  # a start: the MOD that fails with ENOENT, then the ADD
+        a, b = coopsock.socketpair()
+        with a, b:
+            a.settimeout(5)
+            poller.hooks[call] = signal
+            with pytest.raises(KeyboardInterrupt):
+                a.recv(1)
+            assert not poller.hooks, f"no {call}() was made"
+            still_watched_as_wanted(a, b)
+    real_apply = coopsock._SelLoop._apply
+    for where in ("after", "before"):  # a stop: the hub stops a watcher that fires with nobody waiting
+        a, b = coopsock.socketpair()
+        with a, b:
+            a.settimeout(5)
+            spawn(b.sendall, b"0")
+            assert a.recv(1) == b"0"  # its watcher stays started
+            if where == "after":
+                poller.hooks["unregister"] = signal
+            else:
+                monkeypatch.setattr(coopsock._SelLoop, "_apply", lambda loop, fd, extra=0: signal())
+            b.sendall(b"1")
+            with pytest.raises(KeyboardInterrupt):
+                sleep(1)
+            monkeypatch.setattr(coopsock._SelLoop, "_apply", real_apply)
+            assert not poller.hooks
+            assert a.recv(1) == b"1"
+            still_watched_as_wanted(a, b)
+    if isinstance(poller.poller, getattr(select, "epoll", ())):
+        # In the kernel's set though no watcher is started (a start cut short
+        # left it), and added there between the failed MOD and the ADD.
         c, d = coopsock.socketpair()
-        with c, d:
-            kernel.register(c.fileno(), select.EPOLLIN)
-            spawn(d.sendall, b"w")
+        e, f = coopsock.socketpair()
+        with c, d, e, f:
             c.settimeout(5)
+            e.settimeout(5)
+            poller.poller.register(c.fileno(), select.EPOLLIN)
+            spawn(d.sendall, b"w")
             assert c.recv(1) == b"w"
+            poller.hooks["modify"] = lambda: poller.poller.register(e.fileno(), select.EPOLLIN)
+            spawn(f.sendall, b"v")
+            assert e.recv(1) == b"v"
+            assert poller.failed[-2:] == [("modify", errno.ENOENT), ("register", errno.EEXIST)]
