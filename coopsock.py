@@ -1095,7 +1095,7 @@ class Hub(_greenlet):
                 elif target is not _THREAD:
                     for entry, entry_events in target:
                         self._watch_for(greenlet, entry, entry_events, False)
-            except OSError as exc:  # the fd closed meanwhile, or the backend refused it
+            except BaseException as exc:  # the fd closed meanwhile, or the backend refused it: tell the greenlet
                 self._throw(greenlet, exc)
                 return
         if deadline is not None:
@@ -1339,10 +1339,11 @@ class Hub(_greenlet):
         """Run the loop until destroy()."""
         creator, self._creator = self._creator, None
         try:
-            if creator is not None:  # __init__ started the hub: park until the first wait
-                self._take(creator.switch())
+            arrived = creator.switch() if creator is not None else None  # __init__ started the hub: park
             while not self._destroyed:
                 try:
+                    self._take(arrived)
+                    arrived = None
                     self._run_pass()
                 except GreenletExit:
                     raise

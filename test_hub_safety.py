@@ -11,6 +11,7 @@ import gc
 import os
 import re
 import select
+import socket as stdsocket
 import signal
 import sys
 import threading
