@@ -38,7 +38,7 @@ the licence header, ``pip install greenlet``, and you are done. Example::
     server.stop()
 
 The file, top to bottom: the loop layer (real pyev, or libev through ctypes,
-or selectors), the hub, greenlets, Timeout, coordination (Event, Queue, locks,
+or a pure-Python loop on epoll or poll), the hub, greenlets, Timeout, coordination (Event, Queue, locks,
 Pool), the cooperative socket, the module-level helpers (create_connection,
 getaddrinfo, wait_read...), StreamServer, TLS and patch(), the demo
 (``python -m coopsock``).
@@ -49,19 +49,22 @@ The invariants a reader must hold:
   It is created on first use, never at import.
 * A blocking call (``sock.recv``, ``sleep``, ``Greenlet.join``...) tries the
   operation, and if it would block, parks the calling greenlet in the hub until
-  its fd is ready. ``Hub.wait(entry, events, deadline)`` is the one primitive
-  that parks a greenlet on I/O; the hub keeps the table of the fds it waits
-  on, and a socket tells it before its fd closes. Never block from inside the
-  hub itself (``BlockingSwitchOutError``).
+  its fd is ready. ``Hub.park(request)`` is the one primitive that parks a
+  greenlet: one switch carrying the request, which only the hub records and
+  clears, so a signal handler's exception in a greenlet leaves the hub
+  consistent; the hub keeps the table of the fds it waits on, and a socket
+  tells it before its fd closes. Never block from inside the hub itself
+  (``BlockingSwitchOutError``).
 * The loop speaks pyev's API. The backend is chosen once at import: the real
   ``pyev`` module if it imports, else libev (``libev.so.4``) bound with ctypes,
-  else a pure-Python loop on ``selectors``. ``COOPSOCK_LOOP=pyev|libev|selectors``
+  else a pure-Python loop on ``select.epoll`` or ``poll`` (backend "selectors").
+  ``COOPSOCK_LOOP=pyev|libev|selectors``
   forces one; ``coopsock.BACKEND`` names the one in use.
 """
 
 from __future__ import annotations as _annotations  # hints stay strings: typing is never imported
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     # the hub and greenlets
@@ -317,16 +320,23 @@ def _load_libev():
     """Bind the system libev with ctypes; return the stand-in pyev namespace."""
     global _ev_lib, _ev_gil_hooks
     if _ev_lib is None:
-        from ctypes.util import find_library
-        # Cheap sonames first: find_library() costs ~30 ms and finds nothing on musl.
+        # The usual sonames first; only then find_library(), which costs ~30 ms,
+        # finds nothing on musl and imports subprocess (which patch() must
+        # reach before anything binds its selector). The macOS paths are not
+        # tested in CI.
+        load = _ct.PyDLL if hasattr(_ct, "pythonapi") else _ct.CDLL
+        lib = None
         for name in ("libev.so.4", "libev.4.dylib", "/opt/homebrew/lib/libev.4.dylib",
-                     "/usr/local/lib/libev.4.dylib", find_library("ev")):
+                     "/usr/local/lib/libev.4.dylib", None):
+            if name is None:
+                from ctypes.util import find_library
+                name = find_library("ev")
             try:
-                lib = (_ct.PyDLL if hasattr(_ct, "pythonapi") else _ct.CDLL)(name)
+                lib = load(name)
                 break
             except (OSError, TypeError):
                 continue
-        else:
+        if lib is None:
             raise ImportError("libev is not installed: install libev4 (Debian/Ubuntu) or libev (Homebrew)")
         kinds = {"p": _ct.c_void_p, "i": _ct.c_int, "u": _ct.c_uint}
         for fname, (restype, args) in _EV_SIGNATURES.items():
@@ -1186,8 +1196,8 @@ class Hub(_greenlet):
             try:
                 request = switch(*value)
             except BaseException as exc:
-                if switch.__self__.dead:
-                    raise  # a raw greenlet died of it: the caller reports it
+                if switch.__self__.dead or self._destroyed:
+                    raise  # a raw greenlet died of it (the caller reports it), or destroy()
                 request, self._arriving = self._arriving, None
                 if request is not None and request[1].dead:
                     request = None

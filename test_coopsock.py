@@ -2291,3 +2291,16 @@ def _echo_client(port):
     conn.sendall(b"ping")
     assert conn.recv(4) == b"ping"
     return conn
+
+
+def test_import_leaves_subprocess_and_ctypes_util_unimported_so_patch_reaches_them(backend):
+    # find_library() imports subprocess, whose selector patch() must reach
+    # before anything binds it: it runs only when the usual sonames fail.
+    proc = run_python("""
+        import sys
+        import coopsock
+        coopsock.get_hub()
+        print(sorted(name for name in ("subprocess", "ctypes.util") if name in sys.modules))
+    """, backend)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[]"

@@ -11,8 +11,8 @@ import gc
 import os
 import re
 import select
-import socket as stdsocket
 import signal
+import socket as stdsocket
 import sys
 import threading
 import time
