@@ -1945,6 +1945,10 @@ def test_tls_handshakes_cut_by_timeouts_and_kills_never_abort_and_close_every_fd
     acceptor.kill()
     listener.close()
     sleep(0.05)  # the last peers' ends
+    if sys.implementation.name == "pypy":  # no refcounting: what was dropped closes at a collection
+        for _ in range(5):
+            gc.collect()
+            sleep(0.01)
     after = len(os.listdir("/proc/self/fd"))
     assert after == before, (before, after, os.listdir("/proc/self/fd"))
     assert stats()["fds"] == 0, stats()
@@ -2128,7 +2132,7 @@ def test_every_way_a_socket_fd_closes_lets_the_hub_go_first():
     def started_watcher():
         a, b = coopsock.socketpair()
         a.settimeout(0.001)
-        assert isinstance(outcome(a.recv, 1), TimeoutError)  # the read watcher stays started
+        assert isinstance(outcome(a.recv, 1), stdsocket.timeout)  # the read watcher stays started
         return a, b
 
     def reuse_the_number():
@@ -2147,7 +2151,7 @@ def test_every_way_a_socket_fd_closes_lets_the_hub_go_first():
         dup = a.dup()
         a.close()
         dup.settimeout(0.001)
-        assert isinstance(outcome(dup.recv, 1), TimeoutError)
+        assert isinstance(outcome(dup.recv, 1), stdsocket.timeout)
         dup.close()
 
     gc.disable()
@@ -2157,6 +2161,8 @@ def test_every_way_a_socket_fd_closes_lets_the_hub_go_first():
         a, b = started_watcher()
         path(a)
         del a
+        if sys.implementation.name == "pypy":  # no refcounting: a dropped socket closes at a collection
+            gc.collect()
         assert stats()["fds"] == 0, (path.__name__, "the hub still watches the closed fd")
         reuse_the_number()
         b.close()
