@@ -938,6 +938,7 @@ class Hub(_greenlet):
         self._parked: dict[_greenlet, tuple[Any, ...]] = {}  # {greenlet: the request it parked with}
         self._deadlines: dict[_greenlet, _Callback] = {}     # {parked greenlet: its wake-up at its deadline}
         self._io_parks = 0             # parked greenlets an fd or a worker thread will wake
+        self._started: list[Any] = []  # io watchers started since the last poll (_check_started)
         self._callbacks: _deque[_Callback] = _deque()  # run in order on the next pass
         self._timers: list[tuple[float, int, _Callback]] = []  # a heap
         self._timer_numbers = _count()
@@ -1100,6 +1101,7 @@ class Hub(_greenlet):
                         watcher = target.watchers[i] or self._watch(target, i)
                         if not watcher.active:
                             watcher.start()
+                            self._started.append(watcher)
                     else:
                         self._watch_for(greenlet, target, events, exclusive)
                 elif target is not _THREAD:
@@ -1131,6 +1133,7 @@ class Hub(_greenlet):
             watcher = entry.watchers[i] or self._watch(entry, i)
             if not watcher.active:
                 watcher.start()
+                self._started.append(watcher)
 
     def _unpark(self, greenlet):
         """Clear greenlet's record; return the request it parked with, or None if it was not parked."""
@@ -1231,7 +1234,9 @@ class Hub(_greenlet):
         entry = self._fds.get(fd)
         if entry is not None and entry.owner is not None:
             sock = entry.owner()
-            if sock is None or sock.fileno() != fd:  # dropped unclosed, or closed by another thread
+            # Dropped unclosed, closed by another thread, or a second socket on
+            # the number: the first's fd was closed under it (os.close) and reused.
+            if sock is None or sock.fileno() != fd or (owner is not None and owner() is not sock):
                 self._notify_closing(entry)
                 entry = None
         if entry is None:
@@ -1403,6 +1408,8 @@ class Hub(_greenlet):
                 "or callback is pending, so nothing can wake the waiting greenlet; spawn the "
                 "greenlet that is to wake it before waiting, or wait with a timeout"))
             return
+        if self._started:
+            self._check_started()
         try:
             self.loop.start(flags)
         except BaseException as exc:  # what a signal handler raised in the poll
@@ -1436,6 +1443,22 @@ class Hub(_greenlet):
                             if self._destroyed:
                                 raise GreenletExit from None
                             self.handle_error(greenlet, exc)
+
+    def _check_started(self):
+        # libev registers a started watcher's fd with the kernel only at its
+        # next poll, and aborts the process if the fd is closed by then. A
+        # socket's close() tells the hub first; an os.close() of a socket's
+        # fd (the user's bug, in gevent and trio too) does not: so the fds
+        # of the watchers started since the last poll are checked here, and
+        # a closed one's waiters get EBADF instead.
+        started, self._started = self._started, []
+        for watcher in started:
+            data = watcher.data
+            if data is not None and watcher.active:
+                try:
+                    _os.fstat(data[0].fd)
+                except OSError:
+                    self._notify_closing(data[0])
 
     def handle_error(self, where: object, exc: BaseException) -> None:
         """Report an exception that escaped a callback or greenlet; the hub carries on.
@@ -2734,7 +2757,10 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
                 try:
                     self._forget_fd()
                 finally:
-                    _ss.close(self)
+                    try:
+                        _ss.close(self)
+                    except OSError:  # closed under it already (os.close): as the C finalizer, say nothing
+                        pass
 
     def detach(self) -> int:
         """Stop waiting on the fd and return it, leaving it open."""

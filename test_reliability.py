@@ -2188,3 +2188,31 @@ def test_lock_acquire_takes_and_refuses_what_threading_lock_acquire_does(blockin
         expected = _stdlib_verdict(lambda std=std: std().acquire(blocking, timeout))
         got = _coop_verdict(lambda coop=coop: coop().acquire(blocking, timeout))
         assert got == expected, f"{coop.__name__}().acquire({blocking!r}, {timeout!r}): threading says {expected}"
+
+
+@pytest.mark.parametrize("polled_first", [False, True], ids=["before-the-poll", "after-the-poll"])
+def test_an_os_close_under_a_parked_recv_raises_ebadf_there_and_never_aborts(polled_first):
+    # The user's bug (gevent and trio say so too), but libev must not abort:
+    # a watcher started and not yet polled, on a closed fd, did (SIGABRT).
+    code = f"""
+    a, b = coopsock.socketpair()
+    reader = spawn(a.recv, 1)
+    sleep(0.01 if {polled_first} else 0)
+    fd = a.fileno()
+    os.close(fd)
+    sleep(0.01)
+    c, d = coopsock.socketpair()  # the lowest free number: the one just closed
+    assert fd in (c.fileno(), d.fileno())
+    r2 = spawn(c.recv, 1)
+    sleep(0)
+    d.sendall(b"y")
+    assert r2.get(timeout=5) == b"y"
+    reader.join(5)
+    if not {polled_first}:  # it learns at the next poll
+        assert isinstance(reader.exception, OSError) and reader.exception.errno == errno.EBADF, reader.exception
+    else:  # registered: the kernel dropped the closed file; the new socket on the number tells the hub
+        assert reader.dead and isinstance(reader.exception, OSError), reader
+    print("OK")
+    """
+    proc = _run_child(code, coopsock.BACKEND)
+    _assert_clean_exit(proc)
