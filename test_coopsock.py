@@ -27,23 +27,6 @@ CLOSED_MESSAGE = "File descriptor was closed in another greenlet"
 STAND_INS = ("libev", "selectors")  # the ctypes and pure-Python stand-ins for pyev
 
 
-@pytest.fixture(autouse=True)
-def hub_never_fails():
-    """Fail a test in which the hub itself reported an error (not a greenlet it runs)."""
-    failures, original = [], coopsock.Hub.handle_error
-
-    def handle_error(hub, where, exc):
-        if isinstance(where, coopsock.Hub):
-            failures.append(exc)
-        return original(hub, where, exc)
-    coopsock.Hub.handle_error = handle_error
-    try:
-        yield
-    finally:
-        coopsock.Hub.handle_error = original
-    assert not failures, f"the hub failed {len(failures)} time(s), first with {failures[0]!r}"
-
-
 # ---------------------------------------------------------------------------
 # Helpers and fixtures
 

@@ -17,7 +17,6 @@ import pytest
 
 import coopsock
 from coopsock import Event, Greenlet, GreenletExit, LoopExit, Queue, Timeout, sleep, spawn
-from test_coopsock import hub_never_fails  # noqa: F401 - an autouse fixture shared with the main suite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
