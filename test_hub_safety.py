@@ -11,6 +11,7 @@ import gc
 import os
 import re
 import select
+import selectors
 import signal
 import socket as stdsocket
 import sys
@@ -557,15 +558,26 @@ def test_a_second_waiter_is_told_to_use_one_greenlet_per_direction_or_a_lock(pai
 def test_any_number_of_greenlets_wait_on_one_raw_fd_and_beside_a_socket_call(pair):
     # As select(2), the stdlib and gevent allow: the one-waiter rule is a socket call's own.
     a, b = pair
+    def polling():
+        poller = coopsock.poll()
+        poller.register(a, select.POLLIN)
+        return poller.poll(5000)
+
+    def selecting_with_a_selector():
+        with coopsock.DefaultSelector() as selector:
+            selector.register(a, selectors.EVENT_READ)
+            return [key.fileobj for key, _ in selector.select(5)]
     reader = spawn(a.recv, 1)
     raw = [spawn(coopsock.wait_read, a.fileno()) for _ in range(3)]
     selecting = [spawn(coopsock.select, [a], [], [], 5) for _ in range(2)]
+    polls = [spawn(polling), spawn(selecting_with_a_selector)]
     sleep(0)
     assert coopsock.select([a], [], [], 0.05) == ([], [], [])
     b.sendall(b"xy")  # the reader takes one byte, the other keeps the fd readable for the rest
     assert reader.get(timeout=5) == b"x"
-    assert coopsock.joinall(raw + selecting, timeout=5) == raw + selecting
+    assert coopsock.joinall(raw + selecting + polls, timeout=5) == raw + selecting + polls
     assert all(g.successful() for g in raw) and [g.value for g in selecting] == [([a], [], [])] * 2
+    assert polls[0].value == [(a.fileno(), select.POLLIN)] and polls[1].value == [a]
     assert coopsock.get_hub().stats()["waiting"] == 0
 
 
