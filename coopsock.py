@@ -2996,6 +2996,8 @@ def create_connection(address: tuple[str | None, int], timeout: float | None = _
 # one idle for a second exits, so a program that resolved one name once does
 # not keep threads for ever. Numeric addresses need no lookup, no thread.
 
+_RESOLVER_THREADS = 8      # lookups at once: more queue (a resolver's own limit is usually lower)
+_RESOLVER_IDLE = 1.0       # seconds an idle worker waits for a job before it exits
 _resolver = _threading.Condition(_threading.Lock())
 _resolver_jobs: _deque[Callable[[], None]] = _deque()  # work() closures waiting for a thread
 _resolver_threads = [0, 0]   # [running, idle], under _resolver
@@ -3013,7 +3015,7 @@ def _resolver_worker():
                     _resolver.acquire()
                 continue
             _resolver_threads[1] += 1
-            woken = _resolver.wait(1.0)
+            woken = _resolver.wait(_RESOLVER_IDLE)
             _resolver_threads[1] -= 1
             if not woken and not _resolver_jobs:
                 _resolver_threads[0] -= 1
@@ -3036,7 +3038,7 @@ def _run_in_thread(func, *args):
         running, idle = _resolver_threads
         if idle >= len(_resolver_jobs):
             _resolver.notify()
-        elif running < 8:
+        elif running < _RESOLVER_THREADS:
             _resolver_threads[0] += 1
             _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
     hub.park(request)
