@@ -104,6 +104,8 @@ import _socket
 import errno as _errno
 import os as _os
 import reprlib as _reprlib
+import select as _select
+import selectors as _selectors
 import socket as _stdsocket
 import stat as _stat
 import threading as _threading
@@ -111,6 +113,9 @@ import time as _time
 import traceback as _traceback
 import warnings as _warnings
 from collections import deque as _deque
+from heapq import heapify as _heapify
+from heapq import heappop as _heappop
+from heapq import heappush as _heappush
 from itertools import count as _count
 from operator import index as _index
 from queue import Empty as _Empty
@@ -236,6 +241,42 @@ def _check_set(watcher, error, fd=0, events=_EV_READ, after=0.0, repeat=0.0):
         raise error("illegal event mask: use EV_READ, EV_WRITE or both")
     if not (repeat == 0.0 and after >= 0.0):  # NaN fails too
         raise ValueError(f"the stand-ins' timers are one-shot: use after >= 0 and repeat 0.0, not ({after}, {repeat})")
+
+
+def _check_fd(fd):
+    """Return fd as an int if a loop may watch it; else raise as select() does."""
+    if not isinstance(fd, int):
+        if not hasattr(fd, "fileno"):
+            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd).__name__}")
+        fd = fd.fileno()
+    fd = _index(fd)
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    if not _stat.S_IFMT(_os.fstat(fd).st_mode) and _is_epoll(fd):  # fstat: OSError(EBADF) if not open
+        raise OSError(_errno.EINVAL, f"cannot wait on fd {fd}: it is an epoll instance, which no loop can watch")
+    return fd
+
+
+def _is_epoll(fd):
+    try:
+        return "eventpoll" in _os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+
+
+def _nonblocking_pipe():
+    pipe = _os.pipe()
+    for fd in pipe:
+        _os.set_blocking(fd, False)
+    return pipe
+
+
+def _drain(fd):
+    try:
+        while _os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
 
 
 # --- libev through ctypes --------------------------------------------------
@@ -525,11 +566,6 @@ class _EvAsync(_EvWatcher):
 # signal handler raising between any two bytecodes leaves at worst a
 # spurious wake-up, never a lost one.
 
-import select as _select
-import selectors as _selectors  # for the cooperative DefaultSelector, far below
-from heapq import heapify as _heapify
-from heapq import heappop as _heappop
-from heapq import heappush as _heappush
 
 
 class _SelError(Exception):
@@ -956,7 +992,6 @@ class Hub(_greenlet):
         self._signal_wakeup: tuple[Any, tuple[int, int]] | None = None  # (watcher, pipe)
         self._sigint = None            # SIGINT's handler before ours, while ours is installed
         self._wakeup.start()
-        _install_process_hooks()
         try:
             if _threading.current_thread() is _threading.main_thread():
                 self._watch_signal_wakeup()
@@ -1530,56 +1565,7 @@ def _interrupt(signum, frame):
 def _default_interrupt(signum, frame):
     raise KeyboardInterrupt
 
-def _check_fd(fd):
-    """Return fd as an int if a loop may watch it; else raise as select() does."""
-    if not isinstance(fd, int):
-        if not hasattr(fd, "fileno"):
-            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd).__name__}")
-        fd = fd.fileno()
-    fd = _index(fd)
-    if fd < 0:
-        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-    if not _stat.S_IFMT(_os.fstat(fd).st_mode) and _is_epoll(fd):  # fstat: OSError(EBADF) if not open
-        raise OSError(_errno.EINVAL, f"cannot wait on fd {fd}: it is an epoll instance, which no loop can watch")
-    return fd
-
-
-def _is_epoll(fd):
-    try:
-        return "eventpoll" in _os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return False
-
-
-def _nonblocking_pipe():
-    pipe = _os.pipe()
-    for fd in pipe:
-        _os.set_blocking(fd, False)
-    return pipe
-
-
-def _drain(fd):
-    try:
-        while _os.read(fd, 4096):
-            pass
-    except OSError:
-        pass
-
-
-_PROCESS_HOOKS: list[bool] = []  # one-shot guard for the process-wide hooks
-
-
-def _install_process_hooks():
-    if not _PROCESS_HOOKS:
-        _PROCESS_HOOKS.append(True)
-        _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _after_fork_in_child():
-    global _resolver
-    _resolver = _threading.Condition(_threading.Lock())  # its threads did not survive the fork
-    _resolver_jobs.clear()
-    _resolver_threads[:] = [0, 0]
+def _hub_after_fork_in_child():
     hub = getattr(_local, "hub", None)
     if hub is not None and not hub._destroyed:
         hub._wake_lock = _threading.Lock()  # another thread may have held it at the fork
@@ -1588,6 +1574,9 @@ def _after_fork_in_child():
         if hub._signal_wakeup:  # the parent owns that pipe too
             hub._stop_signal_wakeup()
             hub._watch_signal_wakeup()
+
+
+_os.register_at_fork(after_in_child=_hub_after_fork_in_child)  # a registration: no hub is made at import
 
 
 # -- greenlets ---------------------------------------------------------------
@@ -3003,6 +2992,16 @@ _resolver_jobs: _deque[Callable[[], None]] = _deque()  # work() closures waiting
 _resolver_threads = [0, 0]   # [running, idle], under _resolver
 
 
+def _resolver_after_fork_in_child():
+    global _resolver
+    _resolver = _threading.Condition(_threading.Lock())  # its threads did not survive the fork
+    _resolver_jobs.clear()
+    _resolver_threads[:] = [0, 0]
+
+
+_os.register_at_fork(after_in_child=_resolver_after_fork_in_child)
+
+
 def _resolver_worker():
     with _resolver:
         while True:
@@ -3287,7 +3286,6 @@ class StreamServer:
 # it would block, and coopsock's SSLSocket parks on that and retries. ssl is
 # imported when TLS is first used (the module's __getattr__), not at import.
 
-import select as _select
 
 _std_select, _std_poll = _select.select, _select.poll  # before patch() replaces them
 _TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
