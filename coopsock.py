@@ -37,10 +37,12 @@ the licence header, ``pip install greenlet``, and you are done. Example::
         print(client.recv(100))  # b'hello'
     server.stop()
 
-The file, top to bottom: the loop layer (real pyev, or libev through ctypes,
-or a pure-Python loop on epoll or poll), the hub, greenlets, Timeout, coordination (Event, Queue, locks,
-Pool), the cooperative socket, the module-level helpers (create_connection,
-getaddrinfo, wait_read...), StreamServer, TLS and patch(), the demo
+The file, top to bottom (``grep -A1 '^# ----' coopsock.py`` lists the
+sections): imports, exceptions, argument checks, the loop layer (real pyev, or
+libev through ctypes, or a pure-Python loop on epoll or poll), the hub,
+Timeout, greenlets, coordination (Event, Queue, locks, Pool), the cooperative
+socket, the module-level helpers (create_connection, getaddrinfo,
+wait_read...), StreamServer, TLS, select and patch(), the demo
 (``python -m coopsock``).
 
 The invariants a reader must hold:
@@ -188,6 +190,83 @@ class ConcurrentObjectUseError(AssertionError):
 
 
 # ---------------------------------------------------------------------------
+# Argument checks
+#
+# Each raises what the stdlib raises for the same argument, asking the stdlib
+# object itself where a probe costs nothing (a free threading.Lock), else
+# following its rule; an interpreter's variant is chosen where it differs.
+
+def _seconds_int(value):
+    """An int of a seconds argument that is not a float, as time.sleep() and select() take it."""
+    try:
+        return _index(value)
+    except TypeError:
+        if _sys.version_info >= (3, 10) or not hasattr(type(value), "__int__"):
+            raise
+    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated; PyPy 3.9's without a word
+    if _PYPY:
+        return result
+    import warnings
+    warnings.warn(f"an integer is required (got type {type(value).__name__}).  Implicit conversion to integers "
+                  "using __int__ is deprecated, and may be removed in a future version of Python.",
+                  DeprecationWarning, stacklevel=3)
+    return result
+
+
+def _seconds(seconds):
+    """Return seconds as a number >= 0; TypeError and ValueError as socket.settimeout() has them."""
+    if type(seconds) in (int, float) and seconds >= 0:  # the common case (NaN fails >=)
+        return seconds
+    if not isinstance(seconds, float):
+        seconds = _seconds_int(seconds)
+    elif seconds != seconds:
+        raise ValueError("Invalid value NaN (not a number)")
+    return max(seconds, 0.0)
+
+
+def _lock_timeout(blocking, timeout):
+    """Return threading.Lock.acquire's timeout as Semaphore.acquire takes it (None: no limit).
+
+    Raises what threading's raises for the same arguments, by asking it: a
+    fresh lock, free, so acquire() checks them and returns at once.
+    """
+    if blocking.__class__ is not bool or timeout.__class__ is not int or timeout != -1:  # else: the defaults
+        _threading.Lock().acquire(blocking, timeout)
+    return None if timeout == -1 else timeout
+
+
+def _check_timeout(block, timeout):
+    if block and timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+
+
+def _pypy_seconds(value):
+    """A timeout as PyPy's select takes it: a float, or any type with __float__ (a Fraction too)."""
+    if isinstance(value, float):
+        return value
+    if not hasattr(type(value), "__float__"):
+        raise TypeError(f"must be real number, not {type(value).__name__}")  # PyPy's words
+    return float(value)  # OverflowError for a huge int, as PyPy's
+
+
+def _select_timeout(timeout, name="a float"):
+    if isinstance(timeout, float) and timeout != timeout:
+        raise ValueError("Invalid value NaN (not a number)")
+    if timeout is None or isinstance(timeout, float):
+        return timeout
+    try:
+        return _seconds_int(timeout)
+    except TypeError:
+        raise TypeError(f"timeout must be {name} or None") from None
+
+
+def _check_callable(func, what="func"):
+    """Raise TypeError at the call, not when the hub calls func later (gevent's habit too)."""
+    if not callable(func):
+        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
+
+
+# ---------------------------------------------------------------------------
 # The loop layer: pyev, or a stand-in with the same names
 #
 # The contract. The hub uses these pyev names and nothing else, with pyev's
@@ -279,7 +358,8 @@ def _drain(fd):
         pass
 
 
-# --- libev through ctypes --------------------------------------------------
+# ---------------------------------------------------------------------------
+# libev through ctypes
 #
 # libev's watchers are C structs the caller owns, and libev keeps pointers to
 # them while they are active: each stays in its loop's _active dict from just
@@ -547,7 +627,8 @@ class _EvAsync(_EvWatcher):
         _ev_lib.ev_async_send(self.loop._ptr, self._address)
 
 
-# --- the pure-Python stand-in on epoll or poll ("selectors") ---------------
+# ---------------------------------------------------------------------------
+# The pure-Python stand-in on epoll or poll ("selectors")
 #
 # For machines where libev will not load: the same semantics (level-triggered
 # io, one-shot timers counted from the cached loop time, an Async that other
@@ -807,7 +888,11 @@ def _load_selectors():
     return _Namespace("selectors", Loop=_SelLoop, Io=_SelIo, Timer=_SelTimer, Async=_SelAsync, Error=_SelError)
 
 
-# --- choosing the backend ---------------------------------------------------
+# ---------------------------------------------------------------------------
+# Choosing the backend
+
+_local = _threading.local()  # this thread's hub (the hub's section below), which _use_backend ends
+
 
 def _load_pyev():
     import pyev
@@ -881,7 +966,6 @@ def _use_backend(name):
 # 5. LoopExit exactly when no greenlet is parked on an fd or a thread, no
 #    ref timer and no callback is pending.
 
-_local = _threading.local()
 _CLOSED_WHILE_WAITING = "File descriptor was closed in another greenlet"
 _NOT_FROM_HUB = "cannot block inside the hub: call blocking functions from a spawned greenlet, not a hub callback"
 _PARK = object()        # the first item of every request a greenlet parks with
@@ -1579,13 +1663,106 @@ def _hub_after_fork_in_child():
 _os.register_at_fork(after_in_child=_hub_after_fork_in_child)  # a registration: no hub is made at import
 
 
-# -- greenlets ---------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# Timeout
 
-def _check_callable(func, what="func"):
-    """Raise TypeError at the call, not when the hub calls func later (gevent's habit too)."""
-    if not callable(func):
-        raise TypeError(f"{what} must be callable, not {type(func).__name__}")
+class Timeout(BaseException):
+    """Raise an exception in the current greenlet after `seconds`.
 
+    A BaseException, so that `except Exception` does not swallow it. `exception`
+    is what gets raised: None raises the Timeout itself, False too but a `with`
+    block then suppresses it silently, a string becomes its message, a class or
+    instance is raised as given. Timeout(None) never fires; Timeout(0) fires on
+    the next loop pass. With ref=False the timer does not keep the loop alive.
+    """
+
+    def __init__(self, seconds: float | None = None,
+                 exception: type[BaseException] | BaseException | str | bool | None = None, ref: bool = True) -> None:
+        self.seconds, self.exception, self._ref = seconds, exception, ref
+        self._raising = None  # the hub's run_later handle while started
+
+    @classmethod
+    def start_new(cls, seconds: Timeout | float | None = None,
+                  exception: type[BaseException] | BaseException | str | bool | None = None,
+                  ref: bool = True) -> Timeout:
+        """Create a Timeout and start it; a Timeout given as `seconds` is started as is."""
+        timeout = seconds if isinstance(seconds, Timeout) else cls(seconds, exception, ref)
+        timeout.start()
+        return timeout
+
+    @property
+    def pending(self) -> bool:
+        """True while started and not yet raised or cancelled."""
+        return self._raising is not None and self._raising.func is not None
+
+    def start(self) -> None:
+        """Start the countdown in the current greenlet.
+
+        Raises RuntimeError if it is already started, TypeError or ValueError
+        for seconds that socket.settimeout() would reject (negatives mean 0).
+        """
+        raising, seconds = self._raising, self.seconds
+        if raising is not None and raising.func is not None:
+            raise RuntimeError(f"{self!r} is already started; cancel it first")
+        if seconds is not None:
+            if type(seconds) not in (int, float) or not seconds >= 0:
+                seconds = _seconds(seconds)
+            hub = get_hub()
+            hub._at(_monotonic() + seconds, self._raise_in, (hub, getcurrent()), self._ref, self, "_raising")
+
+    def cancel(self) -> None:
+        """Stop the countdown, if it is running; safe to call at any time."""
+        raising = self._raising
+        if raising is not None:
+            raising.func = None
+
+    close = cancel
+
+    def _raise_in(self, hub, target):
+        exc = self.exception
+        hub._throw(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
+
+    def __enter__(self: _Timeout) -> _Timeout:
+        if self._raising is None or self._raising.func is None:  # not pending
+            self.start()
+        return self
+
+    def __exit__(self, typ: object, value: object, tb: object) -> bool:
+        raising = self._raising
+        if raising is not None:
+            raising.func = None
+        return value is self and self.exception is False
+
+    def __str__(self):
+        if isinstance(self.exception, str):
+            return self.exception
+        if self.seconds is None:
+            return ""
+        return f"{self.seconds} second{'' if self.seconds == 1 else 's'}"
+
+    def __repr__(self):
+        return f"<Timeout seconds={self.seconds} exception={self.exception!r} pending={self.pending}>"
+
+
+def with_timeout(seconds: float | None, func: Callable[..., _T], *args: Any, timeout_value: Any = Timeout,
+                 **kwargs: Any) -> _T | Any:
+    """Return func(*args, **kwargs), or timeout_value if given and `seconds` pass first."""
+    timeout = Timeout.start_new(seconds)
+    try:
+        return func(*args, **kwargs)
+    except Timeout as exc:
+        if exc is timeout and timeout_value is not Timeout:
+            return timeout_value
+        raise
+    finally:
+        timeout.cancel()
+
+
+# ---------------------------------------------------------------------------
+# Greenlets
+#
+# A Greenlet's parent is always the hub; links run from the hub, after the
+# outcome is stored.
 
 class _Waiter:
     """A wake-up for one park of one greenlet: a call wakes it if that park is still on, else does nothing."""
@@ -1606,7 +1783,7 @@ class _Waiter:
     def wait(self, timeout=None):
         """Park until called; return False if `timeout` seconds passed first."""
         hub = get_hub()
-        deadline = None if timeout is None else _monotonic() + _delay(timeout)
+        deadline = None if timeout is None else _monotonic() + _seconds(timeout)
         self.hub, self.request = hub, (_PARK, getcurrent(), None, 0, deadline, False)
         return hub.park(self.request) is not _TIMED_OUT
 
@@ -1657,7 +1834,7 @@ class Greenlet(_greenlet):
     def start_later(self, seconds: float) -> None:
         """Schedule the greenlet to run in `seconds`."""
         if self._starter is None and not self and not self._finished:
-            self._starter = self.parent.run_later(_delay(seconds), self.parent._start, self)
+            self._starter = self.parent.run_later(_seconds(seconds), self.parent._start, self)
 
     def run(self) -> None:
         self._starter = None
@@ -1801,34 +1978,6 @@ def spawn_later(seconds: float, func: Callable[..., Any], *args: Any, **kwargs: 
     return g
 
 
-def _seconds_int(value):
-    """An int of a seconds argument that is not a float, as time.sleep() and select() take it."""
-    try:
-        return _index(value)
-    except TypeError:
-        if _sys.version_info >= (3, 10) or not hasattr(type(value), "__int__"):
-            raise
-    result = int(value)  # 3.9 still takes __int__ (a Decimal), deprecated; PyPy 3.9's without a word
-    if _PYPY:
-        return result
-    import warnings
-    warnings.warn(f"an integer is required (got type {type(value).__name__}).  Implicit conversion to integers "
-                  "using __int__ is deprecated, and may be removed in a future version of Python.",
-                  DeprecationWarning, stacklevel=3)
-    return result
-
-
-def _delay(seconds):
-    """Return seconds as a number >= 0; TypeError and ValueError as socket.settimeout() has them."""
-    if type(seconds) in (int, float) and seconds >= 0:  # the common case (NaN fails >=)
-        return seconds
-    if not isinstance(seconds, float):
-        seconds = _seconds_int(seconds)
-    elif seconds != seconds:
-        raise ValueError("Invalid value NaN (not a number)")
-    return max(seconds, 0.0)
-
-
 def sleep(seconds: float = 0) -> None:
     """Park the current greenlet for `seconds`; 0 lets the other ready greenlets and I/O run.
 
@@ -1886,101 +2035,6 @@ def kill(greenlet_: _greenlet, exception: type[BaseException] | BaseException = 
     elif not greenlet_.dead:
         hub = get_hub()
         hub.run_callback(hub._throw, greenlet_, exception)
-
-
-# ---------------------------------------------------------------------------
-# Timeout
-
-class Timeout(BaseException):
-    """Raise an exception in the current greenlet after `seconds`.
-
-    A BaseException, so that `except Exception` does not swallow it. `exception`
-    is what gets raised: None raises the Timeout itself, False too but a `with`
-    block then suppresses it silently, a string becomes its message, a class or
-    instance is raised as given. Timeout(None) never fires; Timeout(0) fires on
-    the next loop pass. With ref=False the timer does not keep the loop alive.
-    """
-
-    def __init__(self, seconds: float | None = None,
-                 exception: type[BaseException] | BaseException | str | bool | None = None, ref: bool = True) -> None:
-        self.seconds, self.exception, self._ref = seconds, exception, ref
-        self._raising = None  # the hub's run_later handle while started
-
-    @classmethod
-    def start_new(cls, seconds: Timeout | float | None = None,
-                  exception: type[BaseException] | BaseException | str | bool | None = None,
-                  ref: bool = True) -> Timeout:
-        """Create a Timeout and start it; a Timeout given as `seconds` is started as is."""
-        timeout = seconds if isinstance(seconds, Timeout) else cls(seconds, exception, ref)
-        timeout.start()
-        return timeout
-
-    @property
-    def pending(self) -> bool:
-        """True while started and not yet raised or cancelled."""
-        return self._raising is not None and self._raising.func is not None
-
-    def start(self) -> None:
-        """Start the countdown in the current greenlet.
-
-        Raises RuntimeError if it is already started, TypeError or ValueError
-        for seconds that socket.settimeout() would reject (negatives mean 0).
-        """
-        raising, seconds = self._raising, self.seconds
-        if raising is not None and raising.func is not None:
-            raise RuntimeError(f"{self!r} is already started; cancel it first")
-        if seconds is not None:
-            if type(seconds) not in (int, float) or not seconds >= 0:
-                seconds = _delay(seconds)
-            hub = get_hub()
-            hub._at(_monotonic() + seconds, self._raise_in, (hub, getcurrent()), self._ref, self, "_raising")
-
-    def cancel(self) -> None:
-        """Stop the countdown, if it is running; safe to call at any time."""
-        raising = self._raising
-        if raising is not None:
-            raising.func = None
-
-    close = cancel
-
-    def _raise_in(self, hub, target):
-        exc = self.exception
-        hub._throw(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
-
-    def __enter__(self: _Timeout) -> _Timeout:
-        if self._raising is None or self._raising.func is None:  # not pending
-            self.start()
-        return self
-
-    def __exit__(self, typ: object, value: object, tb: object) -> bool:
-        raising = self._raising
-        if raising is not None:
-            raising.func = None
-        return value is self and self.exception is False
-
-    def __str__(self):
-        if isinstance(self.exception, str):
-            return self.exception
-        if self.seconds is None:
-            return ""
-        return f"{self.seconds} second{'' if self.seconds == 1 else 's'}"
-
-    def __repr__(self):
-        return f"<Timeout seconds={self.seconds} exception={self.exception!r} pending={self.pending}>"
-
-
-def with_timeout(seconds: float | None, func: Callable[..., _T], *args: Any, timeout_value: Any = Timeout,
-                 **kwargs: Any) -> _T | Any:
-    """Return func(*args, **kwargs), or timeout_value if given and `seconds` pass first."""
-    timeout = Timeout.start_new(seconds)
-    try:
-        return func(*args, **kwargs)
-    except Timeout as exc:
-        if exc is timeout and timeout_value is not Timeout:
-            return timeout_value
-        raise
-    finally:
-        timeout.cancel()
 
 
 # ---------------------------------------------------------------------------
@@ -2194,7 +2248,7 @@ def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int
         for obj in objects:
             obj.rawlink(on_ready)
             linked.append(obj)
-        deadline = None if timeout is None else _monotonic() + _delay(timeout)
+        deadline = None if timeout is None else _monotonic() + _seconds(timeout)
         for _ in range(count):
             while not ready:
                 if not waiter.wait(None if deadline is None else deadline - _monotonic()):
@@ -2241,11 +2295,6 @@ def killall(greenlets: Iterable[_greenlet], exception: type[BaseException] | Bas
     waited = [g for g in greenlets if isinstance(g, Greenlet)]
     if block and len(joinall(waited, timeout)) < len(waited):
         raise Timeout(timeout)
-
-
-def _check_timeout(block, timeout):
-    if block and timeout is not None and timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
 
 
 class Queue:
@@ -2406,17 +2455,6 @@ class BoundedSemaphore(Semaphore):
 
     __slots__ = ()
     _bounded = True
-
-
-def _lock_timeout(blocking, timeout):
-    """Return threading.Lock.acquire's timeout as Semaphore.acquire takes it (None: no limit).
-
-    Raises what threading's raises for the same arguments, by asking it: a
-    fresh lock, free, so acquire() checks them and returns at once.
-    """
-    if blocking.__class__ is not bool or timeout.__class__ is not int or timeout != -1:  # else: the defaults
-        _threading.Lock().acquire(blocking, timeout)
-    return None if timeout == -1 else timeout
 
 
 class Lock(BoundedSemaphore):
@@ -3107,15 +3145,6 @@ def getfqdn(name: str = "") -> str:
     return next((n for n in [hostname, *aliases] if "." in n), hostname)
 
 
-def _pypy_seconds(value):
-    """A timeout as PyPy's select takes it: a float, or any type with __float__ (a Fraction too)."""
-    if isinstance(value, float):
-        return value
-    if not hasattr(type(value), "__float__"):
-        raise TypeError(f"must be real number, not {type(value).__name__}")  # PyPy's words
-    return float(value)  # OverflowError for a huge int, as PyPy's
-
-
 def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
                    timeout_exc: type[BaseException] | BaseException | None = None, *,
                    events: int = _EV_READ | _EV_WRITE) -> None:
@@ -3421,24 +3450,14 @@ def _build_tls() -> Any:
     return ssl
 
 
-# -- select, poll, selectors ------------------------------------------------
+# ---------------------------------------------------------------------------
+# select, poll, selectors
 #
 # Each call first asks the stdlib's own select or poll, with a zero timeout:
 # that checks the arguments (and raises) exactly as the stdlib does and
 # answers at once when something is ready. Only then does the greenlet park,
 # on the fds' watchers, and ask again when one fires. Exceptional conditions
 # (xlist, POLLPRI) are reported but not waited for: libev cannot watch them.
-
-def _select_timeout(timeout, name="a float"):
-    if isinstance(timeout, float) and timeout != timeout:
-        raise ValueError("Invalid value NaN (not a number)")
-    if timeout is None or isinstance(timeout, float):
-        return timeout
-    try:
-        return _seconds_int(timeout)
-    except TypeError:
-        raise TypeError(f"timeout must be {name} or None") from None
-
 
 def _fileno(fd):  # of an argument the stdlib's call has accepted
     return fd if isinstance(fd, int) else _index(fd.fileno())
@@ -3526,7 +3545,8 @@ class DefaultSelector(_selectors.PollSelector):
     _selector_cls = poll
 
 
-# -- patch() and unpatch() --------------------------------------------------
+# ---------------------------------------------------------------------------
+# patch() and unpatch()
 
 _SOCKET_NAMES = ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
                  "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn")
