@@ -21,6 +21,10 @@ def _unavailable(name):
     return None
 
 
+def _first_present():
+    return next(name for name in BACKENDS if not _unavailable(name))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Report every skip for an absent backend from _unavailable, so that -rs folds them into one line."""
@@ -35,6 +39,8 @@ def backend(request):
     reason = _unavailable(request.param)
     if reason:
         pytest.skip(f"the {request.param} backend is absent here: {reason}")
+    if request.node.get_closest_marker("loop_independent") and request.param != _first_present():
+        pytest.skip("independent of the loop: it runs on the first backend present only")
     coopsock._use_backend(request.param)
     yield request.param
     coopsock.get_hub().destroy()
