@@ -238,7 +238,10 @@ def in_echoer(frame):  # PyPy's getcurrent() lags a switch its own Python code m
 def tick(signum, frame):
     # Only while the main greenlet is inside its try, and not in the echo
     # greenlet: it lands in the main greenlet, or in the hub, which defers it.
+    # Once per trip: a deferred one runs later, and two would meet in the except.
+    global armed
     if armed and greenlet.getcurrent() is not echoer and not in_echoer(frame):
+        armed = False
         raise Alarm
 a, b = coopsock.socketpair()
 def echo():
