@@ -1167,8 +1167,9 @@ class Hub(_greenlet):
         exclusive). target is an _Fd to wait on for events (EV_READ, EV_WRITE
         or both), a list of (_Fd, events), _THREAD, or None; deadline is a
         time.monotonic() value, 0 for the next pass, or None. Woken by the fd
-        (None), the deadline (_TIMED_OUT), a call of wake(request, value) or an
-        exception thrown in by kill(), a Timeout or Ctrl-C.
+        (None), the deadline (_TIMED_OUT), the hub's _wake(request) (a _Waiter
+        called, a worker thread done), or an exception thrown in by kill(), a
+        Timeout or Ctrl-C.
         """
         if request[1] is self or self._destroyed:
             self._check_switch()
