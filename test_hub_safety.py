@@ -52,10 +52,18 @@ def test_a_lookup_abandoned_before_its_hub_ends_touches_nothing_after():
     # The worker finishes after its hub (and thread) are gone: it must neither
     # call into the dead loop nor write into an fd number the loop once had.
     code = """
-    def slow_lookup(*args):
-        time.sleep(1.0)
+    release, handed_over = threading.Event(), threading.Semaphore(0)
+    def slow_lookup(*args):  # it answers once both hubs are gone
+        release.wait(10)
         return [(stdsocket.AF_INET, stdsocket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
     coopsock._std_getaddrinfo = slow_lookup
+    real_run_threadsafe = coopsock.Hub._run_threadsafe
+    def run_threadsafe(hub, *args):  # what a worker does with its answer
+        try:
+            return real_run_threadsafe(hub, *args)
+        finally:
+            handed_over.release()
+    coopsock.Hub._run_threadsafe = run_threadsafe
 
     def abandon(destroy):
         try:
@@ -70,7 +78,8 @@ def test_a_lookup_abandoned_before_its_hub_ends_touches_nothing_after():
         t.start()
         t.join()
     pairs = [stdsocket.socketpair() for _ in range(8)]  # take the fd numbers the dead loops had
-    time.sleep(1.5)  # let both workers finish
+    release.set()
+    assert handed_over.acquire(timeout=10) and handed_over.acquire(timeout=10)  # both workers are done
     for a, b in pairs:
         for s in (a, b):
             try:
