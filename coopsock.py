@@ -3549,8 +3549,6 @@ class DefaultSelector(_selectors.PollSelector):
 # ---------------------------------------------------------------------------
 # patch() and unpatch()
 
-_SOCKET_NAMES = ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
-                 "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn")
 _MISSING = object()
 _originals: dict[tuple[Any, str], Any] = {}  # {(module or class, attribute): what patch() replaced there}
 
@@ -3558,7 +3556,7 @@ _originals: dict[tuple[Any, str], Any] = {}  # {(module or class, attribute): wh
 def _patch_table(wanted):
     """Yield (object, attribute, replacement) for each kind of patch wanted."""
     if wanted["socket"]:
-        yield from ((_sys.modules["socket"], name, globals()[name]) for name in _SOCKET_NAMES)
+        yield from ((_sys.modules["socket"], name, globals()[name]) for name in _COOPERATIVE)
     if wanted["ssl"]:
         # Every context the stdlib makes, before or after patch() and however
         # its class was imported, wraps with its class's sslsocket_class.
