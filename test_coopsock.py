@@ -19,7 +19,7 @@ import greenlet
 import pytest
 
 import coopsock
-from conftest import BACKENDS, PYEV_FDS_ON_PYPY, PYPY_WITH_PYEV, _unavailable, settled_fd_count
+from conftest import BACKENDS, PYEV_FDS_ON_PYPY, PYPY_WITH_PYEV, _unavailable, drain, fill, settled_fd_count
 from coopsock import GreenletExit, LoopExit, Timeout, sleep, spawn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,33 +125,6 @@ def full_listener():
         finally:
             for filler in fillers:
                 filler.close()
-
-
-def fill(sock):
-    """Send on sock until its buffers are full (send would block); return the byte count."""
-    timeout, total = sock.gettimeout(), 0
-    sock.settimeout(0)
-    try:
-        for size in (65536, 4096, 1):
-            while True:
-                try:
-                    total += sock.send(b"f" * size)
-                except BlockingIOError:
-                    break
-    finally:
-        sock.settimeout(timeout)
-    return total
-
-
-def drain(sock, count):
-    """Receive exactly count bytes from sock (cooperatively); return them."""
-    chunks, left = [], count
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        assert chunk, f"the peer closed with {left} bytes still expected"
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def ticker(events, count=3):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import coopsock
+from conftest import drain, fill
 from coopsock import spawn
 
 COOPERATIVE = {"socket", "socketpair", "fromfd", "create_server", "create_connection", "getaddrinfo",
@@ -300,25 +301,6 @@ def test_recvmsg_into_and_sendmsg_take_generators_that_a_retry_sees_whole(pair):
     buffer = bytearray(1)
     assert a.recvmsg_into(buf for buf in [buffer])[0] == 1 and buffer == b"x"
     sent = fill(a)
-    reader = spawn(lambda: _drain(b, sent + 3))
+    reader = spawn(lambda: drain(b, sent + 3))
     assert a.sendmsg(part for part in [b"a", b"bc"]) == 3
     assert reader.get(timeout=10)[-3:] == b"abc"
-
-
-def fill(sock):
-    sock.setblocking(False)
-    total = 0
-    try:
-        while True:
-            total += sock.send(b"f" * 65536)
-    except BlockingIOError:
-        return total
-    finally:
-        sock.setblocking(True)
-
-
-def _drain(sock, count):
-    data = b""
-    while len(data) < count:
-        data += sock.recv(count - len(data))
-    return data

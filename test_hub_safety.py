@@ -21,8 +21,8 @@ import time
 import pytest
 
 import coopsock
+from conftest import _assert_clean_exit, _run_child
 from coopsock import sleep, spawn
-from test_reliability import _assert_clean_exit, _run_child
 
 STAND_INS = ("libev", "selectors")
 

@@ -52,7 +52,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import coopsock
-from conftest import PYEV_FDS_ON_PYPY, PYPY_WITH_PYEV, settled_fd_count
+from conftest import (
+    PYEV_FDS_ON_PYPY,
+    PYPY_WITH_PYEV,
+    _assert_clean_exit,
+    _child_env,
+    _describe_status,
+    _run_child,
+    settled_fd_count,
+)
 
 with warnings.catch_warnings():
     # When a property fails, hypothesis imports libcst, which warns (a
@@ -293,57 +301,6 @@ def _echo_client(address, round_trips, seed, max_size=4096):
     finally:
         sock.close()
     return round_trips
-
-
-def _child_env(loop):
-    path = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, COOPSOCK_LOOP=loop, PYTHONPATH=path, PYTHONFAULTHANDLER="1")
-
-
-_CHILD_PRELUDE = """\
-import errno, gc, os, signal, socket as stdsocket, struct, sys, threading, time
-import coopsock
-from coopsock import Timeout, sleep, spawn
-P = coopsock._pyev
-
-def outcome(func, *args):
-    try:
-        return func(*args)
-    except Exception as exc:
-        return exc
-
-def coop(sock):
-    return coopsock.socket(fileno=sock.detach())
-
-def stats():
-    counts = coopsock.get_hub().stats()
-    return {key: counts.get(key) for key in ("fds", "waiting", "timers", "callbacks")}
-
-"""
-
-
-def _run_child(code, loop, timeout=60, **env):
-    """Run code in a new interpreter on the `loop` backend, faulthandler on; return the CompletedProcess."""
-    source = _CHILD_PRELUDE + textwrap.dedent(code)
-    try:
-        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", source], cwd=HERE,
-                              env=dict(_child_env(loop), **env),
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        pytest.fail(f"the child hung (killed after {timeout} s); its output ended with:\n{out[-3000:]}")
-
-
-def _describe_status(code):
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
-
-
-def _assert_clean_exit(proc, expect="OK"):
-    assert proc.returncode == 0 and expect in proc.stdout, (
-        f"the child ended with {_describe_status(proc.returncode)}\n"
-        f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}")
 
 
 class _Child:
