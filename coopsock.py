@@ -958,7 +958,9 @@ def _use_backend(name):
 # 3. Every started watcher is in the table and stopped before its fd closes
 #    (trio's close protocol: stop watching, wake the waiters with EBADF, then
 #    close). A socket's watchers stay started between waits; one that fires
-#    with nobody waiting is stopped.
+#    with nobody waiting is stopped. The fds of watchers started since the
+#    last poll are checked before it (_check_started): an os.close() behind
+#    the socket's back gets its waiters EBADF, not a libev abort.
 # 4. No Python signal handler raises inside the hub's own code: SIGINT's
 #    default handler is replaced, while the main thread's hub lives, by one
 #    that defers the interrupt to the hub's next step when it lands in the
