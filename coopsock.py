@@ -3487,10 +3487,28 @@ def _until_ready(ask, watched, deadline):
             sleep(remaining if remaining is not None else 2 ** 31)
 
 
+_PLAIN_TIMEOUT = 86400.0 * 365  # seconds every interpreter's select takes as they are: no need to ask
+
+
+def _ask_select_about(timeout):
+    """Raise what select.select raises for this timeout, without waiting: a writable fd makes it return at once."""
+    try:
+        readable, writable = _os.pipe()
+    except OSError:  # out of fds: the checks below still run
+        return
+    try:
+        _std_select([], [writable], [], timeout)
+    finally:
+        _os.close(readable)
+        _os.close(writable)
+
+
 def select(rlist: Iterable[_FileDescriptorLike], wlist: Iterable[_FileDescriptorLike],
            xlist: Iterable[_FileDescriptorLike],
            timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
     """select.select, cooperative: park until an fd is ready or timeout seconds pass; raise what select.select does."""
+    if timeout is not None and not (type(timeout) in (int, float) and 0 <= timeout < _PLAIN_TIMEOUT):
+        _ask_select_about(timeout)
     if _PYPY and timeout is not None:  # as PyPy's select: any real number; NaN is no timeout
         timeout = _pypy_seconds(timeout)
         timeout = None if timeout != timeout else timeout

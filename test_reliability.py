@@ -2174,3 +2174,14 @@ def test_an_os_close_under_a_parked_recv_raises_ebadf_there_and_never_aborts(pol
     """
     proc = _run_child(code, coopsock.BACKEND)
     _assert_clean_exit(proc)
+
+
+@SLOW_SETTINGS
+@given(timeout=_SECONDS)
+def test_select_takes_and_refuses_the_timeouts_select_select_does(timeout):
+    # The fd is writable at once: a timeout select.select takes returns without waiting.
+    a, b = stdsocket.socketpair()
+    with a, b:
+        expected = _stdlib_verdict(select.select, [], [a], [], timeout)
+        got = _coop_verdict(coopsock.select, [], [a], [], timeout)
+    assert got == expected, f"select(..., {timeout!r}): select.select says {expected}"
