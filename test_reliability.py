@@ -871,19 +871,26 @@ def test_trickling_peer_is_reclaimed_by_a_timeout(tcp_pair):
     trickler.kill()
 
 
-def test_demo_idle_timeout_reclaims_a_silent_peer():
-    demo = subprocess.Popen([sys.executable, "-m", "coopsock", "--host", LOOPBACK, "--port", "0",
-                             "--idle-timeout", "0.3", "--loop", coopsock.BACKEND],
+def _start_demo(*options):
+    """Start `python -m coopsock` on a free loopback port with options; return (Popen, port)."""
+    demo = subprocess.Popen([sys.executable, "-m", "coopsock", "--host", LOOPBACK, "--port", "0", *options,
+                             "--loop", coopsock.BACKEND],
                             cwd=HERE, env=_child_env(coopsock.BACKEND), stderr=subprocess.PIPE, text=True)
+    banner = ""
+    for _ in range(10):
+        banner += demo.stderr.readline()
+        port = re.search(r"listening on [\d.]+:(\d+)", banner)
+        if port:
+            return demo, int(port[1])
+    demo.kill()
+    demo.wait()
+    raise AssertionError(f"no 'listening on' in what the demo said: {banner!r}")
+
+
+def test_demo_idle_timeout_reclaims_a_silent_peer():
+    demo, port = _start_demo("--idle-timeout", "0.3")
     try:
-        banner = ""
-        for _ in range(10):
-            banner += demo.stderr.readline()
-            port = re.search(r"listening on [\d.]+:(\d+)", banner)
-            if port:
-                break
-        assert port, f"no 'listening on' in what the demo said: {banner!r}"
-        with stdsocket.create_connection((LOOPBACK, int(port[1])), timeout=10) as silent:
+        with stdsocket.create_connection((LOOPBACK, port), timeout=10) as silent:
             started = time.monotonic()
             assert silent.recv(1) == b""  # closed by the server
             assert 0.2 <= time.monotonic() - started < 5
@@ -2045,21 +2052,12 @@ def test_stream_server_accept_loop_survives_the_fd_limit_with_logging_not_import
 def test_demo_max_connections_under_a_burst_serves_exactly_that_many():
     # The handler counted the connections accepted but not yet started as
     # open, and refused itself: 6 to 17 of 100 were served, not 20.
-    demo = subprocess.Popen([sys.executable, "-m", "coopsock", "--host", LOOPBACK, "--port", "0",
-                             "--max-connections", "20", "--loop", coopsock.BACKEND],
-                            cwd=HERE, env=_child_env(coopsock.BACKEND), stderr=subprocess.PIPE, text=True)
+    demo, port = _start_demo("--max-connections", "20")
     clients = []
     try:
-        banner = ""
-        for _ in range(10):
-            banner += demo.stderr.readline()
-            port = re.search(r"listening on [\d.]+:(\d+)", banner)
-            if port:
-                break
-        assert port, f"no 'listening on' in what the demo said: {banner!r}"
         demo.send_signal(signal.SIGSTOP)  # all 100 wait in the backlog: one burst
         try:
-            clients = [stdsocket.create_connection((LOOPBACK, int(port[1])), timeout=10) for _ in range(100)]
+            clients = [stdsocket.create_connection((LOOPBACK, port), timeout=10) for _ in range(100)]
             for client in clients:
                 client.sendall(b"x")
         finally:
