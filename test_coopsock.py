@@ -2259,4 +2259,6 @@ def test_import_leaves_subprocess_and_ctypes_util_unimported_so_patch_reaches_th
         print(sorted(name for name in ("subprocess", "ctypes.util") if name in sys.modules))
     """, backend)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[0] == "[]"
+    # (PyPy's libev stand-in builds its callback with cffi, whose C parser imports subprocess.)
+    expected = "['subprocess']" if backend == "libev" and sys.implementation.name == "pypy" else "[]"
+    assert proc.stdout.split("\n")[0] == expected
