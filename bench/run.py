@@ -656,6 +656,29 @@ def target_checker(lines):
     return check
 
 
+def targets_issue16(results):
+    """Issue 16's targets (the hub's one-switch park): ratios of medians between two servers in this run."""
+    lines = []
+    check = target_checker(lines)
+    pp = ("pp64-1", "pp64-100", "pp64-1000")
+
+    def vs(per_server, mine, theirs, key):
+        a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
+        return a[0] / b[0] if a and b and b[0] else None
+    for case in pp:
+        check(f"coopsock-libev rt/s vs greenlet-ref, {CASES[case][1]:,} conn",
+              vs(results.get(case, {}), "coopsock-libev", "greenlet-ref", "rps"), 0.9)
+    for case in ("pp64-100", "pp64-1000"):
+        check(f"coopsock-libev rt/s vs gevent, {CASES[case][1]:,} conn",
+              vs(results.get(case, {}), "coopsock-libev", BASELINE, "rps"), 1.3)
+    memory = results.get("memory", {})
+    mine, ref = (stats(memory.get(n, []), "kib_per_conn") for n in ("coopsock-libev", "greenlet-ref"))
+    check("coopsock-libev memory per idle connection vs greenlet-ref"
+          + (f" ({mine[0]:.2f} vs {ref[0]:.2f} KiB)" if mine and ref else ""),
+          mine[0] / ref[0] if mine and ref and ref[0] else None, 1.0, False)
+    return lines
+
+
 def targets_issue8(results):
     """Issue 8's targets: ratios of medians between two servers in this run."""
     lines = []
@@ -758,6 +781,7 @@ def write_report(data, outdir):
                 "Each cell: the ratio of the medians of round trips/s (higher is better) / of server CPU "
                 "per round trip (lower is better; the steadier figure when the machine is busy):"), ""] + pypy
     head = ["| target | goal | measured | verdict |", "|---|---|---|---|"]
+    md += ["", "## Targets (issue 16)", ""] + head + targets_issue16(results)
     md += ["", "## Targets (issue 8)", ""] + head + targets_issue8(results)
     md += ["", "## Earlier targets (issue 4)", ""] + head + target_lines(results)
 
