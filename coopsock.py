@@ -1130,21 +1130,30 @@ class Hub(_greenlet):
 
     def _defer_sigint(self):
         # trio's rule: take SIGINT over only from Python's default handler,
-        # never from one the program installed.
+        # never from one the program installed. SIGINT is blocked meanwhile:
+        # one arriving between the two signal() calls would run the wrong one.
         import signal
-        previous = signal.signal(signal.SIGINT, _interrupt)
-        if previous is signal.default_int_handler:
-            self._sigint = previous
-        else:
-            signal.signal(signal.SIGINT, previous)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            previous = signal.signal(signal.SIGINT, _interrupt)
+            if previous is signal.default_int_handler:
+                self._sigint = previous
+            else:
+                signal.signal(signal.SIGINT, previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _restore_sigint(self):
         if self._sigint is not None:
             import signal
             try:
-                previous = signal.signal(signal.SIGINT, self._sigint)
-                if previous is not _interrupt:
-                    signal.signal(signal.SIGINT, previous)  # the program installed its own since: leave it
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    previous = signal.signal(signal.SIGINT, self._sigint)
+                    if previous is not _interrupt:
+                        signal.signal(signal.SIGINT, previous)  # the program installed its own since: leave it
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             except ValueError:  # not the main thread (a hub closed at interpreter exit)
                 pass
             self._sigint = None

@@ -419,6 +419,31 @@ def test_a_sigint_handler_the_program_installed_is_left_alone():
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
 
 
+def test_a_ctrl_c_as_the_hub_looks_at_sigint_goes_to_the_programs_handler():
+    # The hub installs its handler to learn the one before, and puts the
+    # program's back: a Ctrl-C in between ran the hub's (a demo worker died of
+    # it in CI). It must reach the program's.
+    code = """
+    calls = []
+    def mine(signum, frame):
+        calls.append(signum)
+    signal.signal(signal.SIGINT, mine)
+    real = signal.signal
+    def signal_then_ctrl_c(signum, handler):
+        previous = real(signum, handler)
+        if handler is coopsock._interrupt:
+            signal.raise_signal(signal.SIGINT)
+        return previous
+    signal.signal = signal_then_ctrl_c
+    coopsock.get_hub()
+    signal.signal = real
+    assert calls == [signal.SIGINT], calls
+    assert signal.getsignal(signal.SIGINT) is mine
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
+
+
 def test_patch_signal_defers_a_handler_that_lands_in_the_hub_and_hides_its_wrapper(alarm):
     hub, calls = coopsock.get_hub(), []
 
