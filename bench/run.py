@@ -656,15 +656,19 @@ def target_checker(lines):
     return check
 
 
+def median_ratio(per_server, mine, theirs, key):
+    """The ratio of two servers' medians of key in one case (None if either is missing)."""
+    a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
+    return a[0] / b[0] if a and b and b[0] else None
+
+
 def targets_issue16(results):
     """Issue 16's targets (the hub's one-switch park): ratios of medians between two servers in this run."""
     lines = []
     check = target_checker(lines)
     pp = ("pp64-1", "pp64-100", "pp64-1000")
 
-    def vs(per_server, mine, theirs, key):
-        a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
-        return a[0] / b[0] if a and b and b[0] else None
+    vs = median_ratio
     for case in pp:
         check(f"coopsock-libev rt/s vs greenlet-ref, {CASES[case][1]:,} conn",
               vs(results.get(case, {}), "coopsock-libev", "greenlet-ref", "rps"), 0.9)
@@ -685,9 +689,7 @@ def targets_issue8(results):
     check = target_checker(lines)
     pp = ("pp64-1", "pp64-100", "pp64-1000")
 
-    def vs(per_server, mine, theirs, key):
-        a, b = stats(per_server.get(mine, []), key), stats(per_server.get(theirs, []), key)
-        return a[0] / b[0] if a and b and b[0] else None
+    vs = median_ratio
     for mine, theirs, goal in (("coopsock-libev", "gevent", 1.3), ("coopsock-libev-timeout", "gevent-timeout", 1.3),
                                ("coopsock-libev", "greenlet-ref", 0.9), ("coopsock-pyev", "gevent", 1.5)):
         if mine == "coopsock-pyev" and not any(mine in results.get(case, {}) for case in pp):
