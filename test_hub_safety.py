@@ -261,8 +261,11 @@ def echo():
                 return
             b.sendall(data)
 echoer = SIGNAL.start_echo()
-gc.collect()  # the import's garbage (the backend probe's loop): a signal in its __del__ is Python's to print
 SIGNAL.setup()
+# The garbage of the imports so far (the backend probe's loop; patch()'s and
+# importlib's module locks, which PyPy frees late): a signal landing in its
+# __del__ or weakref callback is Python's to print, not the hub's to handle.
+gc.collect()
 def receive_until(marker):
     # A function, not a loop in the try itself: CPython 3.11-3.13 can look up
     # a signal's exception at a loop's jump back outside the try (gh-108214).
