@@ -114,6 +114,7 @@ import threading as _threading
 import time as _time
 import traceback as _traceback
 import warnings as _warnings
+from _thread import allocate_lock as _allocate_lock
 from collections import deque as _deque
 from heapq import heapify as _heapify
 from heapq import heappop as _heappop
@@ -122,6 +123,7 @@ from itertools import count as _count
 from operator import index as _index
 from queue import Empty as _Empty
 from queue import Full as _Full
+from weakref import WeakSet as _WeakSet
 from weakref import ref as _weakref
 
 from greenlet import GreenletExit, getcurrent
@@ -231,7 +233,7 @@ def _lock_timeout(blocking, timeout):
     fresh lock, free, so acquire() checks them and returns at once.
     """
     if blocking.__class__ is not bool or timeout.__class__ is not int or timeout != -1:  # else: the defaults
-        _threading.Lock().acquire(blocking, timeout)
+        _allocate_lock().acquire(blocking, timeout)
     return None if timeout == -1 else timeout
 
 
@@ -1060,6 +1062,7 @@ class Hub(_greenlet):
         self._parked: dict[_greenlet, tuple[Any, ...]] = {}  # {greenlet: the request it parked with}
         self._deadlines: dict[_greenlet, _Callback] = {}     # {parked greenlet: its wake-up at its deadline}
         self._io_parks = 0             # parked greenlets an fd or a worker thread will wake
+        self._lent = 0                 # ThreadPool.spawn jobs whose results this hub is to set
         self._started: list[Any] = []  # io watchers started since the last poll (_check_started)
         self._callbacks: _deque[_Callback] = _deque()  # run in order on the next pass
         self._timers: list[tuple[float, int, _Callback]] = []  # a heap
@@ -1069,7 +1072,7 @@ class Hub(_greenlet):
         self._clock_when: float | None = None  # when the clock is set to fire (None: stopped)
         self._incoming: _deque[tuple[Callable[..., object], tuple[Any, ...]]] = _deque()  # from other threads
         self._thread, self._pid, self._runner = _threading.get_ident(), _os.getpid(), _threading.current_thread()
-        self._wake_lock = _threading.Lock()  # no thread wakes the loop while destroy() closes it
+        self._wake_lock = _allocate_lock()  # no thread wakes the loop while destroy() closes it
         self._wakeup = _pyev.Async(self.loop, self._record_fired)
         self._destroyed = False
         self._next_poll = 0.0          # when a run of callbacks next lets I/O in
@@ -1468,7 +1471,7 @@ class Hub(_greenlet):
 
     def _keeps_polling(self):
         """True while something can still wake a parked greenlet: an fd, a thread, a ref timer."""
-        return self._io_parks > 0 or any(timer[2].ref and timer[2].func is not None for timer in self._timers)
+        return self._io_parks > 0 or self._lent > 0 or any(timer[2].ref and timer[2].func is not None for timer in self._timers)
 
     def _run_threadsafe(self, func, *args):
         """From any thread: have the hub call func(*args); False if the hub is gone."""
@@ -1478,6 +1481,18 @@ class Hub(_greenlet):
             self._incoming.append((func, args))
             self._wakeup.send()
         return True
+
+    def _wake_soon(self, request):
+        """From any thread: wake request's greenlet on the hub's next pass, if it is still parked with it."""
+        if self._thread == _threading.get_ident():
+            self._callbacks.append(_Callback(self._wake, (request, None), 0))
+        else:
+            self._run_threadsafe(self._wake, request)
+
+    @property
+    def threadpool(self) -> ThreadPool:
+        """The process's ThreadPool for blocking calls, which name lookups use (gevent's hub.threadpool)."""
+        return _resolver
 
     # -- the loop -----------------------------------------------------------
 
@@ -1664,7 +1679,7 @@ def _default_interrupt(signum, frame):
 def _hub_after_fork_in_child():
     hub = getattr(_local, "hub", None)
     if hub is not None and not hub._destroyed:
-        hub._wake_lock = _threading.Lock()  # another thread may have held it at the fork
+        hub._wake_lock = _allocate_lock()  # another thread may have held it at the fork
         hub._pid = _os.getpid()
         hub.loop.reset()
         if hub._signal_wakeup:  # the parent owns that pipe too
@@ -2651,6 +2666,514 @@ class Group(Pool):
 
 
 # ---------------------------------------------------------------------------
+# Threads: locks that park greenlets and block threads; the thread pool
+#
+# What patch(threading=True) installs. Threads stay OS threads (that is how a
+# blocking C call leaves the hub); the locks are theirs and the greenlets'
+# alike. A lock's state is a real lock's, so a thread blocks on it as on
+# threading.Lock; a greenlet of a thread with a hub that would have to wait
+# instead queues its request in the lock's line, tries once more (a release
+# in between sees it queued), and parks. release(), from any thread, takes
+# the head of the line and wakes it through its hub; the woken greenlet tries
+# again. Like the real lock, this one is not handed over: a newcomer may take
+# it first, and the loser queues again. A greenlet that leaves the line
+# without the lock (timed out, killed) after a release picked it passes the
+# wake-up on. Condition, and through it everything threading and queue build
+# (Semaphore, Event, Barrier, Queue, concurrent.futures), waits on these locks.
+# A greenlet parked on one keeps the hub polling: any thread may release it.
+
+_NOT_FROM_HUB_LOCK = ("the hub cannot wait for a lock a greenlet of its own thread holds: it would wait for "
+                      "ever; take the lock in a spawned greenlet, not in a hub callback")
+_ABORTED = object()  # a wait an exception ended
+_MISSING = object()  # an attribute that is not there
+
+
+class _ThreadLock:
+    """threading.Lock for threads and greenlets: a greenlet that must wait parks, a thread blocks."""
+
+    __slots__ = ("_lock", "_line", "_holder", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._line: _deque[tuple[Hub, tuple[Any, ...]]] = _deque()  # (hub, request) of parked greenlets
+        self._holder: _greenlet | None = None  # who took it last: a greenlet of the hub's thread, the hub must not wait for
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock; park (a greenlet) or block (a thread) while it is held; False past `timeout`."""
+        if blocking is not True or timeout != -1:
+            timeout = _lock_timeout(blocking, timeout)  # (the stdlib checks them, taken or not)
+        if self._lock.acquire(False):
+            self._holder = getcurrent()
+            return True
+        if not blocking:
+            return False
+        hub, current = _local.__dict__.get("hub"), getcurrent()
+        if hub is None or current is hub:  # a thread, or the hub: only blocking is left
+            holder = self._holder
+            if hub is not None and holder is not hub and _root(holder) is hub.parent:
+                raise BlockingSwitchOutError(_NOT_FROM_HUB_LOCK)
+            taken = self._lock.acquire(True, -1 if timeout in (None, -1) else timeout)
+        else:
+            taken = self._park(hub, current, None if timeout in (None, -1) else _monotonic() + timeout)
+        if taken:
+            self._holder = current
+        return taken
+
+    def _park(self, hub, current, deadline):
+        while True:
+            request = (_PARK, current, _THREAD, 0, deadline, False)
+            place, woken = (hub, request), _ABORTED
+            self._line.append(place)  # queued first: a release() from now on sees it
+            try:
+                woken = True if self._lock.acquire(False) else hub.park(request)
+            finally:
+                try:
+                    self._line.remove(place)
+                except ValueError:  # a release() took it to wake us: leaving without the lock, pass that on
+                    if woken is _ABORTED or woken is _TIMED_OUT:
+                        self._wake_next()
+            if woken is True or woken is _TIMED_OUT:
+                return woken is True
+
+    def _wake_next(self):  # from any thread
+        try:
+            hub, request = self._line.popleft()
+        except IndexError:
+            return
+        hub._wake_soon(request)
+
+    def release(self) -> None:
+        """Free the lock (from any thread or greenlet); RuntimeError if it is not held."""
+        self._lock.release()
+        if self._line:
+            self._wake_next()
+
+    def locked(self) -> bool:
+        """Return True if the lock is held."""
+        return self._lock.locked()
+
+    def _at_fork_reinit(self):  # threading and logging call it in a forked child
+        self._lock, self._line = _allocate_lock(), _deque()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self):
+        return f"<{'locked' if self.locked() else 'unlocked'} coopsock._ThreadLock object at {id(self):#x}>"
+
+
+class _ThreadRLock:
+    """threading.RLock for threads and greenlets: the greenlet that holds it may take it again."""
+
+    __slots__ = ("_lock", "_owner", "_count", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock, self._count = _ThreadLock(), 0
+        self._owner: _greenlet | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock (again, if this greenlet holds it); False if `timeout` passed first."""
+        if blocking is not True or timeout != -1:
+            _lock_timeout(blocking, timeout)
+        me = getcurrent()
+        if self._owner is me:
+            self._count += 1
+            return True
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._owner, self._count = me, 1
+        return True
+
+    def release(self) -> None:
+        """Undo one acquire(); RuntimeError if this greenlet does not hold the lock."""
+        if self._owner is not getcurrent():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if not self._count:
+            self._owner = None
+            self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        """Return True if some greenlet or thread holds the lock."""
+        return self._lock.locked()
+
+    # What Condition uses to let go of the lock while it waits, however often it is held.
+    def _is_owned(self):
+        return self._owner is getcurrent()
+
+    def _recursion_count(self):
+        return self._count if self._owner is getcurrent() else 0
+
+    def _release_save(self):
+        if self._owner is not getcurrent():
+            raise RuntimeError("cannot release un-acquired lock")
+        count, self._owner, self._count = self._count, None, 0
+        self._lock.release()
+        return count
+
+    def _acquire_restore(self, count):
+        self._lock.acquire()
+        self._owner, self._count = getcurrent(), count
+
+    def _at_fork_reinit(self):
+        self._lock._at_fork_reinit()
+        self._owner, self._count = None, 0
+
+    def __repr__(self):
+        return f"<coopsock._ThreadRLock owner={self._owner!r} count={self._count} at {id(self):#x}>"
+
+
+class _ThreadCondition:
+    """threading.Condition on the locks above (threading's own waits on threading's lock, not on these)."""
+
+    def __init__(self, lock: Any = None) -> None:
+        self._lock = _ThreadRLock() if lock is None else lock
+        self.acquire, self.release = self._lock.acquire, self._lock.release
+        for name in ("_is_owned", "_release_save", "_acquire_restore"):  # a plain lock has none of these
+            if hasattr(self._lock, name):
+                setattr(self, name, getattr(self._lock, name))
+        self._waiters: _deque[_ThreadLock] = _deque()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _is_owned(self):
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def _release_save(self):
+        self._lock.release()
+
+    def _acquire_restore(self, state):
+        self._lock.acquire()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Let go of the lock until notify(), or `timeout` seconds; take it back; return False on timeout."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _ThreadLock()
+        waiter.acquire()
+        self._waiters.append(waiter)  # notify() releases it
+        state = self._release_save()
+        notified = False
+        try:
+            if timeout is None:
+                notified = waiter.acquire()
+            elif timeout > 0:
+                notified = waiter.acquire(True, timeout)
+            else:
+                notified = waiter.acquire(False)
+            return notified
+        finally:
+            self._acquire_restore(state)
+            if not notified:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # notify() chose us as we left: pass it on
+                    self.notify()
+
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
+        """Wait until predicate() is true, or `timeout` seconds pass; return its last value."""
+        deadline, result = None if timeout is None else _monotonic() + timeout, predicate()
+        while not result:
+            remaining = None if deadline is None else deadline - _monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            self.wait(remaining)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to n waiters; RuntimeError if the lock is not held."""
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters
+        while waiters and n > 0:
+            try:
+                waiter = waiters.popleft()
+            except IndexError:  # (another thread's notify took the last)
+                break
+            waiter.release()
+            n -= 1
+
+    def notify_all(self) -> None:
+        """Wake every waiter."""
+        self.notify(len(self._waiters))
+
+    def _at_fork_reinit(self):
+        self._lock._at_fork_reinit()
+        self._waiters.clear()
+
+    def __repr__(self):
+        return f"<coopsock._ThreadCondition({self._lock!r}, {len(self._waiters)})>"
+
+
+class local:
+    """threading.local, with attributes of each greenlet's own (patch(threading=True) installs it).
+
+    As threading.local: a subclass's __init__ runs again, with the
+    constructor's arguments, in each greenlet that first uses the object.
+    """
+
+    __slots__ = ("_local__dicts", "_local__args", "__weakref__")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if (args or kwargs) and cls.__init__ is object.__init__:
+            raise TypeError("Initialization arguments are not supported")
+        self = object.__new__(cls)
+        object.__setattr__(self, "_local__dicts", {})  # {id(greenlet): (weak reference to it, its dict)}
+        object.__setattr__(self, "_local__args", None)  # the creator's own dict needs no __init__ call
+        _local_dict(self)
+        object.__setattr__(self, "_local__args", (args, kwargs))
+        return self
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("__class__", "_local__dicts", "_local__args"):
+            return object.__getattribute__(self, name)
+        mine = _local_dict(self)
+        if name == "__dict__":
+            return mine
+        cls = type(self)
+        found = next((base.__dict__[name] for base in cls.__mro__ if name in base.__dict__), _MISSING)
+        kind = type(found)
+        if hasattr(kind, "__get__") and (hasattr(kind, "__set__") or hasattr(kind, "__delete__")):
+            return kind.__get__(found, self, cls)  # a property or slot: before the instance's own, as Python looks up
+        if name in mine:
+            return mine[name]
+        if found is not _MISSING:
+            return kind.__get__(found, self, cls) if hasattr(kind, "__get__") else found
+        getattr_ = next((base.__dict__["__getattr__"] for base in cls.__mro__ if "__getattr__" in base.__dict__), None)
+        if getattr_ is not None:
+            return getattr_(self, name)
+        raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "__dict__":
+            raise AttributeError(f"{type(self).__name__!r} object attribute '__dict__' is read-only")
+        found = next((base.__dict__[name] for base in type(self).__mro__ if name in base.__dict__), None)
+        setter = getattr(type(found), "__set__", None)
+        if setter is not None:
+            setter(found, self, value)
+        else:
+            _local_dict(self)[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        found = next((base.__dict__[name] for base in type(self).__mro__ if name in base.__dict__), None)
+        deleter = getattr(type(found), "__delete__", None)
+        if deleter is not None:
+            deleter(found, self)
+            return
+        try:
+            del _local_dict(self)[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _local_dict(local_):
+    """The current greenlet's dict of local_ (made on its first use, running the subclass's __init__)."""
+    dicts, current = object.__getattribute__(local_, "_local__dicts"), getcurrent()
+    key = id(current)
+    entry = dicts.get(key)
+    if entry is not None and entry[0]() is current:
+        return entry[1]
+    mine: dict[str, Any] = {}
+    # The greenlet's end drops its dict (ids are reused only after it).
+    dicts[key] = (_weakref(current, lambda _, dicts=dicts, key=key: dicts.pop(key, None)), mine)
+    args = object.__getattribute__(local_, "_local__args")
+    if args is not None and type(local_).__init__ is not object.__init__:
+        type(local_).__init__(local_, *args[0], **args[1])
+    return mine
+
+
+def _root(greenlet):
+    """The main greenlet of greenlet's thread."""
+    while greenlet is not None and greenlet.parent is not None:
+        greenlet = greenlet.parent
+    return greenlet
+
+
+_std_join = _threading.Thread.join
+
+
+def _join(thread: _threading.Thread, timeout: float | None = None) -> None:
+    """threading.Thread.join under patch(threading=True): a greenlet parks while a helper thread joins."""
+    std_join = _std_join
+    std_join(thread, 0)  # the stdlib's checks: not started, or the current thread (RuntimeError)
+    hub = _local.__dict__.get("hub")
+    if thread.is_alive() and hub is not None and getcurrent() is not hub:
+        _helpers.apply(std_join, (thread, timeout))  # its own thread: a join may take as long as the thread lives
+
+
+# The thread pool. A job is queued with what is to be done with its outcome;
+# threads start as jobs come, up to maxsize; a thread idle for `idle`
+# seconds exits, so a program that resolved one name once keeps no thread.
+# The pool's lock and conditions are the ones above: its threads block on
+# them, the greenlets that queue jobs or join() park on them.
+
+_pools: _WeakSet[ThreadPool] = _WeakSet()  # for the fork hook
+
+
+class ThreadPool:
+    """Real threads for blocking calls (C extensions, file I/O, CPU work) while the calling greenlet parks.
+
+    gevent's ThreadPool API: spawn() returns an AsyncResult; apply(), map(),
+    imap() and imap_unordered() park the caller. maxsize None: no limit.
+    """
+
+    def __init__(self, maxsize: int | None, idle: float = 1.0, name: str = "coopsock-threadpool") -> None:
+        if maxsize is not None and _index(maxsize) < 1:
+            raise ValueError(f"ThreadPool maxsize must be a positive integer or None, not {maxsize!r}")
+        _pools.add(self)
+        self.maxsize, self.idle, self.name = maxsize, _seconds(idle), name
+        self._reset()
+
+    def _reset(self):
+        self._lock = _ThreadLock()
+        self._work, self._done = _ThreadCondition(self._lock), _ThreadCondition(self._lock)
+        self._jobs: _deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Callable[..., Any]]] = _deque()
+        self._threads = self._idle_threads = self._unfinished = 0
+
+    @property
+    def size(self) -> int:
+        """The number of threads running (each busy, or idle until it exits)."""
+        return self._threads
+
+    def _submit(self, func, args, kwargs, finish):
+        """Queue func(*args, **kwargs); a thread calls finish(ok, value) with its outcome."""
+        job, start = (func, args, kwargs, finish), False
+        with self._lock:
+            self._jobs.append(job)
+            self._unfinished += 1
+            if self._idle_threads >= len(self._jobs):
+                self._work.notify()
+            elif self.maxsize is None or self._threads < self.maxsize:
+                self._threads, start = self._threads + 1, True
+        if start:
+            try:
+                _threading.Thread(target=self._worker, name=self.name, daemon=True).start()
+            except BaseException:  # no thread (RuntimeError: can't start new thread): no job either
+                with self._lock:
+                    self._threads -= 1
+                    if job in self._jobs:
+                        self._jobs.remove(job)
+                        self._unfinished -= 1
+                raise
+
+    def _worker(self):
+        with self._lock:
+            while True:
+                if self._jobs:
+                    func, args, kwargs, finish = self._jobs.popleft()
+                    self._lock.release()
+                    try:
+                        try:
+                            outcome = (True, func(*args, **kwargs))
+                        except BaseException as exc:
+                            outcome = (False, exc)
+                        finish(*outcome)
+                    finally:
+                        self._lock.acquire()
+                        self._unfinished -= 1
+                        if not self._unfinished:
+                            self._done.notify_all()
+                    continue
+                self._idle_threads += 1
+                woken = self._work.wait(self.idle)
+                self._idle_threads -= 1
+                if not woken and not self._jobs:
+                    self._threads -= 1
+                    return
+
+    def spawn(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> AsyncResult:
+        """Run func(*args, **kwargs) in a thread; return an AsyncResult of its outcome (the hub waits for it)."""
+        _check_callable(func)
+        hub, result = get_hub(), AsyncResult()
+
+        def settle(ok, value):  # in the hub
+            hub._lent -= 1
+            (result.set if ok else result.set_exception)(value)
+        hub._lent += 1
+        self._submit(func, args, kwargs, lambda ok, value: hub._run_threadsafe(settle, ok, value))
+        return result
+
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> _T:
+        """Run func(*args, **kwds) in a thread and return its result (or raise its exception); the caller parks."""
+        _check_callable(func)
+        hub, current, outcome = get_hub(), getcurrent(), []
+        if current is hub:
+            raise BlockingSwitchOutError(_NOT_FROM_HUB)
+        request = (_PARK, current, _THREAD, 0, None, False)
+
+        def finish(ok, value):  # in the thread
+            outcome.append((ok, value))
+            hub._run_threadsafe(hub._wake, request)  # dropped if the hub is gone; a no-op if the wait ended
+        self._submit(func, tuple(args), kwds or {}, finish)  # (which may park: the job may be done already)
+        if not outcome:
+            hub.park(request)
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
+    def imap(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
+        """Yield func(*items) for the items of iterables, in order, computed in the pool's threads."""
+        _check_callable(func)
+        results = [self.spawn(func, *items) for items in zip(*iterables)]
+        return (result.get() for result in results)
+
+    def imap_unordered(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
+        """As imap(), in the order the results come."""
+        _check_callable(func)
+        results = [self.spawn(func, *items) for items in zip(*iterables)]
+        return (result.get() for result in iwait(results))
+
+    def map(self, func: Callable[..., _T], iterable: Iterable[Any]) -> list[_T]:
+        """Return [func(item) for item in iterable], computed in the pool's threads."""
+        return list(self.imap(func, iterable))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Park until every job queued has finished; False if `timeout` seconds passed first."""
+        with self._lock:
+            return self._done.wait_for(lambda: not self._unfinished, timeout)
+
+    def kill(self) -> None:
+        """Drop the jobs no thread has started (their results raise GreenletExit); running ones finish."""
+        with self._lock:
+            dropped, self._jobs = self._jobs, _deque()
+            self._unfinished -= len(dropped)
+            if not self._unfinished:
+                self._done.notify_all()
+        for _, _, _, finish in dropped:
+            finish(False, GreenletExit())
+
+    def __repr__(self):
+        return f"<ThreadPool size={self._threads} maxsize={self.maxsize} jobs={len(self._jobs)} at {id(self):#x}>"
+
+
+def _pools_after_fork_in_child():
+    for pool in list(_pools or ()):
+        pool._reset()  # its threads did not survive the fork
+
+
+_os.register_at_fork(after_in_child=_pools_after_fork_in_child)
+_RESOLVER_THREADS = 8  # name lookups at once: more queue (a resolver's own limit is usually lower)
+_resolver = ThreadPool(_RESOLVER_THREADS, name="coopsock-resolver")  # Hub.threadpool
+_helpers = ThreadPool(None, name="coopsock-helper")  # each waits as long as what it waits for: a join, a child
+
+
+# ---------------------------------------------------------------------------
 # The cooperative socket
 #
 # The real socket underneath is always non-blocking; the timeout the user set
@@ -3030,71 +3553,13 @@ def create_connection(address: tuple[str | None, int], timeout: float | None = _
     raise errors[0]
 
 
-# Name lookups block in the C library, so they run in worker threads, which
-# wake the hub through its Async. Up to 8 threads, started as lookups come;
-# one idle for a second exits, so a program that resolved one name once does
-# not keep threads for ever. Numeric addresses need no lookup, no thread.
-
-_RESOLVER_THREADS = 8      # lookups at once: more queue (a resolver's own limit is usually lower)
-_RESOLVER_IDLE = 1.0       # seconds an idle worker waits for a job before it exits
-_resolver = _threading.Condition(_threading.Lock())
-_resolver_jobs: _deque[Callable[[], None]] = _deque()  # work() closures waiting for a thread
-_resolver_threads = [0, 0]   # [running, idle], under _resolver
-
-
-def _resolver_after_fork_in_child():
-    global _resolver
-    _resolver = _threading.Condition(_threading.Lock())  # its threads did not survive the fork
-    _resolver_jobs.clear()
-    _resolver_threads[:] = [0, 0]
-
-
-_os.register_at_fork(after_in_child=_resolver_after_fork_in_child)
-
-
-def _resolver_worker():
-    with _resolver:
-        while True:
-            if _resolver_jobs:
-                job = _resolver_jobs.popleft()
-                _resolver.release()
-                try:
-                    job()  # it catches everything
-                finally:
-                    _resolver.acquire()
-                continue
-            _resolver_threads[1] += 1
-            woken = _resolver.wait(_RESOLVER_IDLE)
-            _resolver_threads[1] -= 1
-            if not woken and not _resolver_jobs:
-                _resolver_threads[0] -= 1
-                return
-
+# Name lookups block in the C library, so they run in the resolver's
+# ThreadPool (above), which wakes the hub through its Async. Numeric
+# addresses need no lookup, no thread.
 
 def _run_in_thread(func, *args):
-    """Run func(*args) in a worker thread; park until it returns (the hub's Async wakes it)."""
-    hub, outcome = get_hub(), []
-    request = (_PARK, getcurrent(), _THREAD, 0, None, False)
-
-    def work():
-        try:
-            outcome.append((True, func(*args)))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        hub._run_threadsafe(hub._wake, request)  # dropped if the hub is gone; a no-op if the wait ended
-    with _resolver:
-        _resolver_jobs.append(work)
-        running, idle = _resolver_threads
-        if idle >= len(_resolver_jobs):
-            _resolver.notify()
-        elif running < _RESOLVER_THREADS:
-            _resolver_threads[0] += 1
-            _threading.Thread(target=_resolver_worker, name="coopsock-resolver", daemon=True).start()
-    hub.park(request)
-    ok, result = outcome[0]
-    if ok:
-        return result
-    raise result
+    """Run func(*args) in a resolver thread; park until it returns."""
+    return _resolver.apply(func, args)
 
 
 def _is_numeric(host):
@@ -3332,18 +3797,6 @@ _std_select, _std_poll = _select.select, _select.poll  # before patch() replaces
 _TLS_NAMES = ("SSLContext", "SSLSocket", "create_default_context")
 
 
-def __getattr__(name: str) -> Any:
-    # PEP 562: the TLS classes are built, and ssl imported, on first use only.
-    if name in _TLS_NAMES:
-        _build_tls()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_TLS_NAMES})
-
-
 def _build_tls() -> Any:
     import ssl
     import weakref
@@ -3576,9 +4029,86 @@ class DefaultSelector(_selectors.PollSelector):
 
 
 # ---------------------------------------------------------------------------
+# Subprocesses
+#
+# The subprocess module's own code, with its two waits made cooperative:
+# for the child to exit (on a pidfd, which the loop watches as any fd; where
+# the kernel has none, a helper thread waits) and for its pipes
+# (communicate() through DefaultSelector). `coopsock.subprocess` is a copy of
+# the module with those parts, built on first use (import coopsock does not
+# import subprocess); patch(subprocess=True) puts them in the module itself.
+
+def _build_subprocess() -> Any:
+    if "subprocess" in globals():
+        return globals()["subprocess"]
+    import subprocess
+    from types import FunctionType, ModuleType
+
+    module = ModuleType("coopsock.subprocess", subprocess.__doc__)
+    namespace = module.__dict__
+    namespace.update((name, value) for name, value in vars(subprocess).items() if not name.startswith("__"))
+
+    def rebound(func):  # the stdlib's function, finding coopsock's names among its globals
+        copy = FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+        copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = func.__kwdefaults__, func.__doc__, func.__qualname__
+        return copy
+
+    class Popen(subprocess.Popen):
+        __doc__ = "subprocess.Popen, cooperative: wait() and communicate() park only the calling greenlet."
+        _communicate = rebound(vars(subprocess.Popen)["_communicate"])
+
+        def communicate(self, input=None, timeout=None):
+            # With one pipe and no timeout, the stdlib reads or writes it
+            # blocking: take the path it takes with a timeout instead.
+            if timeout is not None or self._communication_started or (self.stdin, self.stdout, self.stderr).count(None) < 2:
+                return super().communicate(input, timeout)
+            try:
+                result = self._communicate(input, None, None)
+            finally:
+                self._communication_started = True
+            self.wait()
+            return result
+
+        def _wait(self, timeout):
+            hub = _local.__dict__.get("hub")
+            if self.returncode is not None or hub is None or getcurrent() is hub:
+                return super()._wait(timeout)
+            try:
+                pidfd = _os.pidfd_open(self.pid)
+            except (AttributeError, OSError):  # no pidfd here (Linux before 5.3, another system)
+                return _helpers.apply(super()._wait, (timeout,))
+            try:
+                wait_read(pidfd, timeout, subprocess.TimeoutExpired(self.args, timeout))
+            finally:
+                _os.close(pidfd)
+            return super()._wait(None)  # it has exited: this reaps it at once
+
+    namespace["_PopenSelector"] = DefaultSelector
+    namespace["Popen"] = Popen
+    for name in ("run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
+        namespace[name] = rebound(getattr(subprocess, name))
+    globals()["subprocess"] = module
+    return module
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the TLS classes and coopsock.subprocess are built, and ssl
+    # or subprocess imported, on first use only.
+    if name in _TLS_NAMES:
+        _build_tls()
+        return globals()[name]
+    if name == "subprocess":
+        return _build_subprocess()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TLS_NAMES, "subprocess"})
+
+
+# ---------------------------------------------------------------------------
 # patch() and unpatch()
 
-_MISSING = object()
 _originals: dict[tuple[Any, str], Any] = {}  # {(module or class, attribute): what patch() replaced there}
 
 
@@ -3604,6 +4134,19 @@ def _patch_table(wanted):
             yield _sys.modules["socketserver"], "_ServerSelector", DefaultSelector
     if wanted["time"]:
         yield _sys.modules["time"], "sleep", sleep
+    if wanted["threading"]:
+        import _thread
+        import queue
+        yield _thread, "allocate_lock", _ThreadLock
+        for name, replacement in (("Lock", _ThreadLock), ("_allocate_lock", _ThreadLock), ("RLock", _ThreadRLock),
+                                  ("Condition", _ThreadCondition), ("local", local)):
+            yield _threading, name, replacement  # Event, Semaphore, Barrier are built of these
+        yield _threading.Thread, "join", _join
+        yield queue, "SimpleQueue", queue._PySimpleQueue  # (Queue is built of threading's: already cooperative)
+    if wanted["subprocess"]:
+        import subprocess
+        yield subprocess, "Popen", _build_subprocess().Popen  # run(), call(), check_output()... create it
+        yield subprocess, "_PopenSelector", DefaultSelector
     if wanted["signal"]:
         import signal
         yield signal, "signal", _install_deferring
@@ -3644,23 +4187,27 @@ def _installed_handler(signalnum: int) -> Any:
 
 
 def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selectors: bool = True,
-          time: bool = True, signal: bool = False) -> None:
+          time: bool = True, threading: bool = True, subprocess: bool = True, signal: bool = False) -> None:
     """Make the stdlib's blocking entry points coopsock's, so libraries using them cooperate.
 
     Covers socket.socket and the socket module's functions coopsock has, TLS
     (every ssl.SSLContext wraps sockets cooperatively), select.select and
-    poll, selectors.DefaultSelector (and the one socketserver picks), and
-    time.sleep. With signal=True, a handler signal.signal() installs from then
+    poll, selectors.DefaultSelector (and the one socketserver picks),
+    time.sleep, threading's locks (and so Condition, Event, Semaphore,
+    Barrier, queue.Queue, concurrent.futures: a greenlet that waits parks,
+    a thread blocks), threading.local (per greenlet), Thread.join and
+    subprocess.Popen (and so run(), check_output()...). With signal=True, a handler signal.signal() installs from then
     on is deferred when it lands in the hub's own code: it runs at the hub's
     next step, and what it raises goes to the main greenlet (without it, a
     handler that raises there can leave the hub inconsistent).
     Call it first thing in __main__: names bound earlier with
-    `from socket import socket` stay the stdlib's. Threads still work, each
-    with a hub of its own; C extensions that do their own I/O still block.
+    `from socket import socket`, and locks, queues and handlers made before,
+    stay the stdlib's. Threads stay OS threads, each with a hub of its own
+    when it uses one; C extensions that do their own I/O still block.
     Idempotent; unpatch() undoes it. Raises nothing of its own.
     """
     wanted = {"socket": socket, "ssl": ssl, "select": select, "selectors": selectors, "time": time,
-              "signal": signal}
+              "threading": threading, "subprocess": subprocess, "signal": signal}
     for target, attribute, replacement in list(_patch_table(wanted)):
         key = (target, attribute)
         if key not in _originals:  # recorded first: an interrupted patch() is still undone
