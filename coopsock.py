@@ -2745,6 +2745,7 @@ class _ThreadLock:
     def release(self) -> None:
         """Free the lock (from any thread or greenlet); RuntimeError if it is not held."""
         self._lock.release()
+        self._holder = None  # (a greenlet of a thread that ends must not outlive it here)
         if self._line:
             self._wake_next()
 

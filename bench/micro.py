@@ -1,12 +1,16 @@
 """Micro-costs of the greenlet libraries, measured in one process.
 
-usage: micro.py coopsock|gevent|eventlet [--time SECONDS] [--ops timeout,switch,spawn,wait]
+usage: micro.py coopsock|gevent|eventlet [--time SECONDS] [--ops timeout,switch,spawn,wait,lock]
 
 For coopsock the backend comes from COOPSOCK_LOOP. Prints one JSON line:
   timeout_us   `with Timeout(10): pass`, enter + exit, in microseconds
   switch_per_s `sleep(0)` calls per second, two greenlets taking turns
   spawn_us     `spawn(f).join()` of an empty function, in microseconds
   wait_us      one `wait_read` on a socket that is already readable, in microseconds
+  lock_us      `with lock:` on a free lock of the library's patched threading.Lock
+               (coopsock: patch(threading=True); gevent: monkey.patch_thread's), and
+  rlock_us     the same for RLock; std_lock_us and std_rlock_us: the stdlib's, in the
+               same process (logging takes an RLock per record)
 Each figure is the median of 5 batches, each sized to take about --time / 5
 seconds after a calibration run.
 """
@@ -29,13 +33,16 @@ def load(lib):
         import coopsock as m
         return dict(Timeout=m.Timeout, sleep=m.sleep, spawn=m.spawn,
                     join=lambda g: g.join(), joinall=m.joinall,
-                    wait_read=m.wait_read), f"{m.__version__} ({m.BACKEND})"
+                    wait_read=m.wait_read, Lock=m._ThreadLock, RLock=m._ThreadRLock), f"{m.__version__} ({m.BACKEND})"
     if lib == "gevent":
         import gevent
+        import gevent.lock
         import gevent.socket
+        import gevent.thread
         return dict(Timeout=gevent.Timeout, sleep=gevent.sleep, spawn=gevent.spawn,
                     join=lambda g: g.join(), joinall=gevent.joinall,
-                    wait_read=gevent.socket.wait_read), gevent.__version__
+                    wait_read=gevent.socket.wait_read, Lock=gevent.thread.allocate_lock,
+                    RLock=gevent.lock.RLock), gevent.__version__
     if lib == "eventlet":
         warnings.simplefilter("ignore")
         import eventlet
@@ -73,7 +80,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lib")
     ap.add_argument("--time", type=float, default=0.5, help="seconds per figure (default 0.5)")
-    ap.add_argument("--ops", default="timeout,switch,spawn,wait")
+    ap.add_argument("--ops", default="timeout,switch,spawn,wait,lock")
     args = ap.parse_args()
     api, version = load(args.lib)
     Timeout, sleep, spawn, join, joinall, wait_read = (
@@ -117,6 +124,20 @@ def main():
         out["wait_us"] = per_op(waits, args.time) * 1e6
         a.close()
         b.close()
+
+    if "lock" in ops and "Lock" in api:
+        import _thread
+        import threading
+
+        def with_lock(lock):
+            def run(n):
+                for _ in range(n):
+                    with lock:
+                        pass
+            return run
+        for key, lock in (("lock_us", api["Lock"]()), ("rlock_us", api["RLock"]()),
+                          ("std_lock_us", _thread.allocate_lock()), ("std_rlock_us", threading.RLock())):
+            out[key] = per_op(with_lock(lock), args.time) * 1e6
 
     print(json.dumps(out), flush=True)
 
