@@ -121,9 +121,8 @@ def test_a_lock_released_to_a_waiter_that_was_killed_goes_to_the_next_one():
 def test_a_lock_acquire_interrupted_by_timeout_leaves_the_lock_usable():
     lock = coopsock._ThreadLock()
     lock.acquire()
-    with pytest.raises(coopsock.Timeout):
-        with coopsock.Timeout(0.05):
-            lock.acquire()
+    with pytest.raises(coopsock.Timeout), coopsock.Timeout(0.05):
+        lock.acquire()
     assert lock.acquire(timeout=0.05) is False and not lock._line
     waiter = spawn(lock.acquire)
     parked(waiter)
