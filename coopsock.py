@@ -4047,7 +4047,8 @@ def _build_subprocess() -> Any:
 
     module = ModuleType("coopsock.subprocess", subprocess.__doc__)
     namespace = module.__dict__
-    namespace.update((name, value) for name, value in vars(subprocess).items() if not name.startswith("__"))
+    namespace.update((name, value) for name, value in vars(subprocess).items()
+                     if name in ("__all__", "__builtins__") or not name.startswith("__"))  # (3.9 needs the latter)
 
     def rebound(func):  # the stdlib's function, finding coopsock's names among its globals
         copy = FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
