@@ -169,3 +169,11 @@ def _assert_clean_exit(proc, expect="OK"):
     assert proc.returncode == 0 and expect in proc.stdout, (
         f"the child ended with {_describe_status(proc.returncode)}\n"
         f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}")
+
+
+def load_example(name):
+    """Import examples/<name>.py as a module of its own."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(HERE, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

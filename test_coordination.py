@@ -2,7 +2,6 @@
 
 import errno
 import gc
-import importlib.util
 import os
 import queue
 import re
@@ -16,6 +15,7 @@ import weakref
 import pytest
 
 import coopsock
+from conftest import load_example
 from coopsock import Event, Greenlet, GreenletExit, LoopExit, Queue, Timeout, sleep, spawn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1012,13 +1012,6 @@ def test_stream_server_backs_off_accept_errors_and_logs_once(caplog):
 # ---------------------------------------------------------------------------
 # The examples, end to end
 
-def _example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(HERE, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _read_line(conn):
     line = b""
     while not line.endswith(b"\n"):
@@ -1029,7 +1022,7 @@ def _read_line(conn):
 
 
 def test_example_chat_broadcasts_to_every_other_client():
-    chat = _example("chat")
+    chat = load_example("chat")
     with chat.serve(("127.0.0.1", 0)) as server:
         alice, bob, carol = [coopsock.create_connection(server.address, timeout=5) for _ in range(3)]
         while len(chat.clients) < 3:
@@ -1046,7 +1039,7 @@ def test_example_chat_broadcasts_to_every_other_client():
 
 
 def test_example_chat_takes_a_client_that_resets_as_one_that_left(capsys):
-    chat = _example("chat")
+    chat = load_example("chat")
     with chat.serve(("127.0.0.1", 0)) as server:
         alice, bob = [coopsock.create_connection(server.address, timeout=5) for _ in range(2)]
         while len(chat.clients) < 2:
@@ -1060,7 +1053,7 @@ def test_example_chat_takes_a_client_that_resets_as_one_that_left(capsys):
 
 
 def test_example_forwarder_passes_data_both_ways_and_half_closes():
-    forward = _example("forward")
+    forward = load_example("forward")
 
     def upstream_handler(conn, address):  # reads the whole request, then answers: needs the half-close
         request = b""
@@ -1074,7 +1067,7 @@ def test_example_forwarder_passes_data_both_ways_and_half_closes():
 
 
 def test_example_fetcher_with_a_pool_of_50_and_a_timeout_per_request():
-    fetch, running, peak = _example("fetch"), [0], [0]
+    fetch, running, peak = load_example("fetch"), [0], [0]
 
     def http_handler(conn, address):
         running[0] += 1

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coopsock
-from conftest import _assert_clean_exit, _run_child
+from conftest import _assert_clean_exit, _run_child, load_example
 from coopsock import getcurrent, sleep, spawn
 
 
@@ -519,8 +519,8 @@ def test_subprocess_timeouts_raise_timeout_expired_and_leave_no_zombie(tmp_path)
     with pytest.raises(subprocess.TimeoutExpired):
         cosub.run(_child(0, 5), timeout=0.1, capture_output=True)
     with open(tmp_path / "pid", "w+") as pid_file:
-        runner = spawn(cosub.run, [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); "
-                                   "time.sleep(5)"], stdout=pid_file)
+        code = "import os, time; print(os.getpid(), flush=True); time.sleep(5)"
+        runner = spawn(cosub.run, [sys.executable, "-c", code], stdout=pid_file)
         while not pid_file.seek(0) and not pid_file.read():
             sleep(0.01)
         runner.kill()  # run() kills its child and waits for it
@@ -541,3 +541,35 @@ def test_patched_subprocess_module_is_cooperative():
     finally:
         coopsock.unpatch()
     assert subprocess.Popen is not coopsock.subprocess.Popen
+
+
+# ---------------------------------------------------------------------------
+# The examples
+
+def test_example_processes_run_at_once_and_report_failures():
+    processes = load_example("processes")
+    commands = [f"sleep 0.2; echo {i}" for i in range(10)] + ["exit 3"]
+    with Beat() as beat:
+        started = time.monotonic()
+        outputs = processes.run_all(commands)
+        elapsed = time.monotonic() - started
+    assert [outputs[command] for command in commands[:10]] == [f"{i}\n" for i in range(10)]
+    assert isinstance(outputs["exit 3"], subprocess.CalledProcessError) and outputs["exit 3"].returncode == 3
+    assert elapsed < 10 * 0.2 / 2 and beat.beats > 20
+
+
+def test_example_threadpool_hashes_files_off_the_hub(tmp_path):
+    import hashlib
+
+    threadpool = load_example("threadpool")
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"file{i}"))
+        with open(paths[-1], "wb") as file:
+            file.write(os.urandom(1 << 20) * (i + 1))
+    with Beat() as beat:
+        digests = threadpool.hash_files(paths, threads=3)
+    for path in paths:
+        with open(path, "rb") as file:
+            assert digests[path] == hashlib.sha256(file.read()).hexdigest()
+    assert beat.beats > 0
