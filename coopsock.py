@@ -77,6 +77,8 @@ __all__ = [
     # coordination
     "Event", "AsyncResult", "wait", "iwait", "Queue", "LifoQueue", "PriorityQueue",
     "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool", "StreamServer",
+    # threads and processes
+    "ThreadPool", "local", "subprocess",  # noqa: F822 (subprocess: built on first use, __getattr__)
     # sockets
     "socket", "socketpair", "create_connection", "create_server", "fromfd",
     "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn",
