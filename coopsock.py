@@ -2833,94 +2833,28 @@ class _ThreadRLock:
         return f"<coopsock._ThreadRLock owner={self._owner!r} count={self._count} at {id(self):#x}>"
 
 
-class _ThreadCondition:
-    """threading.Condition on the locks above (threading's own waits on threading's lock, not on these)."""
+def _rebound(func, namespace):
+    """A copy of the stdlib's func whose global names are looked up in namespace (coopsock's in place of some)."""
+    from types import FunctionType
 
-    def __init__(self, lock: Any = None) -> None:
-        self._lock = _ThreadRLock() if lock is None else lock
-        self.acquire, self.release = self._lock.acquire, self._lock.release
-        for name in ("_is_owned", "_release_save", "_acquire_restore"):  # a plain lock has none of these
-            if hasattr(self._lock, name):
-                setattr(self, name, getattr(self._lock, name))
-        self._waiters: _deque[_ThreadLock] = _deque()
+    copy = FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = func.__kwdefaults__, func.__doc__, func.__qualname__
+    return copy
 
-    def __enter__(self) -> bool:
-        return self.acquire()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+class _ThreadCondition(_threading.Condition):
+    """threading.Condition, its waits on the locks above; a wait that a kill or a Timeout ends passes notify() on."""
 
-    def _is_owned(self):
-        if self._lock.acquire(False):
-            self._lock.release()
-            return False
-        return True
-
-    def _release_save(self):
-        self._lock.release()
-
-    def _acquire_restore(self, state):
-        self._lock.acquire()
+    _wait = _rebound(_threading.Condition.wait, dict(vars(_threading), _allocate_lock=_ThreadLock))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Let go of the lock until notify(), or `timeout` seconds; take it back; return False on timeout."""
-        if not self._is_owned():
-            raise RuntimeError("cannot wait on un-acquired lock")
-        waiter = _ThreadLock()
-        waiter.acquire()
-        self._waiters.append(waiter)  # notify() releases it
-        state = self._release_save()
-        notified = False
         try:
-            if timeout is None:
-                notified = waiter.acquire()
-            elif timeout > 0:
-                notified = waiter.acquire(True, timeout)
-            else:
-                notified = waiter.acquire(False)
-            return notified
-        finally:
-            self._acquire_restore(state)
-            if not notified:
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:  # notify() chose us as we left: pass it on
-                    self.notify()
-
-    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
-        """Wait until predicate() is true, or `timeout` seconds pass; return its last value."""
-        deadline, result = None if timeout is None else _monotonic() + timeout, predicate()
-        while not result:
-            remaining = None if deadline is None else deadline - _monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            self.wait(remaining)
-            result = predicate()
-        return result
-
-    def notify(self, n: int = 1) -> None:
-        """Wake up to n waiters; RuntimeError if the lock is not held."""
-        if not self._is_owned():
-            raise RuntimeError("cannot notify on un-acquired lock")
-        waiters = self._waiters
-        while waiters and n > 0:
-            try:
-                waiter = waiters.popleft()
-            except IndexError:  # (another thread's notify took the last)
-                break
-            waiter.release()
-            n -= 1
-
-    def notify_all(self) -> None:
-        """Wake every waiter."""
-        self.notify(len(self._waiters))
-
-    def _at_fork_reinit(self):
-        self._lock._at_fork_reinit()
-        self._waiters.clear()
-
-    def __repr__(self):
-        return f"<coopsock._ThreadCondition({self._lock!r}, {len(self._waiters)})>"
+            return self._wait(timeout)
+        except BaseException:
+            if self._is_owned():  # type: ignore[attr-defined]  # (taken back) notify() may have chosen this waiter
+                self.notify()
+            raise
 
 
 class local:
@@ -4045,21 +3979,16 @@ def _build_subprocess() -> Any:
     if "subprocess" in globals():
         return globals()["subprocess"]
     import subprocess
-    from types import FunctionType, ModuleType
+    from types import ModuleType
 
     module = ModuleType("coopsock.subprocess", subprocess.__doc__)
     namespace = module.__dict__
     namespace.update((name, value) for name, value in vars(subprocess).items()
                      if name in ("__all__", "__builtins__") or not name.startswith("__"))  # (3.9 needs the latter)
 
-    def rebound(func):  # the stdlib's function, finding coopsock's names among its globals
-        copy = FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
-        copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = func.__kwdefaults__, func.__doc__, func.__qualname__
-        return copy
-
     class Popen(subprocess.Popen):
         __doc__ = "subprocess.Popen, cooperative: wait() and communicate() park only the calling greenlet."
-        _communicate = rebound(vars(subprocess.Popen)["_communicate"])
+        _communicate = _rebound(vars(subprocess.Popen)["_communicate"], namespace)
 
         def communicate(self, input=None, timeout=None):
             # With one pipe and no timeout, the stdlib reads or writes it
@@ -4090,7 +4019,7 @@ def _build_subprocess() -> Any:
     namespace["_PopenSelector"] = DefaultSelector
     namespace["Popen"] = Popen
     for name in ("run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        namespace[name] = rebound(getattr(subprocess, name))
+        namespace[name] = _rebound(getattr(subprocess, name), namespace)
     globals()["subprocess"] = module
     return module
 
