@@ -117,6 +117,7 @@ import time as _time
 import traceback as _traceback
 import warnings as _warnings
 from _thread import allocate_lock as _allocate_lock
+from _thread import get_ident as _get_ident
 from collections import deque as _deque
 from heapq import heapify as _heapify
 from heapq import heappop as _heappop
@@ -1486,7 +1487,7 @@ class Hub(_greenlet):
 
     def _wake_soon(self, request):
         """From any thread: wake request's greenlet on the hub's next pass, if it is still parked with it."""
-        if self._thread == _threading.get_ident():
+        if self._thread == _get_ident():
             self._callbacks.append(_Callback(self._wake, (request, None), 0))
         else:
             self._run_threadsafe(self._wake, request)
@@ -2698,27 +2699,29 @@ class _ThreadLock:
     def __init__(self) -> None:
         self._lock = _allocate_lock()
         self._line: _deque[tuple[Hub, tuple[Any, ...]]] = _deque()  # (hub, request) of parked greenlets
-        self._holder: _greenlet | None = None  # who took it last: a greenlet of the hub's thread, the hub must not wait for
+        # The thread that took it last, which the hub must not wait for if it is
+        # its own: an id, not a greenlet (one of a thread that has ended, kept
+        # here, crashed a later garbage collection).
+        self._holder = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; park (a greenlet) or block (a thread) while it is held; False past `timeout`."""
         if blocking is not True or timeout != -1:
             timeout = _lock_timeout(blocking, timeout)  # (the stdlib checks them, taken or not)
         if self._lock.acquire(False):
-            self._holder = getcurrent()
+            self._holder = _get_ident()
             return True
         if not blocking:
             return False
         hub, current = _local.__dict__.get("hub"), getcurrent()
         if hub is None or current is hub:  # a thread, or the hub: only blocking is left
-            holder = self._holder
-            if hub is not None and holder is not hub and _root(holder) is hub.parent:
+            if hub is not None and self._holder == _get_ident():
                 raise BlockingSwitchOutError(_NOT_FROM_HUB_LOCK)
             taken = self._lock.acquire(True, -1 if timeout in (None, -1) else timeout)
         else:
             taken = self._park(hub, current, None if timeout in (None, -1) else _monotonic() + timeout)
         if taken:
-            self._holder = current
+            self._holder = _get_ident()
         return taken
 
     def _park(self, hub, current, deadline):
@@ -2747,7 +2750,6 @@ class _ThreadLock:
     def release(self) -> None:
         """Free the lock (from any thread or greenlet); RuntimeError if it is not held."""
         self._lock.release()
-        self._holder = None  # (a greenlet of a thread that ends must not outlive it here)
         if self._line:
             self._wake_next()
 
@@ -2932,13 +2934,6 @@ def _local_dict(local_):
     if args is not None and type(local_).__init__ is not object.__init__:
         type(local_).__init__(local_, *args[0], **args[1])
     return mine
-
-
-def _root(greenlet):
-    """The main greenlet of greenlet's thread."""
-    while greenlet is not None and greenlet.parent is not None:
-        greenlet = greenlet.parent
-    return greenlet
 
 
 _std_join = _threading.Thread.join
