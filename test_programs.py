@@ -220,10 +220,12 @@ def test_subprocess_50_children_at_once(patched, call):
         with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
             out, err = process.communicate(b"", timeout=10)
             return out, err, process.returncode
-    # Creating a process waits for the child's exec (1-10 ms, the stdlib's
-    # error pipe), which the hub cannot pass over: 2 ms apart, each costs a
-    # pass of its own, not 50 of them one pass.
-    run_concurrently(child, lambda i: (f"{3 * i} {i}\n".encode(), b"", 0), count=50, seconds=0.2, stagger=0.002)
+    # Creating a process blocks until the child execs (vfork suspends the
+    # parent, or the stdlib reads its error pipe): 1-5 ms each, more under
+    # load. 5 ms apart, each costs a pass of its own; all 50 in one pass
+    # would block the hub 20-150 ms. (With PyPy's slower fork, 15-70 ms even
+    # so, unless the error pipe is read cooperatively, as gevent does.)
+    run_concurrently(child, lambda i: (f"{3 * i} {i}\n".encode(), b"", 0), count=50, seconds=0.2, stagger=0.005)
 
 
 # ---------------------------------------------------------------------------
