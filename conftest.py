@@ -202,13 +202,32 @@ def thread_clock():
         return time.thread_time(), 0.0
 
 
+def other_threads_clock():
+    """Return {thread id: seconds on a CPU and waiting for one} for this process's other threads (Linux; else {})."""
+    clocks = {}
+    try:
+        tids, me = os.listdir("/proc/self/task"), os.readlink("/proc/thread-self").rsplit("/", 1)[-1]
+    except OSError:
+        return clocks
+    for tid in tids:
+        try:
+            if tid != me:
+                with open(f"/proc/self/task/{tid}/schedstat") as stats:
+                    ran, queued = stats.read().split()[:2]
+                clocks[tid] = (int(ran) + int(queued)) / 1e9
+        except OSError:  # it ended
+            pass
+    return clocks
+
+
 class Ticker:
     """A greenlet waking every 5 ms that records the longest gap: how long the hub stalled.
 
     Time the OS kept the thread waiting for a CPU (a loaded machine) is left
     out. `blocked` is the part of a gap the thread slept (a blocking call),
     as opposed to greenlets running Python or OpenSSL, which no cooperative
-    scheduler interrupts.
+    scheduler interrupts, and to the process's other threads running (or
+    waiting for a CPU) meanwhile: this one may have slept waiting for the GIL.
     """
 
     def __enter__(self):
@@ -218,15 +237,16 @@ class Ticker:
         return self
 
     def _run(self):
-        last, (last_ran, last_queued) = time.monotonic(), thread_clock()
+        last, (last_ran, last_queued), last_others = time.monotonic(), thread_clock(), other_threads_clock()
         while True:
             coopsock.sleep(0.005)
-            now, (ran, queued) = time.monotonic(), thread_clock()
+            now, (ran, queued), others = time.monotonic(), thread_clock(), other_threads_clock()
             gap, starved = now - last - (queued - last_queued), queued - last_queued
+            busy = sum(others[tid] - last_others[tid] for tid in others.keys() & last_others.keys())
             self.longest = max(self.longest, gap)
-            self.blocked = max(self.blocked, gap - (ran - last_ran))
+            self.blocked = max(self.blocked, gap - (ran - last_ran) - busy)
             self.starved += starved
-            last, last_ran, last_queued, self.ticks = now, ran, queued, self.ticks + 1
+            last, last_ran, last_queued, last_others, self.ticks = now, ran, queued, others, self.ticks + 1
 
     def __exit__(self, *exc):
         self.greenlet.kill()

@@ -429,7 +429,8 @@ def test_a_thread_wakes_a_parked_greenlet(patched, kind):
     thread.join(5)
     assert value == case.expected
     assert released and woke - released[0] < 0.1, "the greenlet woke late: the thread's wake-up went unseen"
-    assert ticker.ticks >= 10 and ticker.blocked < 0.05, f"the hub was blocked {ticker.blocked:.3f} s meanwhile"
+    assert ticker.ticks >= 3, f"the hub ran only {ticker.ticks} passes of its ticker meanwhile"
+    assert ticker.blocked < 0.05, f"the hub was blocked {ticker.blocked:.3f} s meanwhile"
 
 
 @pytest.mark.parametrize("kind", SHARED)
@@ -455,7 +456,8 @@ def test_a_greenlet_wakes_a_waiting_thread_and_the_hub_runs_meanwhile(patched, k
     thread.join(5)
     assert woke, "the thread never woke up"
     assert woke[0][0] == case.expected and woke[0][1] - released < 0.1, "the thread woke late"
-    assert ticker.ticks >= 10 and ticker.blocked < 0.05, f"the hub was blocked {ticker.blocked:.3f} s meanwhile"
+    assert ticker.ticks >= 3, f"the hub ran only {ticker.ticks} passes of its ticker meanwhile"
+    assert ticker.blocked < 0.05, f"the hub was blocked {ticker.blocked:.3f} s meanwhile"
     if kind == "queue.put":
         assert shared.get_nowait() == "second" and shared.empty()
 
