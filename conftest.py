@@ -8,6 +8,7 @@ import socket as stdsocket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -177,3 +178,261 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# Real programs after patch(): servers of our own on loopback, and many
+# greenlets at once against them, with a ticker watching the hub.
+
+@pytest.fixture
+def patched():
+    """coopsock.patch() for the test, unpatch() after; create what the test uses inside it (patch first)."""
+    coopsock.patch()
+    try:
+        yield
+    finally:
+        coopsock.unpatch()
+
+
+def free_port():
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with stdsocket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def thread_clock():
+    """Return the seconds this thread spent on a CPU, and waiting for one (Linux; else 0)."""
+    try:
+        with open("/proc/thread-self/schedstat") as stats:
+            ran, queued = stats.read().split()[:2]
+        return int(ran) / 1e9, int(queued) / 1e9
+    except OSError:
+        return time.thread_time(), 0.0
+
+
+def other_threads_clock():
+    """Return {thread id: seconds on a CPU and waiting for one} for this process's other threads (Linux; else {})."""
+    clocks = {}
+    try:
+        tids, me = os.listdir("/proc/self/task"), os.readlink("/proc/thread-self").rsplit("/", 1)[-1]
+    except OSError:
+        return clocks
+    for tid in tids:
+        try:
+            if tid != me:
+                with open(f"/proc/self/task/{tid}/schedstat") as stats:
+                    ran, queued = stats.read().split()[:2]
+                clocks[tid] = (int(ran) + int(queued)) / 1e9
+        except OSError:  # it ended
+            pass
+    return clocks
+
+
+class Ticker:
+    """A greenlet waking every 5 ms that records the longest gap: how long the hub stalled.
+
+    Time the OS kept the thread waiting for a CPU (a loaded machine) is left
+    out. `blocked` is the part of a gap the thread slept (a blocking call),
+    as opposed to greenlets running Python or OpenSSL, which no cooperative
+    scheduler interrupts, and to the process's other threads running (or
+    waiting for a CPU) meanwhile: this one may have slept waiting for the GIL.
+    """
+
+    def __enter__(self):
+        self.longest = self.blocked = self.starved = 0.0
+        self.ticks = 0
+        self.greenlet = coopsock.spawn(self._run)
+        return self
+
+    def _run(self):
+        last, (last_ran, last_queued), last_others = time.monotonic(), thread_clock(), other_threads_clock()
+        while True:
+            coopsock.sleep(0.005)
+            now, (ran, queued), others = time.monotonic(), thread_clock(), other_threads_clock()
+            gap, starved = now - last - (queued - last_queued), queued - last_queued
+            busy = sum(others[tid] - last_others[tid] for tid in others.keys() & last_others.keys())
+            self.longest = max(self.longest, gap)
+            self.blocked = max(self.blocked, gap - (ran - last_ran) - busy)
+            self.starved += starved
+            last, last_ran, last_queued, last_others, self.ticks = now, ran, queued, others, self.ticks + 1
+
+    def __exit__(self, *exc):
+        self.greenlet.kill()
+
+
+def run_concurrently(task, expected, count=100, seconds=0.1, width=None, stagger=0.0, cpu_bound=False):
+    """Run task(i) for i in range(count) in as many greenlets at once; check every result, the time and the hub.
+
+    seconds: how long one task waits (for a server, a child, a thread); width:
+    how many can wait at once (a pool's size; None: all). The time neither
+    computing nor waiting for a CPU must stay within 0.9 s of the ideal
+    (count / width rounds of `seconds`) and under a third of the serial time.
+    stagger: task i starts i * stagger seconds after the first, so that what
+    the hub cannot pass over (creating a process waits for the child's exec,
+    1-10 ms) costs one pass each, not one pass for all.
+
+    cpu_bound: when each task costs a millisecond or more of CPU (a TLS
+    handshake, ~2 ms; requests' Session, ~1 ms), the tasks run back to back
+    in one pass of the hub as their replies arrive together (60-290 ms
+    measured here), which no cooperative scheduler interrupts: then only the
+    time the hub was blocked is bounded.
+
+    A task that starts far behind its time (a wait that blocked the whole
+    thread, say for a pool's timeout) fails at once: one such wait then costs
+    one timeout, not one per greenlet.
+    """
+    rounds = -(-count // (width or count))
+    limit = min(count * seconds / 3, rounds * seconds + stagger * count + 0.9)
+    give_up = limit + 2.0
+
+    def started(i):
+        late = time.monotonic() - start - i * stagger
+        if late > give_up:
+            raise AssertionError(f"began {late:.1f} s late: the hub was blocked")
+        return task(i)
+
+    gc.collect()
+    freeze = getattr(gc, "freeze", lambda: None)  # PyPy has none: its major collections are incremental
+    freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
+    try:
+        with Ticker() as ticker:
+            start, (ran, _) = time.monotonic(), thread_clock()
+            greenlets = [coopsock.spawn_later(i * stagger, started, i) for i in range(count)]
+            coopsock.joinall(greenlets, timeout=30)
+            elapsed, ran = time.monotonic() - start, thread_clock()[0] - ran
+    finally:
+        getattr(gc, "unfreeze", lambda: None)()
+    timing = (f"elapsed {elapsed:.3f} s (on a CPU {ran:.3f} s, waiting for one {ticker.starved:.3f} s), "
+              f"longest stall {ticker.longest:.3f} s, blocked {ticker.blocked:.3f} s")
+    failures = {}  # {kind of failure: [what happened to task i]}
+    for i, g in enumerate(greenlets):
+        if not g.ready():
+            failures.setdefault("unfinished", []).append(f"task {i} did not finish in 30 s")
+            g.kill(block=False)
+        elif g.exception is not None:
+            failures.setdefault(type(g.exception).__name__, []).append(f"task {i}: {str(g.exception)[:300]}")
+    if failures:
+        pytest.fail(f"{sum(map(len, failures.values()))} of {count} tasks failed ({timing}): " + "; ".join(
+            f"{len(seen)} x {kind}, first {seen[0]}" for kind, seen in failures.items()))
+    assert [g.value for g in greenlets] == [expected(i) for i in range(count)]
+    print(f"\n{task.__qualname__}: {timing}")
+    # One after another they would wait count * seconds; overlapped, the time
+    # neither computing nor waiting for a CPU is about `rounds` waits.
+    assert elapsed - ticker.starved - ran < limit, f"{count} tasks did not overlap (limit {limit:.2f} s): {timing}"
+    assert ticker.blocked < 0.05, f"the hub was blocked: {timing}"
+    # PyPy's JIT compiles a loop in the pass that first runs it hot: tens of ms of CPU, as a TLS handshake costs.
+    cpu_bound = cpu_bound or sys.implementation.name == "pypy"
+    assert cpu_bound or ticker.longest < 0.05, f"the hub stalled: {timing}"
+    return elapsed
+
+
+@pytest.fixture(scope="module")
+def ca():
+    """A certificate authority of our own (trustme)."""
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def cert(ca):
+    """A server certificate for localhost and 127.0.0.1, signed by ca."""
+    return ca.issue_cert("localhost", "127.0.0.1")
+
+
+SLOW_SERVERS = r'''
+
+import http.server, socketserver, ssl, sys, threading, time
+
+class Http(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else the body, sent after the headers, waits 40 ms for the client's delayed ACK
+
+    def do_GET(self):
+        time.sleep(0.1)
+        body = self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Smtp(socketserver.StreamRequestHandler):
+    def handle(self):
+        write = self.wfile.write
+        write(b"220 slow smtp ready\r\n")
+        for line in self.rfile:
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                write(b"354 go on\r\n")
+                lines = []
+                for line in self.rfile:
+                    if line == b".\r\n":
+                        break
+                    lines.append(line)
+                time.sleep(0.1)
+                write(b"250 " + lines[0].strip() + b"\r\n")
+            elif verb == b"QUIT":
+                write(b"221 bye\r\n")
+                return
+            else:
+                write(b"250 ok\r\n")
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = allow_reuse_address = True
+    request_queue_size = 256
+
+http_server = Server(("127.0.0.1", 0), Http)
+https_server = Server(("127.0.0.1", 0), Http)
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(sys.argv[1])
+https_server.socket = context.wrap_socket(https_server.socket, server_side=True, do_handshake_on_connect=False)
+smtp_server = Server(("127.0.0.1", 0), Smtp)
+for server in (http_server, https_server, smtp_server):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+print(*(server.server_address[1] for server in (http_server, https_server, smtp_server)), flush=True)
+sys.stdin.read()
+'''
+
+
+@pytest.fixture(scope="module")
+def slow_servers(cert, ca, tmp_path_factory):
+    """Ports of an HTTP, an HTTPS and an SMTP server in another process; the CA file."""
+    folder = tmp_path_factory.mktemp("certs")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVERS, str(folder / "server.pem")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        http_port, https_port, smtp_port = map(int, process.stdout.readline().split())
+        yield {"http": http_port, "https": https_port, "smtp": smtp_port, "cafile": str(folder / "ca.pem")}
+    finally:
+        process.stdin.close()
+        process.wait(10)
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def redis_port():
+    """The port of a redis-server of our own on loopback, stopped after the module's tests."""
+    import shutil
+
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed: apt-get install redis-server")
+    port = free_port()
+    # --hz 100: a blocking command's timeout is checked hz times a second (at 10, BLPOP 0.1 takes up to 0.2 s)
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--hz", "100"], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if "Ready to accept connections" in line:
+                break
+        else:
+            pytest.fail(f"redis-server exited with status {process.wait()}")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stdout.close()

@@ -1,7 +1,6 @@
 """TLS, select/selectors and patch(): the stdlib and real clients, cooperatively."""
 
 import errno
-import gc
 import os
 import socket as stdsocket
 import ssl
@@ -13,18 +12,9 @@ import pytest
 import trustme
 
 import coopsock
+from conftest import Ticker, run_concurrently
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def cert(ca):
-    return ca.issue_cert("localhost", "127.0.0.1")
 
 
 @pytest.fixture
@@ -50,46 +40,6 @@ def tls_pair(client_ctx, server_ctx, server_hostname="localhost"):
     finally:
         server.join()
     return client, server.get()
-
-
-def thread_clock():
-    """Return the seconds this thread spent on a CPU, and waiting for one (Linux; else 0)."""
-    try:
-        with open("/proc/thread-self/schedstat") as stats:
-            ran, queued = stats.read().split()[:2]
-        return int(ran) / 1e9, int(queued) / 1e9
-    except OSError:
-        return time.thread_time(), 0.0
-
-
-class Ticker:
-    """A greenlet waking every 5 ms that records the longest gap: how long the hub stalled.
-
-    Time the OS kept the thread waiting for a CPU (a loaded machine) is left
-    out. `blocked` is the part of a gap the thread slept (a blocking call),
-    as opposed to greenlets running Python or OpenSSL, which no cooperative
-    scheduler interrupts.
-    """
-
-    def __enter__(self):
-        self.longest = self.blocked = self.starved = 0.0
-        self.ticks = 0
-        self.greenlet = coopsock.spawn(self._run)
-        return self
-
-    def _run(self):
-        last, (last_ran, last_queued) = time.monotonic(), thread_clock()
-        while True:
-            coopsock.sleep(0.005)
-            now, (ran, queued) = time.monotonic(), thread_clock()
-            gap, starved = now - last - (queued - last_queued), queued - last_queued
-            self.longest = max(self.longest, gap)
-            self.blocked = max(self.blocked, gap - (ran - last_ran))
-            self.starved += starved
-            last, last_ran, last_queued, self.ticks = now, ran, queued, self.ticks + 1
-
-    def __exit__(self, *exc):
-        self.greenlet.kill()
 
 
 # ---------------------------------------------------------------------------
@@ -332,15 +282,6 @@ def test_default_selector_is_a_cooperative_base_selector(pair):
 # ---------------------------------------------------------------------------
 # patch() and unpatch()
 
-@pytest.fixture
-def patched():
-    coopsock.patch()
-    try:
-        yield
-    finally:
-        coopsock.unpatch()
-
-
 def _patchable():
     import select as stdselect
     import selectors
@@ -411,112 +352,6 @@ def test_patched_stdlib_helpers_are_cooperative(patched, ca, cert):
 # process that answer each request after 100 ms. One after another that
 # would take 10 s; cooperatively, well under 1 s.
 
-SLOW_SERVERS = r'''
-import http.server, socketserver, ssl, sys, threading, time
-
-class Http(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        time.sleep(0.1)
-        body = self.path.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Smtp(socketserver.StreamRequestHandler):
-    def handle(self):
-        write = self.wfile.write
-        write(b"220 slow smtp ready\r\n")
-        for line in self.rfile:
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                write(b"354 go on\r\n")
-                lines = []
-                for line in self.rfile:
-                    if line == b".\r\n":
-                        break
-                    lines.append(line)
-                time.sleep(0.1)
-                write(b"250 " + lines[0].strip() + b"\r\n")
-            elif verb == b"QUIT":
-                write(b"221 bye\r\n")
-                return
-            else:
-                write(b"250 ok\r\n")
-
-class Server(socketserver.ThreadingTCPServer):
-    daemon_threads = allow_reuse_address = True
-    request_queue_size = 256
-
-http_server = Server(("127.0.0.1", 0), Http)
-https_server = Server(("127.0.0.1", 0), Http)
-context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-context.load_cert_chain(sys.argv[1])
-https_server.socket = context.wrap_socket(https_server.socket, server_side=True, do_handshake_on_connect=False)
-smtp_server = Server(("127.0.0.1", 0), Smtp)
-for server in (http_server, https_server, smtp_server):
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-print(*(server.server_address[1] for server in (http_server, https_server, smtp_server)), flush=True)
-sys.stdin.read()
-'''
-
-
-@pytest.fixture(scope="module")
-def slow_servers(cert, ca, tmp_path_factory):
-    """Ports of an HTTP, an HTTPS and an SMTP server in another process; the CA file."""
-    folder = tmp_path_factory.mktemp("certs")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVERS, str(folder / "server.pem")],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        http_port, https_port, smtp_port = map(int, process.stdout.readline().split())
-        yield {"http": http_port, "https": https_port, "smtp": smtp_port, "cafile": str(folder / "ca.pem")}
-    finally:
-        process.stdin.close()
-        process.wait(10)
-        process.stdout.close()
-
-
-def run_100(request, expected, cpu_bound=False):
-    """Run request(i) in 100 greenlets at once; check every result, the time, and that the hub never stalled.
-
-    cpu_bound: when each request costs a millisecond or more of CPU (a TLS
-    handshake, ~2 ms; requests' Session, ~1 ms), the 100 run back to back in
-    one pass of the hub as their replies arrive together (60-290 ms measured
-    here), which no cooperative scheduler interrupts: then only the time the
-    hub was blocked is bounded.
-    """
-    gc.collect()
-    freeze = getattr(gc, "freeze", lambda: None)  # PyPy has none: its major collections are incremental
-    freeze()  # late in a long run, a full collection of the suite's garbage would stall the hub itself
-    try:
-        with Ticker() as ticker:
-            start, (ran, _) = time.monotonic(), thread_clock()
-            greenlets = [coopsock.spawn(request, i) for i in range(100)]
-            results = [g.get(timeout=30) for g in greenlets]
-            elapsed, ran = time.monotonic() - start, thread_clock()[0] - ran
-    finally:
-        getattr(gc, "unfreeze", lambda: None)()
-    assert results == [expected(i) for i in range(100)]
-    timing = (f"elapsed {elapsed:.3f} s (on a CPU {ran:.3f} s, waiting for one {ticker.starved:.3f} s), "
-              f"longest stall {ticker.longest:.3f} s, blocked {ticker.blocked:.3f} s")
-    # One after another they would wait 10 s for the servers; overlapped, the
-    # time neither computing nor waiting for a CPU is about one reply's 0.1 s.
-    assert elapsed - ticker.starved - ran < 1.0, f"100 requests did not overlap: {timing}"
-    print(f"\n{request.__qualname__}: {timing}")
-    assert ticker.blocked < 0.05, f"the hub was blocked: {timing}"
-    # PyPy's JIT compiles a loop in the pass that first runs it hot: tens of ms of CPU, as a TLS handshake costs.
-    cpu_bound = cpu_bound or sys.implementation.name == "pypy"
-    assert cpu_bound or ticker.longest < 0.05, f"the hub stalled: {timing}"
-    return elapsed
-
-
 def test_http_client(patched, slow_servers):
     import http.client
 
@@ -528,7 +363,7 @@ def test_http_client(patched, slow_servers):
             return response.status, response.read()
         finally:
             conn.close()
-    run_100(get, lambda i: (200, f"/item/{i}".encode()))
+    run_concurrently(get, lambda i: (200, f"/item/{i}".encode()))
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -540,7 +375,7 @@ def test_urllib_request(patched, slow_servers, scheme):
         url = f"{scheme}://127.0.0.1:{slow_servers[scheme]}/u/{i}"
         with urllib.request.urlopen(url, timeout=10, context=context if scheme == "https" else None) as response:
             return response.read()
-    run_100(get, lambda i: f"/u/{i}".encode(), cpu_bound=True)  # an opener per call: ~0.5 ms of Python (62 ms a pass in CI)
+    run_concurrently(get, lambda i: f"/u/{i}".encode(), cpu_bound=True)  # an opener per call: ~0.5 ms of Python (62 ms a pass in CI)
 
 
 def test_smtplib(patched, slow_servers):
@@ -552,7 +387,7 @@ def test_smtplib(patched, slow_servers):
             smtp.mail("from@example.org")
             smtp.rcpt("to@example.org")
             return smtp.data(f"Subject: message {i}\r\n\r\nhello\r\n")
-    run_100(send, lambda i: (250, f"Subject: message {i}".encode()))
+    run_concurrently(send, lambda i: (250, f"Subject: message {i}".encode()))
 
 
 def test_socketserver_serve_forever_with_a_greenlet_per_request(patched):
@@ -588,7 +423,7 @@ def test_socketserver_serve_forever_with_a_greenlet_per_request(patched):
                 conn.sendall(b"hello %d\n" % i)
                 return conn.makefile("rb").readline()
         try:
-            run_100(ask, lambda i: b"HELLO %d\n" % i)
+            run_concurrently(ask, lambda i: b"HELLO %d\n" % i)
         finally:
             serving.kill()
 
@@ -603,32 +438,7 @@ def test_requests(patched, slow_servers, scheme):
         response = requests.get(f"{scheme}://127.0.0.1:{slow_servers[scheme]}/r/{i}", timeout=10,
                                 verify=slow_servers["cafile"])
         return response.status_code, response.content
-    run_100(get, lambda i: (200, f"/r/{i}".encode()), cpu_bound=True)  # a Session per call: ~1 ms of Python
-
-
-@pytest.fixture(scope="module")
-def redis_port():
-    """The port of a redis-server of our own on loopback, stopped after the module's tests."""
-    import shutil
-
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed: apt-get install redis-server")
-    with stdsocket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.PIPE, text=True)
-    try:
-        for line in process.stdout:
-            if "Ready to accept connections" in line:
-                break
-        else:
-            pytest.fail(f"redis-server exited with status {process.wait()}")
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
-        process.stdout.close()
+    run_concurrently(get, lambda i: (200, f"/r/{i}".encode()), cpu_bound=True)  # a Session per call: ~1 ms of Python
 
 
 def test_redis(patched, redis_port):
@@ -640,6 +450,6 @@ def test_redis(patched, redis_port):
         value = client.get(f"key:{i}")
         return value, client.blpop([f"empty:{i}"], timeout=0.1)  # the server answers after 100 ms
     try:
-        run_100(set_get_and_wait, lambda i: (f"value {i}".encode(), None), cpu_bound=True)  # redis-py parses ~0.5 ms per call
+        run_concurrently(set_get_and_wait, lambda i: (f"value {i}".encode(), None), cpu_bound=True)  # redis-py parses ~0.5 ms per call
     finally:
         client.close()
