@@ -2937,15 +2937,24 @@ def _local_dict(local_):
 
 
 _std_join = _threading.Thread.join
+_joining: dict[tuple[_threading.Thread, Hub | None], AsyncResult] = {}  # {(thread, hub): a helper thread's join of it}
 
 
 def _join(thread: _threading.Thread, timeout: float | None = None) -> None:
-    """threading.Thread.join under patch(threading=True): a greenlet parks while a helper thread joins."""
-    std_join = _std_join
-    std_join(thread, 0)  # the stdlib's checks: not started, or the current thread (RuntimeError)
+    """threading.Thread.join under patch(threading=True): a greenlet parks while a helper thread joins.
+
+    One helper joins a thread for all the greenlets of a hub that wait for
+    it, however many give up (two joins at once race in threading's code).
+    """
     hub = _local.__dict__.get("hub")
-    if thread.is_alive() and hub is not None and getcurrent() is not hub:
-        _helpers.apply(std_join, (thread, timeout))  # its own thread: a join may take as long as the thread lives
+    key = (thread, hub)
+    if key not in _joining:
+        _std_join(thread, 0)  # the stdlib's checks (not started, the current thread); at once if it has ended
+        if not thread.is_alive() or hub is None or getcurrent() is hub:
+            return _std_join(thread, timeout)
+        _joining[key] = joined = _helpers.spawn(_std_join, thread)  # its own thread: as long as the thread lives
+        joined.rawlink(lambda _: _joining.pop(key, None))
+    _joining[key].wait(timeout)
 
 
 # The thread pool. A job is queued with what is to be done with its outcome;
@@ -3981,9 +3990,19 @@ def _build_subprocess() -> Any:
     namespace.update((name, value) for name, value in vars(subprocess).items()
                      if name in ("__all__", "__builtins__") or not name.startswith("__"))  # (3.9 needs the latter)
 
+    def read_when_ready(fd, size):  # where exec'ing the child blocks the parent (no vfork): PyPy, 3.9
+        hub = _local.__dict__.get("hub")
+        if hub is not None and getcurrent() is not hub:
+            wait_read(fd)
+        return _os.read(fd, size)
+    os_ = ModuleType("os")
+    vars(os_).update(vars(_os), read=read_when_ready)
+
     class Popen(subprocess.Popen):
         __doc__ = "subprocess.Popen, cooperative: wait() and communicate() park only the calling greenlet."
         _communicate = _rebound(vars(subprocess.Popen)["_communicate"], namespace)
+        # (the error pipe, which the stdlib reads until the child has exec'd)
+        _execute_child = _rebound(vars(subprocess.Popen)["_execute_child"], dict(namespace, os=os_))
 
         def communicate(self, input=None, timeout=None):
             # With one pipe and no timeout, the stdlib reads or writes it
