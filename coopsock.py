@@ -1486,11 +1486,16 @@ class Hub(_greenlet):
         return True
 
     def _wake_soon(self, request):
-        """From any thread: wake request's greenlet on the hub's next pass, if it is still parked with it."""
+        """From any thread: wake request's greenlet on the hub's next pass, if it is still parked with it.
+
+        False if the hub is gone (destroyed, or its thread did not survive a fork).
+        """
+        if self._pid != _os.getpid():
+            return False
         if self._thread == _get_ident():
             self._callbacks.append(_Callback(self._wake, (request, None), 0))
-        else:
-            self._run_threadsafe(self._wake, request)
+            return not self._destroyed
+        return self._run_threadsafe(self._wake, request)
 
     @property
     def threadpool(self) -> ThreadPool:
@@ -1683,7 +1688,7 @@ def _hub_after_fork_in_child():
     hub = getattr(_local, "hub", None)
     if hub is not None and not hub._destroyed:
         hub._wake_lock = _allocate_lock()  # another thread may have held it at the fork
-        hub._pid = _os.getpid()
+        hub._pid, hub._lent = _os.getpid(), 0  # (the pools' threads did not survive it)
         hub.loop.reset()
         if hub._signal_wakeup:  # the parent owns that pipe too
             hub._stop_signal_wakeup()
@@ -2728,27 +2733,31 @@ class _ThreadLock:
         while True:
             request = (_PARK, current, _THREAD, 0, deadline, False)
             place, woken = (hub, request), _ABORTED
-            self._line.append(place)  # queued first: a release() from now on sees it
             try:
+                self._line.append(place)  # queued first: a release() from now on sees it
                 woken = True if self._lock.acquire(False) else hub.park(request)
             finally:
                 try:
                     self._line.remove(place)
-                except ValueError:  # a release() took it to wake us: leaving without the lock, pass that on
+                except ValueError:  # (or never queued) a release() took it to wake us: leaving without the lock,
+                    # pass that on
                     if woken is _ABORTED or woken is _TIMED_OUT:
                         self._wake_next()
             if woken is True or woken is _TIMED_OUT:
                 return woken is True
 
     def _wake_next(self):  # from any thread
-        try:
-            hub, request = self._line.popleft()
-        except IndexError:
-            return
-        hub._wake_soon(request)
+        while True:
+            try:
+                hub, request = self._line.popleft()
+            except IndexError:
+                return
+            if hub._wake_soon(request):
+                return  # (else a waiter whose hub is gone: its thread ended, or this is a forked child)
 
     def release(self) -> None:
         """Free the lock (from any thread or greenlet); RuntimeError if it is not held."""
+        self._holder = 0  # before: the hub must never see its own thread's id once another thread holds it
         self._lock.release()
         if self._line:
             self._wake_next()
@@ -2845,18 +2854,47 @@ def _rebound(func, namespace):
 
 
 class _ThreadCondition(_threading.Condition):
-    """threading.Condition, its waits on the locks above; a wait that a kill or a Timeout ends passes notify() on."""
-
-    _wait = _rebound(_threading.Condition.wait, dict(vars(_threading), _allocate_lock=_ThreadLock))
+    """threading.Condition, waiting on the locks above; a kill or a Timeout cannot leave it without its lock."""
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Let go of the lock until notify(), or `timeout` seconds; take it back; return False on timeout."""
+        """Let go of the lock until notify(), or `timeout` seconds; take it back; return False on timeout.
+
+        The lock is taken back whatever lands meanwhile (a kill, a Timeout: raised once it is back), and
+        a notify() that chose this waiter as it left goes to the next one.
+        """
+        if not self._is_owned():  # type: ignore[attr-defined]  # (typeshed lacks the private protocol)
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _ThreadLock()
+        waiter.acquire()
+        waiter._holder = 0  # the notifier releases it, maybe another thread: the hub may block on it
+        self._waiters.append(waiter)  # type: ignore[attr-defined]
+        state = self._release_save()  # type: ignore[attr-defined]
         try:
-            return self._wait(timeout)
+            notified = (waiter.acquire() if timeout is None else waiter.acquire(True, timeout) if timeout > 0
+                        else waiter.acquire(False))
         except BaseException:
-            if self._is_owned():  # type: ignore[attr-defined]  # (taken back) notify() may have chosen this waiter
-                self.notify()
+            self._take_back(state, waiter)
             raise
+        landed = self._take_back(state, None if notified else waiter)
+        if landed is not None:
+            raise landed
+        return notified
+
+    def _take_back(self, state, waiter):
+        """Take the lock back, whatever lands meanwhile; return what landed. waiter: one that was not notified."""
+        landed = None
+        while True:
+            try:
+                self._acquire_restore(state)
+                break
+            except BaseException as exc:
+                landed = exc
+        if waiter is not None:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:  # notify() chose it as it left: the next one goes instead
+                self.notify()
+        return landed
 
 
 class local:
@@ -3046,7 +3084,11 @@ class ThreadPool:
             hub._lent -= 1
             (result.set if ok else result.set_exception)(value)
         hub._lent += 1
-        self._submit(func, args, kwargs, lambda ok, value: hub._run_threadsafe(settle, ok, value))
+        try:
+            self._submit(func, args, kwargs, lambda ok, value: hub._run_threadsafe(settle, ok, value))
+        except BaseException:  # not queued (no thread to start; killed while the pool's lock was held)
+            hub._lent -= 1
+            raise
         return result
 
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> _T:
@@ -3104,8 +3146,9 @@ class ThreadPool:
 
 
 def _pools_after_fork_in_child():
-    for pool in list(_pools or ()):
+    for pool in list(_pools):
         pool._reset()  # its threads did not survive the fork
+    _joining.clear()
 
 
 _os.register_at_fork(after_in_child=_pools_after_fork_in_child)
@@ -4000,7 +4043,12 @@ def _build_subprocess() -> Any:
 
     class Popen(subprocess.Popen):
         __doc__ = "subprocess.Popen, cooperative: wait() and communicate() park only the calling greenlet."
-        _communicate = _rebound(vars(subprocess.Popen)["_communicate"], namespace)
+        _cooperative_communicate = _rebound(vars(subprocess.Popen)["_communicate"], namespace)
+
+        def _communicate(self, input, endtime, orig_timeout):
+            if getcurrent() is _local.__dict__.get("hub"):  # the hub cannot park: it blocks, as a thread
+                return super()._communicate(input, endtime, orig_timeout)
+            return self._cooperative_communicate(input, endtime, orig_timeout)
         # (the error pipe, which the stdlib reads until the child has exec'd)
         _execute_child = _rebound(vars(subprocess.Popen)["_execute_child"], dict(namespace, os=os_))
 
@@ -4018,7 +4066,8 @@ def _build_subprocess() -> Any:
 
         def _wait(self, timeout):
             hub = _local.__dict__.get("hub")
-            if self.returncode is not None or hub is None or getcurrent() is hub:
+            if self.returncode is not None or timeout is not None and timeout <= 0 or hub is None or \
+                    getcurrent() is hub:  # known; a look without waiting; a thread's, or the hub's: it blocks
                 return super()._wait(timeout)
             try:
                 pidfd = _os.pidfd_open(self.pid)
@@ -4082,9 +4131,10 @@ def _patch_table(wanted):
     if wanted["time"]:
         yield _sys.modules["time"], "sleep", sleep
     if wanted["threading"]:
-        import _thread
+        # threading's names only, not _thread.allocate_lock: importlib's module
+        # locks are made of that, and keep per-thread state that the greenlets
+        # of a thread would share (a KeyError in an import).
         import queue
-        yield _thread, "allocate_lock", _ThreadLock
         for name, replacement in (("Lock", _ThreadLock), ("_allocate_lock", _ThreadLock), ("RLock", _ThreadRLock),
                                   ("Condition", _ThreadCondition), ("local", local)):
             yield _threading, name, replacement  # Event, Semaphore, Barrier are built of these

@@ -223,7 +223,8 @@ def test_the_hub_blocks_for_a_lock_another_thread_holds():
 # What threading and queue build on the locks, after patch(threading=True)
 
 def test_patched_threading_objects_are_the_cooperative_ones(threading_patched):
-    assert type(threading.Lock()) is coopsock._ThreadLock and type(_thread.allocate_lock()) is coopsock._ThreadLock
+    assert type(threading.Lock()) is coopsock._ThreadLock
+    assert type(_thread.allocate_lock()) is not coopsock._ThreadLock  # importlib's module locks stay the stdlib's
     assert type(threading.RLock()) is coopsock._ThreadRLock
     assert type(threading.Condition()) is coopsock._ThreadCondition
     assert type(threading.Event()._cond) is coopsock._ThreadCondition
@@ -249,6 +250,105 @@ def test_a_condition_notify_given_to_a_waiter_killed_meanwhile_goes_to_the_next(
     assert woken == ["second"] and first.dead
     second.kill()
     assert not cond._waiters and not cond._lock.locked()
+
+
+def test_a_timeout_landing_as_condition_wait_takes_its_lock_back_waits_for_the_lock(threading_patched):
+    # (review of the threads layer: the Timeout left wait() without the lock, and `with cond:` then
+    # released the lock its notifier still held)
+    for cond in (threading.Condition(threading.Lock()), threading.Condition()):
+        inside = []
+
+        def waiter(cond=cond, inside=inside):
+            with pytest.raises(coopsock.Timeout), coopsock.Timeout(0.05), cond:
+                cond.wait()
+                inside.append("woke")
+
+        def notifier(cond=cond, inside=inside):
+            with cond:
+                cond.notify()
+                sleep(0.2)  # holds the lock: the waiter's Timeout fires as it takes the lock back
+                inside.append(spawn(cond._lock.acquire, False).get())  # nobody else may take it meanwhile
+        w = spawn(waiter)
+        parked(w)
+        n = spawn(notifier)
+        w.get(timeout=2)
+        n.get(timeout=2)
+        assert inside == [False] and not cond._lock.locked()
+
+
+def test_killing_one_waiter_does_not_wake_another_as_if_notified(threading_patched):
+    # (review: a kill passed a notify() on that nobody had sent: Event.wait() returned True unset)
+    import concurrent.futures
+
+    event, future = threading.Event(), concurrent.futures.Future()
+    for wait in (event.wait, future.result):
+        killed, other = spawn(wait), spawn(wait)
+        parked(killed, other)
+        killed.kill()
+        sleep(0.02)
+        assert not other.dead, f"{wait.__qualname__} returned without being set"
+        other.kill()
+    event.set()
+    future.set_result(7)
+    assert spawn(event.wait).get(timeout=1) is True and spawn(future.result).get(timeout=1) == 7
+
+
+def test_a_waiter_whose_thread_ended_does_not_take_a_release_from_a_live_one():
+    # (review: the dead thread's entry in the line took the wake-up; the live waiter stayed parked)
+    lock = coopsock._ThreadLock()
+    lock.acquire()
+
+    def thread_with_a_waiter():
+        spawn(lock.acquire)
+        sleep(0.02)  # the thread ends while its greenlet waits
+    in_thread(thread_with_a_waiter).join(5)
+    waiter = spawn(lock.acquire)
+    parked(waiter)
+    lock.release()
+    assert waiter.get(timeout=2) is True and not lock._line
+
+
+def test_the_hub_blocks_for_a_lock_another_thread_just_took_from_its_own():
+    # (review: a thread that had taken the lock, not yet noted as its holder, left the hub's
+    # thread as the holder: the hub refused instead of waiting for that thread)
+    lock, seen = coopsock._ThreadLock(), []
+    spawn(lambda: lock.acquire() and lock.release()).join()  # this thread held it last
+    lock._lock.acquire()  # another thread takes it, and is about to note itself as the holder
+
+    def later():
+        time.sleep(0.05)
+        lock._lock.release()
+    thread = in_thread(later)
+    coopsock.get_hub().run_callback(lambda: seen.append(lock.acquire(True, 5)) or lock.release())
+    sleep(0.01)
+    assert seen == [True]
+    thread.join(5)
+
+
+def test_the_hub_may_wait_for_a_condition_another_thread_ends(threading_patched):
+    # (review: the condition's waiter lock looked held by the hub's own thread: BlockingSwitchOutError)
+    event, seen = threading.Event(), []
+
+    def in_hub():
+        thread = threading.Thread(target=lambda: (time.sleep(0.02), event.set()))
+        thread.start()
+        seen.append(event.wait(5))
+        thread.join()
+    coopsock.get_hub().run_callback(in_hub)
+    sleep(0.01)
+    assert seen == [True]
+
+
+def test_pool_spawn_that_cannot_start_a_thread_leaves_the_hub_able_to_see_a_deadlock(monkeypatch):
+    # (review: the job stayed counted: a wait nothing could end hung instead of LoopExit)
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(RuntimeError):
+        coopsock.ThreadPool(2).spawn(abs, -1)
+    monkeypatch.undo()
+    with pytest.raises(coopsock.LoopExit):
+        coopsock.Event().wait()
 
 
 def test_condition_wait_timeout_and_wait_for(threading_patched):
@@ -527,6 +627,52 @@ def test_subprocess_timeouts_raise_timeout_expired_and_leave_no_zombie(tmp_path)
         pid_file.seek(0)
         with pytest.raises(ChildProcessError):
             os.waitpid(int(pid_file.read()), os.WNOHANG)  # reaped: no zombie left
+
+
+def test_popen_wait_with_no_time_left_looks_once_as_the_stdlibs():
+    # (review: a timeout below zero raised ValueError; communicate() can pass one when its deadline passes)
+    done = coopsock.subprocess.Popen(["true"])
+    while done.poll() is None:
+        sleep(0.01)
+    assert done.wait(-1) == 0
+    running = coopsock.subprocess.Popen(["sleep", "5"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        running.wait(-1)
+    running.kill()
+    assert running.wait() == -9
+
+
+def test_subprocess_from_the_hub_blocks_it_as_a_thread_is_blocked():
+    # (review: call() blocked the hub while run(capture_output=True) raised: the hub cannot park)
+    seen = []
+
+    def in_hub():
+        seen.append(coopsock.subprocess.call(["true"]))
+        seen.append(coopsock.subprocess.check_output(["echo", "x"]))
+    coopsock.get_hub().run_callback(in_hub)
+    sleep(0.01)
+    assert seen == [0, b"x\n"]
+
+
+def test_a_forked_child_joins_a_thread_its_parent_was_joining():
+    # (review: the child waited for the parent's helper join, which the fork left behind)
+    code = """
+    coopsock.patch(subprocess=False)
+    thread = threading.Thread(target=time.sleep, args=(3,), daemon=True)
+    thread.start()
+    coopsock.spawn(thread.join)
+    coopsock.sleep(0.05)  # a greenlet is joining it, through a helper thread
+    pid = os.fork()
+    if pid == 0:
+        started = time.monotonic()
+        joiner = coopsock.spawn(thread.join)
+        joiner.join(timeout=2)
+        os._exit(0 if joiner.dead and time.monotonic() - started < 1 and coopsock.get_hub()._lent == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
 
 
 def test_patched_subprocess_module_is_cooperative():
