@@ -1488,13 +1488,15 @@ class Hub(_greenlet):
     def _wake_soon(self, request):
         """From any thread: wake request's greenlet on the hub's next pass, if it is still parked with it.
 
-        False if the hub is gone (destroyed, or its thread did not survive a fork).
+        False if the hub is gone (destroyed, its thread ended, or did not survive a fork).
         """
         if self._pid != _os.getpid():
             return False
         if self._thread == _get_ident():
             self._callbacks.append(_Callback(self._wake, (request, None), 0))
             return not self._destroyed
+        if _threading._active.get(self._thread) is not self._runner:
+            return False  # its thread has ended (on PyPy the hub is closed only at a later collection)
         return self._run_threadsafe(self._wake, request)
 
     @property
