@@ -2255,6 +2255,8 @@ def test_import_leaves_no_loop_for_a_later_collection_to_close(backend):
     # a demo worker missed its Ctrl-C (CI, 3.10). Refcounting frees it now.
     if backend != "libev":
         pytest.skip("the ctypes backend's import-time probe")
+    if sys.implementation.name == "pypy":
+        pytest.skip("PyPy frees every object at a collection of its own choosing: no refcounting to free it at once")
     proc = run_python("""
         import gc
         gc.disable()
