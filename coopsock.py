@@ -40,10 +40,12 @@ the licence header, ``pip install greenlet``, and you are done. Example::
 The file, top to bottom (``grep -A1 '^# ----' coopsock.py`` lists the
 sections): imports, exceptions, argument checks, the loop layer (real pyev, or
 libev through ctypes, or a pure-Python loop on epoll or poll), the hub,
-Timeout, greenlets, coordination (Event, Queue, locks, Pool), the cooperative
-socket, the module-level helpers (create_connection, getaddrinfo,
-wait_read...), StreamServer, TLS, select and patch(), the demo
-(``python -m coopsock``).
+Timeout, greenlets, coordination (Event, Queue, locks, Pool), threads (locks
+that park greenlets and block threads, ThreadPool), the cooperative socket,
+the module-level helpers (create_connection, getaddrinfo, wait_read...), the
+servers (StreamServer, DatagramServer, WSGIServer, signal_handler), TLS,
+select, subprocess, patch(), the gunicorn worker, the demo (``python -m
+coopsock``).
 
 The invariants a reader must hold:
 
@@ -3663,7 +3665,7 @@ def wait_write(fileno: _FileDescriptorLike, timeout: float | None = None,
 
 
 # ---------------------------------------------------------------------------
-# Servers: StreamServer, DatagramServer
+# Servers: StreamServer, DatagramServer, WSGIServer; signal_handler
 #
 # A server owns its listener and the greenlets it spawned: close() stops taking
 # new work, stop() also waits for the running handlers and then kills them.
