@@ -1015,8 +1015,8 @@ class _LoopCloser:
         self.hub = hub
 
     def __del__(self):
-        hub = self.hub
         try:
+            hub = self.hub  # (absent if a signal cut __init__ short: nothing to close then)
             if hub._thread != _threading.get_ident() and hub._runner.is_alive():
                 return  # a daemon thread at interpreter exit, still in its loop: leave that to the OS
             hub._close_loop()
