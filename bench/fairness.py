@@ -35,7 +35,7 @@ def child(lib, case, args):
     if lib == "gevent":
         from gevent import monkey
         monkey.patch_all()
-        from gevent import sleep, spawn, joinall
+        from gevent import joinall, sleep, spawn
     else:
         sys.path.insert(0, ROOT)
         import coopsock
@@ -43,7 +43,7 @@ def child(lib, case, args):
         if args.budget_off:
             coopsock._PASS_BUDGET = 1e9
         coopsock.patch()
-        from coopsock import sleep, spawn, joinall
+        from coopsock import joinall, sleep, spawn
     import pymysql
     import requests
 
@@ -88,6 +88,7 @@ def child(lib, case, args):
 def start_https(folder, stack):
     """Start the tests' slow servers (conftest.SLOW_SERVERS) in another process; return the https port, the CA."""
     import trustme
+
     from conftest import SLOW_SERVERS
     ca = trustme.CA()
     ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(f"{folder}/server.pem")
