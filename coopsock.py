@@ -2802,13 +2802,13 @@ class _ThreadLock:
         return f"<{'locked' if self.locked() else 'unlocked'} coopsock._ThreadLock object at {id(self):#x}>"
 
 
-class _ThreadRLock:
+class _ThreadRLock(RLock):
     """threading.RLock for threads and greenlets: the greenlet that holds it may take it again."""
 
-    __slots__ = ("_lock", "_owner", "_count", "__weakref__")
+    __slots__ = ("__weakref__",)
 
     def __init__(self) -> None:
-        self._lock, self._count = _ThreadLock(), 0
+        self._lock, self._count = _ThreadLock(), 0  # type: ignore[assignment]
         self._owner: _greenlet | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -2824,23 +2824,7 @@ class _ThreadRLock:
         self._owner, self._count = me, 1
         return True
 
-    def release(self) -> None:
-        """Undo one acquire(); RuntimeError if this greenlet does not hold the lock."""
-        if self._owner is not getcurrent():
-            raise RuntimeError("cannot release un-acquired lock")
-        self._count -= 1
-        if not self._count:
-            self._owner = None
-            self._lock.release()
-
-    __enter__ = acquire
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def locked(self) -> bool:
-        """Return True if some greenlet or thread holds the lock."""
-        return self._lock.locked()
+    __enter__ = acquire  # (release, __exit__ and locked are RLock's)
 
     # What Condition uses to let go of the lock while it waits, however often it is held.
     def _is_owned(self):
