@@ -3978,6 +3978,7 @@ class WSGIServer(StreamServer):
     def _serve_request(self, sock, rfile, address):
         """Read one request, run the application, send its response; True to keep the connection."""
         import http.client
+        import re
         from email.utils import formatdate
         line = rfile.readline(self.max_line + 1)
         if line in (b"\r\n", b"\n"):  # a stray CRLF between requests (RFC 9112 2.2)
@@ -3989,8 +3990,9 @@ class WSGIServer(StreamServer):
         parts = request_line.split()
         if len(line) > self.max_line:
             return self._refuse(sock, "414 URI Too Long")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return self._refuse(sock, "400 Bad Request" if len(parts) != 3 else "505 HTTP Version Not Supported")
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):  # 505 only for a well-formed other version
+            other = len(parts) == 3 and re.fullmatch(r"HTTP/\d\.\d", parts[2])
+            return self._refuse(sock, "505 HTTP Version Not Supported" if other else "400 Bad Request")
         method, target, version = parts
         try:
             headers = http.client.parse_headers(rfile)
@@ -4653,7 +4655,7 @@ def _build_gunicorn_worker() -> Any:
             while not self._quitting and _monotonic() < deadline and any(len(server._handlers) for server in servers):
                 self.notify()
                 joinall([g for server in servers for g in server._handlers], min(1.0, deadline - _monotonic()))
-            if any(len(server._handlers) for server in servers):
+            if not self._quitting and any(len(server._handlers) for server in servers):
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
             for server in servers:
                 server.stop(timeout=0)
@@ -4682,6 +4684,8 @@ def _build_gunicorn_worker() -> Any:
         def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
             try:
                 return super().handle_request(listener_name, req, sock, addr)
+            except (GreenletExit, SystemExit):  # killed by a stop: the connection drops, as gevent's worker does
+                return None
             finally:
                 if not self.alive:  # max_requests reached: stop without waiting for the heartbeat
                     self._stopping.set()
