@@ -76,7 +76,10 @@ __all__ = [
     "Timeout", "with_timeout",
     # coordination
     "Event", "AsyncResult", "wait", "iwait", "Queue", "LifoQueue", "PriorityQueue",
-    "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool", "StreamServer",
+    "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool",
+    # serving
+    "StreamServer", "DatagramServer", "WSGIServer", "GunicornWorker",  # noqa: F822 (GunicornWorker: __getattr__)
+    "signal_handler",
     # threads and processes
     "ThreadPool", "local", "subprocess",  # noqa: F822 (subprocess: built on first use, __getattr__)
     # sockets
@@ -141,7 +144,7 @@ if TYPE_CHECKING:
     _T = TypeVar("_T")
     _Greenlet = TypeVar("_Greenlet", bound="Greenlet")
     _Timeout = TypeVar("_Timeout", bound="Timeout")
-    _Server = TypeVar("_Server", bound="StreamServer")
+    _AnyServer = TypeVar("_AnyServer", bound="_Server")
 
     class _Buffer(Protocol):  # bytes, bytearray, memoryview, array, mmap...
         def __buffer__(self, flags: int, /) -> memoryview: ...
@@ -985,6 +988,7 @@ _DIRECTIONS: tuple[Any, ...] = (None, (0,), (1,), (0, 1))  # indexed by events: 
 _SWEEP_AT = 1024        # cancelled timers are swept from the heap once it outgrows this and twice its last size
 _SPARE_IOS = 16         # stopped io watchers kept, per direction, for the next raw-fd wait
 _POLL_EVERY = 5e-5      # a run of callbacks (a sleep(0) loop) lets I/O in at least this often, in seconds
+_PASS_BUDGET = 0.005    # a pass that has run greenlets this long lets timers and I/O in (gevent: the switch interval)
 
 
 def get_hub() -> Hub:
@@ -1462,10 +1466,12 @@ class Hub(_greenlet):
             timers[:] = [timer for timer in timers if timer[2].func is not None]
             _heapify(timers)
             self._sweep_at = max(_SWEEP_AT, 2 * len(timers))
+        due = []
         while timers and (timers[0][2].func is None or timers[0][0] <= now):
             callback = _heappop(timers)[2]
             if callback.func is not None:
-                self._callbacks.append(callback)
+                due.append(callback)
+        self._callbacks.extendleft(reversed(due))  # ahead of a burst's leftovers: see _run_pass
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
@@ -1532,10 +1538,15 @@ class Hub(_greenlet):
         The only place callbacks are called; a callback's exception is
         reported (KeyboardInterrupt and SystemExit go to the main greenlet).
         What a signal handler raises in the poll goes to the main greenlet.
+        Fairness: once the greenlets run here have taken _PASS_BUDGET, the
+        rest of a burst (100 TLS handshakes woken at once) waits: the pass
+        polls without blocking, and due timers go ahead of the leftovers.
+        A fired watcher left unhandled fires again (io is level-triggered).
         """
         callbacks, take = self._callbacks, self._take
         if self._deferred:
             self._run_deferred_signals()
+        budget_end = _monotonic() + _PASS_BUDGET
         for _ in range(len(callbacks)):  # only those queued before: a sleep(0) loop must let I/O in
             callback = callbacks.popleft()
             func = callback.func
@@ -1547,6 +1558,8 @@ class Hub(_greenlet):
                     if self._destroyed:  # destroy() from a greenlet this callback switched to
                         raise GreenletExit from None
                     self.handle_error(func, exc)
+                if _monotonic() > budget_end:
+                    break
         incoming = self._incoming
         while incoming:  # what other threads handed over
             func, args = incoming.popleft()
@@ -1555,7 +1568,7 @@ class Hub(_greenlet):
             self._run_due_timers()
         if callbacks:  # a sleep(0) loop polls I/O every _POLL_EVERY, not at every round
             now = _monotonic()
-            if now < self._next_poll:
+            if now < self._next_poll and now <= budget_end:
                 return
             self._next_poll = now + _POLL_EVERY
             flags = _EVRUN_NOWAIT
@@ -1579,8 +1592,11 @@ class Hub(_greenlet):
         if fired:
             watchers = list(fired)
             fired.clear()
+            woke = False
             for watcher in watchers:
                 data = watcher.data
+                if woke and data is not None and _monotonic() > budget_end:
+                    continue  # over budget (but one fd a pass, whatever the callbacks took): it fires again
                 if data is None:
                     if self._signal_wakeup and watcher is self._signal_wakeup[0]:
                         _drain(self._signal_wakeup[1][0])
@@ -1594,6 +1610,7 @@ class Hub(_greenlet):
                 else:
                     watcher.stop()  # nobody waits: a ready fd would fire every pass
                     continue
+                woke = True
                 for greenlet in waking:
                     if self._unpark(greenlet) is not None:  # (else woken already, by its other fd)
                         try:
@@ -3646,79 +3663,91 @@ def wait_write(fileno: _FileDescriptorLike, timeout: float | None = None,
 
 
 # ---------------------------------------------------------------------------
-# StreamServer
+# Servers: StreamServer, DatagramServer
+#
+# A server owns its listener and the greenlets it spawned: close() stops taking
+# new work, stop() also waits for the running handlers and then kills them.
+# Its handle is the one given, or a subclass's handle method (gevent's habit).
 
-class StreamServer:
-    """Accept TCP connections on `listener` and run handle(socket, address) in a greenlet for each.
+def _parse_address(address):
+    """(host, port) from what gevent's servers take: a tuple, "host:port", "[v6host]:port", ":port" or a port."""
+    if isinstance(address, tuple):
+        return address
+    if isinstance(address, int):
+        return "", address
+    if not isinstance(address, str):
+        raise TypeError(f"a server listens on a (host, port) tuple, 'host:port' or a socket, not {address!r}")
+    host, _, port = address.rpartition(":")
+    return host[1:-1] if host.startswith("[") else host, int(port)
 
-    listener: a (host, port) address (the family taken from the host) or a
-    listening socket, which the server then owns: it makes it blocking and
-    closes it on close(). spawn: 'default' (a greenlet per connection), a Pool,
-    or an int (a Pool of that size; connections beyond it wait in the backlog).
-    The connection is closed when handle returns. With ssl_context, each
-    connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
-    """
+
+class _Server:
+    """What StreamServer and DatagramServer share: the listener, start/serve_forever/close/stop, the pool."""
 
     stop_timeout = 1  # seconds stop() waits for the running handlers before it kills them
-    backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
-    _acceptor: Greenlet | None  # (for type checkers)
+    kind = _socket.SOCK_STREAM
+    _worker: Greenlet | None  # the greenlet that accepts or receives (for type checkers)
     _log: Any  # logging.getLogger("coopsock"), got by start()
 
-    def __init__(self, listener: tuple[str, int] | _stdsocket.socket, handle: Callable[[socket, Any], object],
-                 backlog: int | None = None, spawn: Literal["default"] | int | Pool = "default",
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def _listen(self, family: int) -> socket:
+        raise NotImplementedError  # StreamServer's and DatagramServer's own
+
+    def __init__(self, listener, handle, spawn):
         self.socket: socket | None  # the listener, once there is one
         self._given: _socket.socket | None  # the one given, if any
+        if handle is not None:
+            _check_callable(handle, "handle")
+            self.handle = handle
+        elif not callable(getattr(self, "handle", None)):
+            raise TypeError(f"{type(self).__name__} needs a handle: pass one, or define a handle method in a subclass")
         if isinstance(listener, _socket.socket):
-            if backlog is not None:
-                raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
-            # The server owns a listener given: it closes it with the one it accepts on.
+            # The server owns a listener given: it closes it with the one it uses.
             self._given, self.socket = listener, listener if isinstance(listener, socket) else fromfd(
                 listener.fileno(), listener.family, listener.type, listener.proto)
-            self.socket.settimeout(None)  # accept() waits, whatever timeout the listener had
+            self.socket.settimeout(None)  # accept() and recvfrom() wait, whatever timeout it had
             self.address = self.socket.getsockname()
         else:
-            self.socket, self.address, self._given = None, tuple(listener), None
+            self.socket, self.address, self._given = None, _parse_address(listener), None
         pool = Group() if spawn == "default" else Pool(spawn) if isinstance(spawn, int) else spawn
-        self.handle, self.backlog, self.pool, self.ssl_context = handle, backlog, pool, ssl_context
+        self.pool = pool
         self._handlers = Group() if isinstance(spawn, Pool) else pool  # a Pool of the user's may hold others
-        self._acceptor, self.closed = None, False
+        self._worker, self.closed = None, False
 
-    started = property(lambda self: self._acceptor is not None and not self._acceptor.dead,
-                       doc="True while accepting connections.")
+    started = property(lambda self: self._worker is not None and not self._worker.dead,
+                       doc="True while accepting connections or datagrams.")
     server_host = property(lambda self: self.address[0])
     server_port = property(lambda self: self.address[1])
 
     def start(self) -> None:
-        """Listen (creating the listener if needed) and start accepting in a greenlet; OSError if it cannot."""
+        """Listen or bind (creating the socket if needed) and start serving in a greenlet; OSError if it cannot."""
         if self.closed:
-            raise ValueError("This server is closed: create a new StreamServer")
+            raise ValueError(f"This server is closed: create a new {type(self).__name__}")
         if self.socket is None:
             family = _socket.AF_INET6 if ":" in self.address[0] else _socket.AF_INET
-            self.socket = create_server(self.address, family=family, backlog=self.backlog or self.backlog_default)
+            self.socket = self._listen(family)
             self.address = self.socket.getsockname()  # the real port; kept once the socket is closed
         if not self.started:
-            # The accept loop logs when accept() fails, EMFILE above all: then
+            # The loop logs when accept() fails, EMFILE above all: then
             # importing logging would need an fd too, and fail. So it is done now.
             import logging
             self._log = logging.getLogger("coopsock")
-            self._acceptor = spawn(self._accept_loop)
+            self._worker = spawn(self._serve)
 
     def serve_forever(self) -> None:
         """Start, and park until the server is closed (then stop, if an exception ends the wait)."""
         self.start()
         try:
-            assert self._acceptor is not None  # (for type checkers) start() set it
-            self._acceptor.join()
+            assert self._worker is not None  # (for type checkers) start() set it
+            self._worker.join()
         finally:
             if not self.closed:
                 self.stop()
 
     def close(self) -> None:
-        """Stop accepting and close the listener; the running handlers go on."""
+        """Stop taking connections or datagrams and close the listener; the running handlers go on."""
         self.closed = True
-        if self._acceptor is not None and self._acceptor is not getcurrent():
-            self._acceptor.kill()
+        if self._worker is not None and self._worker is not getcurrent():
+            self._worker.kill()
         for sock in (self.socket, self._given):
             if sock is not None:
                 sock.close()
@@ -3734,28 +3763,69 @@ class StreamServer:
             killall(others, block=False)
             joinall(others, 1)  # a killed handler ends at once, unless it ignores GreenletExit
 
-    def _accept_loop(self):
+    def _serve(self):
         delay = 0
         while True:
-            if self.pool.full():  # leave further connections in the backlog
+            if self.pool.full():  # leave further work in the kernel's queue
                 self.pool.wait_available()
             try:
-                conn, address = self.socket.accept()
+                work = self._next()
             except OSError as exc:
                 if exc.errno in (_errno.EBADF, _errno.EINVAL, _errno.ENOTSOCK):  # the listener is gone
                     return self.close()
                 if not delay:  # EMFILE and friends: back off until fds free up; log once per episode
-                    self._log.warning("accept() on %s failed, retrying with back-off up to 1 s: %s",
+                    self._log.warning("%s on %s failed, retrying with back-off up to 1 s: %s",
+                                      "accept()" if self.kind == _socket.SOCK_STREAM else "recvfrom()",
                                       self.address, exc)
                 delay = min(delay * 2 or 0.01, 1.0)
                 sleep(delay)
                 continue
             delay = 0
             try:
-                self._handlers.add(self.pool.spawn(self._handle, conn, address))
+                self._handlers.add(self.pool.spawn(self._handle, *work))
             except BaseException:  # killed while the pool was full
-                conn.close()
+                self._drop(work)
                 raise
+
+    def __enter__(self: _AnyServer) -> _AnyServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class StreamServer(_Server):
+    """Accept TCP connections on `listener` and run handle(socket, address) in a greenlet for each.
+
+    listener: a (host, port) address (the family taken from the host), gevent's
+    "host:port" or ":port", or a listening socket, which the server then owns:
+    it makes it blocking and closes it on close(). handle: a function, or None
+    for a subclass's handle method. spawn: 'default' (a greenlet per
+    connection), a Pool, or an int (a Pool of that size; connections beyond it
+    wait in the backlog). The connection is closed when handle returns. With
+    ssl_context, each connection is wrapped with
+    ssl_context.wrap_socket(conn, server_side=True).
+    """
+
+    backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
+
+    def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket,
+                 handle: Callable[[socket, Any], object] | None = None, backlog: int | None = None,
+                 spawn: Literal["default"] | int | Pool = "default", ssl_context: ssl.SSLContext | None = None) -> None:
+        if backlog is not None and isinstance(listener, _socket.socket):
+            raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
+        super().__init__(listener, handle, spawn)
+        self.backlog, self.ssl_context = backlog, ssl_context
+
+    def _listen(self, family):
+        return create_server(self.address, family=family, backlog=self.backlog or self.backlog_default)
+
+    def _next(self):
+        return self.socket.accept()
+
+    def _drop(self, work):
+        work[0].close()
 
     def _handle(self, conn, address):
         try:
@@ -3765,12 +3835,344 @@ class StreamServer:
         finally:
             conn.close()
 
-    def __enter__(self: _Server) -> _Server:
-        self.start()
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+class DatagramServer(_Server):
+    """Receive UDP datagrams on `listener` and run handle(data, address) in a greenlet for each (gevent's API).
+
+    listener: as StreamServer's, or a bound SOCK_DGRAM socket. handle: a
+    function, or None for a subclass's handle method; it answers with
+    server.sendto(data, address). spawn: as StreamServer's; while a Pool is
+    full, datagrams wait in the kernel's buffer.
+    """
+
+    kind = _socket.SOCK_DGRAM
+    max_size = 65535  # the largest UDP payload: a datagram is never cut short
+
+    def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket,
+                 handle: Callable[[bytes, Any], object] | None = None,
+                 spawn: Literal["default"] | int | Pool = "default") -> None:
+        super().__init__(listener, handle, spawn)
+
+    def _listen(self, family):
+        sock = socket(family, _socket.SOCK_DGRAM)
+        try:
+            sock.bind(self.address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _next(self):
+        return self.socket.recvfrom(self.max_size)
+
+    def _drop(self, work):
+        pass
+
+    def _handle(self, data, address):
+        self.handle(data, address)
+
+    def sendto(self, data: bytes, address: Any) -> int:
+        """Send data to address from the server's socket (the reply to a datagram)."""
+        if self.socket is None:
+            raise ValueError("the server has no socket yet: start() it first")
+        return self.socket.sendto(data, address)
+
+
+class _RequestBody:
+    """wsgi.input: a request's body, by Content-Length or chunked; it never reads past the body."""
+
+    def __init__(self, rfile, length, chunked, send_continue):
+        self.rfile, self.left, self.chunked, self._send_continue = rfile, length, chunked, send_continue
+        self.done = not chunked and not length
+
+    def _next_chunk(self):
+        if self._send_continue is not None:  # the client waits for this before it sends the body
+            self._send_continue, send = None, self._send_continue
+            send()
+        if self.chunked and not self.left and not self.done:
+            line = self.rfile.readline(WSGIServer.max_line + 1)
+            try:
+                self.left = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise ValueError(f"a bad chunk size line in the request's body: {line[:40]!r}") from None
+            if not self.left:
+                while self.rfile.readline(WSGIServer.max_line + 1) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers, ignored
+                self.done = True
+
+    def _take(self, data, wanted, line=False):
+        if not data or len(data) < wanted and not (line and data.endswith(b"\n")):
+            raise ConnectionError("the client closed the connection before the end of its request's body")
+        self.left -= len(data)
+        if not self.left:
+            if self.chunked:
+                self.rfile.readline(3)  # the CRLF after a chunk
+            else:
+                self.done = True
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        parts: list[bytes] = []
+        size = -1 if size is None else size
+        while size and not self.done:
+            self._next_chunk()
+            if self.done:
+                break
+            n = self.left if size < 0 else min(size, self.left)
+            parts.append(self._take(self.rfile.read(n), n))
+            size -= n if size > 0 else 0
+        return b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        parts: list[bytes] = []
+        size = -1 if size is None else size
+        while size and not self.done and not (parts and parts[-1].endswith(b"\n")):
+            self._next_chunk()
+            if self.done:
+                break
+            n = self.left if size < 0 else min(size, self.left)
+            parts.append(self._take(self.rfile.readline(n), n, line=True))
+            size -= len(parts[-1]) if size > 0 else 0
+        return b"".join(parts)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+
+class WSGIServer(StreamServer):
+    """Serve a WSGI application, a greenlet per connection (gevent's pywsgi.WSGIServer).
+
+    HTTP/1.1 with keep-alive; a response without Content-Length goes chunked
+    to an HTTP/1.1 client (a one-item list gets its length); request bodies by
+    Content-Length or chunked, with Expect: 100-continue. log: a file for an
+    access line per request (default sys.stderr), a logging.Logger, or None;
+    error_log the same for the application's errors. environ: keys added to
+    every request's. HTTPS: ssl_context, or gevent's certfile= and keyfile=.
+    For development and small services: in production, run the application
+    under gunicorn, `gunicorn -k coopsock.GunicornWorker module:app`.
+    """
+
+    max_line = 65536  # the longest request line or header line, as http.client allows
+    max_drain = 65536  # an unread body up to this is read to keep the connection; a longer one closes it
+
+    def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket, application: Callable[..., Any] | None = None,
+                 backlog: int | None = None, spawn: Literal["default"] | int | Pool = "default", log: Any = "default",
+                 error_log: Any = "default", environ: dict[str, Any] | None = None,
+                 ssl_context: ssl.SSLContext | None = None, **ssl_args: Any) -> None:
+        if ssl_args:
+            unknown = set(ssl_args) - {"certfile", "keyfile"}
+            if unknown or "certfile" not in ssl_args:
+                raise TypeError(f"WSGIServer takes certfile= and keyfile= for TLS, not {sorted(unknown) or 'keyfile alone'}:"
+                                " for anything more, pass ssl_context=")
+            import ssl as std_ssl
+            ssl_context = std_ssl.create_default_context(std_ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(ssl_args["certfile"], ssl_args.get("keyfile"))
+        super().__init__(listener, None, backlog, spawn, ssl_context)
+        self.application = application
+        self.log = _sys.stderr if log == "default" else log
+        self.error_log = _sys.stderr if error_log == "default" else error_log
+        self.environ = {"SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.multithread": False,
+                        "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.input_terminated": True,
+                        "wsgi.url_scheme": "https" if ssl_context is not None else "http", **(environ or {})}
+
+    def handle(self, sock: socket, address: Any) -> None:
+        """Serve one connection's requests while it keeps alive."""
+        rfile = sock.makefile("rb")
+        try:
+            while self._serve_request(sock, rfile, address):
+                pass
+        except (OSError, ValueError):
+            pass  # the client went away, or broke its body's framing: the connection closes
+        finally:
+            rfile.close()
+
+    def _serve_request(self, sock, rfile, address):
+        """Read one request, run the application, send its response; True to keep the connection."""
+        import http.client
+        from email.utils import formatdate
+        line = rfile.readline(self.max_line + 1)
+        if line in (b"\r\n", b"\n"):  # a stray CRLF between requests (RFC 9112 2.2)
+            line = rfile.readline(self.max_line + 1)
+        if not line:
+            return False
+        started = _monotonic()
+        request_line = line.decode("latin-1").rstrip("\r\n")
+        parts = request_line.split()
+        if len(line) > self.max_line:
+            return self._refuse(sock, "414 URI Too Long")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return self._refuse(sock, "400 Bad Request" if len(parts) != 3 else "505 HTTP Version Not Supported")
+        method, target, version = parts
+        try:
+            headers = http.client.parse_headers(rfile)
+        except http.client.HTTPException:
+            return self._refuse(sock, "431 Request Header Fields Too Large")
+        connection = headers.get("Connection", "").lower()
+        keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        length = headers.get("Content-Length", "0" if chunked or "Transfer-Encoding" not in headers else "x")
+        if not length.isdigit() or (chunked and "Content-Length" in headers):
+            return self._refuse(sock, "400 Bad Request")
+        path, _, query = target.partition("?")
+        environ = {**self.environ, "REQUEST_METHOD": method, "PATH_INFO": _unquote(path),
+                   "QUERY_STRING": query, "SERVER_PROTOCOL": version, "RAW_URI": target,
+                   "SERVER_NAME": self.address[0] or "localhost", "SERVER_PORT": str(self.address[1]),
+                   "REMOTE_ADDR": address[0] if isinstance(address, tuple) else "",
+                   "REMOTE_PORT": str(address[1]) if isinstance(address, tuple) else "",
+                   "wsgi.errors": self.error_log if hasattr(self.error_log, "write") else _sys.stderr}
+        for name, value in headers.items():
+            key = name.upper().replace("-", "_")
+            key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+            environ[key] = environ[key] + "," + value if key in environ else value
+        expects = version == "HTTP/1.1" and headers.get("Expect", "").lower() == "100-continue"
+        body = environ["wsgi.input"] = _RequestBody(
+            rfile, int(length), chunked, (lambda: sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")) if expects else None)
+
+        status: list[Any] = []  # [status, headers] once start_response is called
+        sent = [False, False, 0]  # [headers sent, chunked, body bytes]
+
+        def start_response(status_: str, headers_: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            if exc_info is not None:
+                try:
+                    if sent[0]:
+                        raise exc_info[1].with_traceback(exc_info[2])
+                finally:
+                    exc_info = None  # no cycle through the frame
+            elif status:
+                raise AssertionError("start_response was called already: pass exc_info to call it again")
+            if type(status_) is not str or not status_[:3].isdigit() or status_[3:4] != " ":
+                raise ValueError(f"status must be a str such as '200 OK', not {status_!r}")
+            if any(type(pair) is not tuple or len(pair) != 2 or not all(type(x) is str for x in pair) or
+                   "\n" in pair[0] + pair[1] or "\r" in pair[0] + pair[1] for pair in headers_):
+                raise ValueError(f"headers must be a list of (str, str) tuples without line breaks, not {headers_!r}")
+            status[:] = [status_, list(headers_)]
+            return write
+
+        def write(data: bytes, whole: bool = False) -> None:
+            nonlocal keep_alive
+            if not status:
+                raise AssertionError("the application wrote its body before calling start_response")
+            if not sent[0]:
+                code, response_headers = int(status[0][:3]), status[1]
+                names = {name.lower() for name, _ in response_headers}
+                if "content-length" not in names and method != "HEAD" and code >= 200 and code not in (204, 304):
+                    if whole:
+                        response_headers.append(("Content-Length", str(len(data))))
+                    elif version == "HTTP/1.1":
+                        sent[1] = True
+                        response_headers.append(("Transfer-Encoding", "chunked"))
+                    else:
+                        keep_alive = False  # the body ends where the connection does
+                if not keep_alive and "connection" not in names:
+                    response_headers.append(("Connection", "close"))
+                if "date" not in names:
+                    response_headers.append(("Date", formatdate(usegmt=True)))
+                head = "".join([f"HTTP/1.1 {status[0]}\r\n", *(f"{k}: {v}\r\n" for k, v in response_headers), "\r\n"])
+                sock.sendall(head.encode("latin-1"))
+                sent[0] = True
+            if data and method != "HEAD":
+                sent[2] += len(data)
+                sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if sent[1] else data)
+
+        try:
+            try:
+                if self.application is None:
+                    raise LookupError("this WSGIServer has no application: pass one, or set server.application")
+                result = self.application(environ, start_response)
+                try:
+                    if type(result) in (list, tuple) and len(result) == 1 and status and not sent[0]:
+                        write(result[0], whole=True)
+                    else:
+                        for data in result:
+                            write(data)
+                    if not sent[0]:
+                        write(b"", whole=True)
+                    if sent[1]:
+                        sock.sendall(b"0\r\n\r\n")
+                finally:
+                    if hasattr(result, "close"):
+                        result.close()
+            except Exception:
+                self._log_error(environ)
+                if sent[0]:
+                    return False  # the response is cut: only closing tells the client
+                status[:] = ["500 Internal Server Error", [("Content-Type", "text/plain")]]
+                keep_alive = False
+                write(b"Internal Server Error", whole=True)
+            if keep_alive and not body.done:  # what the application left unread is read, or the connection closed
+                if body.chunked or body.left > self.max_drain:
+                    keep_alive = False
+                else:
+                    body.read()
+        finally:
+            self._log_access(environ, request_line, status[0][:3] if status else "-", sent[2], started)
+        return keep_alive
+
+    def _refuse(self, sock, status):
+        sock.sendall(f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".encode())
+        return False
+
+    def _log_access(self, environ, request_line, code, length, started):
+        if self.log is not None:
+            import time
+            when = time.strftime("%d/%b/%Y %H:%M:%S")
+            line = f'{environ["REMOTE_ADDR"] or "-"} - - [{when}] "{request_line}" {code} {length} {_monotonic() - started:.6f}'
+            if hasattr(self.log, "write"):
+                self.log.write(line + "\n")
+            else:
+                self.log.info(line)
+
+    def _log_error(self, environ):
+        if self.error_log is not None:
+            import traceback
+            text = f"Error in the WSGI application, {environ['REQUEST_METHOD']} {environ['RAW_URI']}:\n" + traceback.format_exc()
+            if hasattr(self.error_log, "write"):
+                self.error_log.write(text)
+            else:
+                self.error_log.error(text.rstrip())
+
+
+def _unquote(path):
+    """PATH_INFO as WSGI wants it: %-escapes decoded to bytes, the bytes as latin-1 (PEP 3333)."""
+    from urllib.parse import unquote_to_bytes
+    return unquote_to_bytes(path).decode("latin-1")
+
+
+class signal_handler:
+    """Run handler(*args, **kwargs) in a new greenlet each time signal `signum` arrives (gevent's signal_handler).
+
+    The Python-level handler only notes the arrival; the hub starts the
+    greenlet at its next step, so the handler may wait, sleep or fail as any
+    greenlet does. cancel() puts back the handler installed before. Main
+    thread only, as signal.signal.
+    """
+
+    def __init__(self, signum: int, handler: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        import signal
+        _check_callable(handler, "handler")
+        self.signum, self.handler, self.args, self.kwargs = signum, handler, args, kwargs
+        self.hub = get_hub()
+        install = _originals.get((signal, "signal"), signal.signal)  # no deferring wrapper: this one defers
+        self._previous = install(signum, self._arrived)
+
+    def _arrived(self, signum, frame):
+        hub = self.hub
+        if not hub._destroyed:
+            hub._deferred.append((self._start, signum))
+            hub._wakeup.send()  # a poll on epoll would go on after the handler (PEP 475)
+
+    def _start(self, signum, frame):
+        spawn(self.handler, *self.args, **self.kwargs)
+
+    def cancel(self) -> None:
+        """Put back the handler that was installed before; idempotent."""
+        if self._previous is not None:
+            import signal
+            _originals.get((signal, "signal"), signal.signal)(self.signum, self._previous)
+            self._previous = None
 
 
 # ---------------------------------------------------------------------------
@@ -4092,21 +4494,6 @@ def _build_subprocess() -> Any:
     return module
 
 
-def __getattr__(name: str) -> Any:
-    # PEP 562: the TLS classes and coopsock.subprocess are built, and ssl
-    # or subprocess imported, on first use only.
-    if name in _TLS_NAMES:
-        _build_tls()
-        return globals()[name]
-    if name == "subprocess":
-        return _build_subprocess()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_TLS_NAMES, "subprocess"})
-
-
 # ---------------------------------------------------------------------------
 # patch() and unpatch()
 
@@ -4226,6 +4613,120 @@ def unpatch() -> None:
         else:
             setattr(target, attribute, original)
         del _originals[key]
+
+
+# ---------------------------------------------------------------------------
+# The gunicorn worker: gunicorn -k coopsock.GunicornWorker module:app
+
+def _build_gunicorn_worker() -> Any:
+    """Make GunicornWorker (importing gunicorn, once)."""
+    if "GunicornWorker" in globals():
+        return globals()["GunicornWorker"]
+    import signal
+    from functools import partial
+
+    from gunicorn.sock import ssl_context as gunicorn_ssl_context
+    from gunicorn.workers.base_async import AsyncWorker
+
+    class GunicornWorker(AsyncWorker):
+        """A gunicorn worker serving each connection in a greenlet, modelled on gunicorn's gevent worker.
+
+        patch() comes first, so the application's libraries cooperate. Up to
+        worker_connections connections at once, with gunicorn's keep-alive,
+        heartbeat, max_requests, reload and TLS settings. SIGTERM: stop
+        accepting, let the requests in flight finish within graceful_timeout,
+        then kill the rest; SIGQUIT and SIGINT: stop at once.
+        """
+
+        def init_process(self) -> None:
+            patch(signal=True)  # gunicorn's handlers, installed next, then run at the hub's next step
+            self.sockets = [socket(s.FAMILY, _socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets]  # type: ignore[has-type]
+            self._stopping = Event()
+            super().init_process()
+
+        def init_signals(self) -> None:
+            hubs = signal.set_wakeup_fd(-1)  # the hub's, which wakes its poll when a signal lands
+            super().init_signals()
+            signal.set_wakeup_fd(hubs)  # gunicorn's own pipe is for its sync workers' select()
+
+        def run(self) -> None:
+            ssl_args = {"ssl_context": gunicorn_ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+            servers = []
+            for listener in self.sockets:
+                listener.setblocking(True)
+                server = StreamServer(listener, partial(self.handle, listener),
+                                      spawn=Pool(self.worker_connections), **ssl_args)
+                server.start()
+                servers.append(server)
+            while self.alive:
+                self.notify()  # the heartbeat: the arbiter kills a worker silent for `timeout`
+                self._stopping.wait(1.0)
+            for server in servers:
+                server.close()  # no new connections; gunicorn's arbiter starts a new worker
+            deadline = _monotonic() + self.cfg.graceful_timeout
+            while not self._quitting and _monotonic() < deadline and any(len(server._handlers) for server in servers):
+                self.notify()
+                joinall([g for server in servers for g in server._handlers], min(1.0, deadline - _monotonic()))
+            if any(len(server._handlers) for server in servers):
+                self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
+            for server in servers:
+                server.stop(timeout=0)
+
+        _quitting = False
+
+        def notify(self) -> None:
+            super().notify()
+            if self.ppid != _os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                self.alive = False
+                self._stopping.set()
+
+        def handle_exit(self, sig: int, frame: Any) -> None:  # SIGTERM: graceful
+            self.alive = False
+            self._stopping.set()
+
+        def handle_quit(self, sig: int, frame: Any) -> None:  # SIGQUIT, SIGINT: at once
+            self.alive, self._quitting = False, True
+            self.cfg.worker_int(self)
+            self._stopping.set()
+
+        def handle_usr1(self, sig: int, frame: Any) -> None:
+            spawn(super().handle_usr1, sig, frame)  # reopening log files may wait
+
+        def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+            try:
+                return super().handle_request(listener_name, req, sock, addr)
+            finally:
+                if not self.alive:  # max_requests reached: stop without waiting for the heartbeat
+                    self._stopping.set()
+
+        def timeout_ctx(self) -> Timeout:
+            return Timeout(self.cfg.keepalive, False)  # an idle keep-alive connection ends quietly
+
+        def handle(self, listener: Any, client: Any, addr: Any) -> None:
+            client.setblocking(True)
+            super().handle(listener, client, addr)
+
+    GunicornWorker.__module__ = __name__
+    globals()["GunicornWorker"] = GunicornWorker
+    return GunicornWorker
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the TLS classes, coopsock.subprocess and the gunicorn worker
+    # are built, and ssl, subprocess or gunicorn imported, on first use only.
+    if name in _TLS_NAMES:
+        _build_tls()
+        return globals()[name]
+    if name == "subprocess":
+        return _build_subprocess()
+    if name == "GunicornWorker":
+        return _build_gunicorn_worker()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TLS_NAMES, "subprocess", "GunicornWorker"})
 
 
 # ---------------------------------------------------------------------------

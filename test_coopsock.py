@@ -781,6 +781,69 @@ def test_a_sleep_zero_loop_does_not_starve_io(pair):
     assert data == b"data" and spinning == ["stop"]
 
 
+def _burn(seconds):
+    """Compute for `seconds` of wall time, as a TLS handshake or a driver's parsing does between waits."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
+def _longest_tick_gap_during(burst):
+    """Run burst() beside a greenlet sleeping 1 ms in a loop; return (longest gap between its wake-ups, burst's time)."""
+    gaps, done = [], []
+
+    def ticker():
+        last = time.monotonic()
+        while not done:
+            sleep(0.001)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+    ticking = spawn(ticker)
+    sleep(0.01)  # ticking
+    started = time.monotonic()
+    burst()
+    elapsed = time.monotonic() - started
+    done.append(True)
+    ticking.join()
+    return max(gaps), elapsed
+
+
+@pytest.mark.parametrize("woken_by", ["fds", "callbacks"])
+def test_a_burst_of_busy_greenlets_lets_timers_in_between(woken_by):
+    # 60 greenlets, woken at once (their fds ready together, or spawned
+    # together), each computing 3 ms: one pass of the hub used to run them all
+    # (180 ms) before a timer could fire; it now lets timers in every 5 ms.
+    # The bound is a share of the burst's own time, so a slow machine scales both.
+    count, each = 60, 0.003
+    pairs = [coopsock.socketpair() for _ in range(count)] if woken_by == "fds" else []
+
+    def busy(i):
+        if pairs:
+            assert pairs[i][0].recv(1) == b"x"
+        _burn(each)
+        return i
+
+    def burst():
+        if pairs:
+            waiting = [spawn(busy, i) for i in range(count)]
+            sleep(0)  # each started, and parked on its fd
+            assert coopsock.get_hub().stats()["waiting"] >= count
+            for _, b in pairs:
+                b.send(b"x")
+        else:
+            waiting = [spawn(busy, i) for i in range(count)]
+        assert [g.get(timeout=10) for g in waiting] == list(range(count))
+    try:
+        longest, elapsed = _longest_tick_gap_during(burst)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert elapsed >= count * each
+    assert longest < elapsed / 4, f"a timer waited {longest * 1000:.0f} ms during a {elapsed * 1000:.0f} ms burst"
+
+
 def test_an_exception_in_a_greenlet_is_printed_and_kept_and_the_hub_carries_on(capsys):
     def fail():
         raise ZeroDivisionError("oops in a greenlet")
