@@ -40,10 +40,12 @@ the licence header, ``pip install greenlet``, and you are done. Example::
 The file, top to bottom (``grep -A1 '^# ----' coopsock.py`` lists the
 sections): imports, exceptions, argument checks, the loop layer (real pyev, or
 libev through ctypes, or a pure-Python loop on epoll or poll), the hub,
-Timeout, greenlets, coordination (Event, Queue, locks, Pool), the cooperative
-socket, the module-level helpers (create_connection, getaddrinfo,
-wait_read...), StreamServer, TLS, select and patch(), the demo
-(``python -m coopsock``).
+Timeout, greenlets, coordination (Event, Queue, locks, Pool), threads (locks
+that park greenlets and block threads, ThreadPool), the cooperative socket,
+the module-level helpers (create_connection, getaddrinfo, wait_read...), the
+servers (StreamServer, DatagramServer, WSGIServer, signal_handler), TLS,
+select, subprocess, patch(), the gunicorn worker, the demo (``python -m
+coopsock``).
 
 The invariants a reader must hold:
 
@@ -1013,8 +1015,8 @@ class _LoopCloser:
         self.hub = hub
 
     def __del__(self):
-        hub = self.hub
         try:
+            hub = self.hub  # (absent if a signal cut __init__ short: nothing to close then)
             if hub._thread != _threading.get_ident() and hub._runner.is_alive():
                 return  # a daemon thread at interpreter exit, still in its loop: leave that to the OS
             hub._close_loop()
@@ -2800,13 +2802,13 @@ class _ThreadLock:
         return f"<{'locked' if self.locked() else 'unlocked'} coopsock._ThreadLock object at {id(self):#x}>"
 
 
-class _ThreadRLock:
+class _ThreadRLock(RLock):
     """threading.RLock for threads and greenlets: the greenlet that holds it may take it again."""
 
-    __slots__ = ("_lock", "_owner", "_count", "__weakref__")
+    __slots__ = ("__weakref__",)
 
     def __init__(self) -> None:
-        self._lock, self._count = _ThreadLock(), 0
+        self._lock, self._count = _ThreadLock(), 0  # type: ignore[assignment]
         self._owner: _greenlet | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -2822,23 +2824,7 @@ class _ThreadRLock:
         self._owner, self._count = me, 1
         return True
 
-    def release(self) -> None:
-        """Undo one acquire(); RuntimeError if this greenlet does not hold the lock."""
-        if self._owner is not getcurrent():
-            raise RuntimeError("cannot release un-acquired lock")
-        self._count -= 1
-        if not self._count:
-            self._owner = None
-            self._lock.release()
-
-    __enter__ = acquire
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def locked(self) -> bool:
-        """Return True if some greenlet or thread holds the lock."""
-        return self._lock.locked()
+    __enter__ = acquire  # (release, __exit__ and locked are RLock's)
 
     # What Condition uses to let go of the lock while it waits, however often it is held.
     def _is_owned(self):
@@ -3663,7 +3649,7 @@ def wait_write(fileno: _FileDescriptorLike, timeout: float | None = None,
 
 
 # ---------------------------------------------------------------------------
-# Servers: StreamServer, DatagramServer
+# Servers: StreamServer, DatagramServer, WSGIServer; signal_handler
 #
 # A server owns its listener and the greenlets it spawned: close() stops taking
 # new work, stop() also waits for the running handlers and then kills them.

@@ -375,7 +375,7 @@ def test_urllib_request(patched, slow_servers, scheme):
         url = f"{scheme}://127.0.0.1:{slow_servers[scheme]}/u/{i}"
         with urllib.request.urlopen(url, timeout=10, context=context if scheme == "https" else None) as response:
             return response.read()
-    run_concurrently(get, lambda i: f"/u/{i}".encode(), cpu_bound=True)  # an opener per call: ~0.5 ms of Python (62 ms a pass in CI)
+    run_concurrently(get, lambda i: f"/u/{i}".encode())  # an opener per call: ~0.5 ms of Python
 
 
 def test_smtplib(patched, slow_servers):
@@ -438,7 +438,7 @@ def test_requests(patched, slow_servers, scheme):
         response = requests.get(f"{scheme}://127.0.0.1:{slow_servers[scheme]}/r/{i}", timeout=10,
                                 verify=slow_servers["cafile"])
         return response.status_code, response.content
-    run_concurrently(get, lambda i: (200, f"/r/{i}".encode()), cpu_bound=True)  # a Session per call: ~1 ms of Python
+    run_concurrently(get, lambda i: (200, f"/r/{i}".encode()))  # a Session per call: ~1 ms of Python
 
 
 def test_redis(patched, redis_port):
@@ -450,6 +450,6 @@ def test_redis(patched, redis_port):
         value = client.get(f"key:{i}")
         return value, client.blpop([f"empty:{i}"], timeout=0.1)  # the server answers after 100 ms
     try:
-        run_concurrently(set_get_and_wait, lambda i: (f"value {i}".encode(), None), cpu_bound=True)  # redis-py parses ~0.5 ms per call
+        run_concurrently(set_get_and_wait, lambda i: (f"value {i}".encode(), None))  # redis-py parses ~0.5 ms per call
     finally:
         client.close()
