@@ -325,7 +325,7 @@ def test_wsgi_serves_100_requests_at_once(patched):
         def get(i):
             response = requests.get(f"http://127.0.0.1:{server.server_port}/{i}", timeout=10)
             return response.status_code, response.text
-        run_concurrently(get, lambda i: (200, f"/{i}"), cpu_bound=True)  # a requests Session per call: ~1 ms
+        run_concurrently(get, lambda i: (200, f"/{i}"))
 
 
 def test_wsgi_chunked_response_sends_each_piece_as_the_app_yields_it():
@@ -706,8 +706,7 @@ def test_gunicorn_serves_100_requests_each_calling_http_and_redis_at_once(patche
     # the first request also imports what the app uses and connects to redis; PyPy's JIT warms up over a few
     assert [server.get(f"/fetch/warm{i}")["result"] for i in range(3)] == [f"/warm{i} 1" for i in range(3)]
     one = (time.monotonic() - start) / 3
-    elapsed = run_concurrently(lambda i: server.get(f"/fetch/{i}")["result"], lambda i: f"/{i} 1",
-                               cpu_bound=True)
+    elapsed = run_concurrently(lambda i: server.get(f"/fetch/{i}")["result"], lambda i: f"/{i} 1")
     print(f"one request {one:.3f} s; 100 at once {elapsed:.3f} s")
     assert len(server.worker_pids()) == 1  # the one worker served them all
     assert "Traceback" not in server.log()
@@ -904,7 +903,7 @@ def test_example_webproxy_proxies_and_rewrites_links(patched):
 
         def fetch(i):  # each waits 100 ms for the upstream in a greenlet of its own
             return requests.get(f"{base}{up}/page", timeout=10).content
-        run_concurrently(fetch, lambda i: response.content, count=20, cpu_bound=True)
+        run_concurrently(fetch, lambda i: response.content, count=20)
 
 
 def _forwarder(tmp_path, backend, upstream):
