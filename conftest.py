@@ -200,6 +200,19 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def wait_for_port(process, port, log, what):
+    """Return once something accepts on port; fail with the log's end if process exits first (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with stdsocket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    status = "is still starting after 30 s" if process.poll() is None else f"exited with status {process.poll()}"
+    pytest.fail(f"{what} {status}; its log ends with:\n{log.read_text(errors='replace')[-3000:]}")
+
+
 def thread_clock():
     """Return the seconds this thread spent on a CPU, and waiting for one (Linux; else 0)."""
     try:

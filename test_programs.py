@@ -30,7 +30,7 @@ import time
 import pytest
 
 import coopsock
-from conftest import Ticker, free_port, run_concurrently
+from conftest import Ticker, free_port, run_concurrently, wait_for_port
 
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])  # daemons, for non-root too
 
@@ -64,19 +64,6 @@ def blocked_thread_guard():
     """Turn a test whose thread is blocked for good (a deadlock in a real lock) into a failure."""
     with thread_alarm(30):
         yield
-
-
-def wait_for_port(process, port, log, what):
-    """Return once something accepts on port; fail with the log's end if process exits first (30 s at most)."""
-    deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            with stdsocket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    status = "is still starting after 30 s" if process.poll() is None else f"exited with status {process.poll()}"
-    pytest.fail(f"{what} {status}; its log ends with:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def stop(process):
