@@ -1077,7 +1077,6 @@ class Hub(_greenlet):
         self._lent = 0                 # ThreadPool.spawn jobs whose results this hub is to set
         self._started: list[Any] = []  # io watchers started since the last poll (_check_started)
         self._callbacks: _deque[_Callback] = _deque()  # run in order on the next pass
-        self._due: _deque[_Callback] = _deque()  # timers come due, run in order before the callbacks
         self._timers: list[tuple[float, int, _Callback]] = []  # a heap
         self._timer_numbers = _count()
         self._sweep_at = _SWEEP_AT
@@ -1463,17 +1462,18 @@ class Hub(_greenlet):
     # loop's time is updated before the clock starts, or it would fire early.
 
     def _run_due_timers(self):
-        """Move due timers to the due line; set the clock for the next one."""
+        """Move due timers to the front of the callbacks, and return how many; set the clock for the next one."""
         timers, now, clock = self._timers, _monotonic(), self._clock
         if len(timers) > self._sweep_at:
             timers[:] = [timer for timer in timers if timer[2].func is not None]
             _heapify(timers)
             self._sweep_at = max(_SWEEP_AT, 2 * len(timers))
-        due = self._due
+        due = []
         while timers and (timers[0][2].func is None or timers[0][0] <= now):
             callback = _heappop(timers)[2]
             if callback.func is not None:
                 due.append(callback)
+        self._callbacks.extendleft(reversed(due))  # ahead of a burst's leftovers: see _run_pass
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
@@ -1482,6 +1482,7 @@ class Hub(_greenlet):
             clock.set(max(self._clock_when - now, 0.0), 0.0)
             self.loop.update()
             clock.start()
+        return len(due)
 
     def _keeps_polling(self):
         """True while something can still wake a parked greenlet: an fd, a thread, a ref timer."""
@@ -1551,17 +1552,14 @@ class Hub(_greenlet):
         if self._deferred:
             self._run_deferred_signals()
         budget_end = _monotonic() + _PASS_BUDGET
-        callbacks, take, due = self._callbacks, self._take, self._due
-        if due:
-            self._run_callbacks(due, len(due), budget_end)
-        self._run_callbacks(callbacks, len(callbacks), budget_end)  # only those queued before: a sleep(0) loop must let I/O in
+        callbacks, take = self._callbacks, self._take
+        self._run_callbacks(len(callbacks), budget_end)  # only those queued before: a sleep(0) loop must let I/O in
         incoming = self._incoming
         while incoming:  # what other threads handed over
             func, args = incoming.popleft()
             self.run_callback(func, *args)
-        if self._timers:
-            self._run_due_timers()
-        if callbacks or due:  # a sleep(0) loop polls I/O every _POLL_EVERY, not at every round
+        due = self._run_due_timers() if self._timers else 0  # the first `due` callbacks now
+        if callbacks:  # a sleep(0) loop polls I/O every _POLL_EVERY, not at every round
             now = _monotonic()
             if now < self._next_poll and now <= budget_end:
                 return
@@ -1590,10 +1588,8 @@ class Hub(_greenlet):
             timers = self._timers
             for watcher in watchers:
                 if (due or timers) and _monotonic() > budget_end:  # let due timers in between
-                    if timers:
-                        self._run_due_timers()
-                    self._run_callbacks(due, len(due), float("inf"))
-                    budget_end = _monotonic() + _PASS_BUDGET
+                    self._run_callbacks(due + self._run_due_timers(), float("inf"))
+                    due, budget_end = 0, _monotonic() + _PASS_BUDGET
                 data = watcher.data
                 if data is None:
                     if self._signal_wakeup and watcher is self._signal_wakeup[0]:
@@ -1617,9 +1613,9 @@ class Hub(_greenlet):
                                 raise GreenletExit from None
                             self.handle_error(greenlet, exc)
 
-    def _run_callbacks(self, callbacks, count, budget_end):
-        """Run up to count callbacks from the front of the deque callbacks, fewer once past budget_end."""
-        take = self._take
+    def _run_callbacks(self, count, budget_end):
+        """Run up to count callbacks from the front of the queue, fewer once past budget_end."""
+        callbacks, take = self._callbacks, self._take
         for _ in range(count):
             callback = callbacks.popleft()
             func = callback.func
@@ -1670,7 +1666,7 @@ class Hub(_greenlet):
         pending timers (run_later, Timeout, sleep, socket timeouts) and callbacks."""
         return {"backend": self.ev.__name__, "fds": len(self._fds), "waiting": self._io_parks,
                 "timers": sum(timer[2].func is not None for timer in self._timers),
-                "callbacks": sum(c.func is not None for line in (self._due, self._callbacks) for c in line)}
+                "callbacks": sum(c.func is not None for c in self._callbacks)}
 
     def destroy(self) -> None:
         """End this hub and close its loop; the thread gets a new hub on next use.
@@ -1699,7 +1695,7 @@ class Hub(_greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
-        self._timers, self._callbacks, self._due, self._deadlines = [], _deque(), _deque(), {}  # their handles refer to the hub
+        self._timers, self._callbacks, self._deadlines = [], _deque(), {}  # their handles refer to the hub
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
