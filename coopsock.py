@@ -4660,10 +4660,12 @@ def _build_gunicorn_worker() -> Any:
             for server in servers:
                 server.close()  # no new connections; gunicorn's arbiter starts a new worker
             deadline = _monotonic() + self.cfg.graceful_timeout
-            while not self._quitting and _monotonic() < deadline and any(len(server._handlers) for server in servers):
+            running = [g for server in servers for g in server._handlers if not g.dead]
+            while not self._quitting and _monotonic() < deadline and running:
                 self.notify()
-                joinall([g for server in servers for g in server._handlers], min(1.0, deadline - _monotonic()))
-            if not self._quitting and any(len(server._handlers) for server in servers):
+                joinall(running, min(1.0, deadline - _monotonic()))
+                running = [g for g in running if not g.dead]
+            if not self._quitting and running:
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
             for server in servers:
                 server.stop(timeout=0)
