@@ -5,6 +5,7 @@ import errno
 import gc
 import math
 import os
+import re
 import select
 import socket as stdsocket
 import subprocess
@@ -1830,7 +1831,9 @@ def test_a_lookup_that_finishes_before_the_hub_waits_is_not_lost(monkeypatch):
         pytest.fail("getaddrinfo() never returned: the worker's wake-up was lost")
     finally:
         del hub._run_threadsafe, hub.switch
-    assert sent.is_set()
+    # The worker appends its outcome before it sends: the caller may return
+    # while the send is still under way, so wait for it, then check it came.
+    assert sent.wait(5), "the worker never sent its wake-up"
     assert infos[0][4] == ("127.0.0.1", 80)
 
 
@@ -1995,33 +1998,36 @@ def test_unix_connect_to_a_full_listen_queue_times_out(short_dir):
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _free_port():
-    with stdsocket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_demo(backend, *options, host="127.0.0.1"):
-    """Start the demo server in a child process; return (process, port) once it listens on host."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "coopsock", "--port", str(port), "--loop", backend,
-                             *options], cwd=HERE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            stdsocket.create_connection((host, port), timeout=1).close()
-            return proc, port
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)  # polling a child process that is starting up: nothing to join
-    proc.kill()
-    raise AssertionError("the demo did not start listening")
+    """Start the demo server on a free port in a child process; return (process, port) once it serves on host.
+
+    --port 0 and the port read from its log: a port probed free here could be
+    taken by another program before the child binds it.
+    """
+    # Unbuffered, so its readline takes no more than the line: communicate()
+    # reads the pipe itself, not from a buffer in front of it.
+    proc = subprocess.Popen([sys.executable, "-m", "coopsock", "--port", "0", "--loop", backend, *options],
+                            cwd=HERE, stderr=subprocess.PIPE, bufsize=0)
+    watchdog = threading.Timer(20, proc.kill)  # a child that hangs before its first line ends the readline
+    watchdog.start()
+    try:
+        proc.head = proc.stderr.readline().decode()  # "... listening on HOST:PORT ...", or why it could not
+    finally:
+        watchdog.cancel()
+    listening = re.search(r"listening on \S*:(\d+)", proc.head)
+    if not listening:
+        proc.kill()
+        _, rest = proc.communicate()
+        raise AssertionError(f"the demo did not start listening: {proc.head}{rest.decode()}")
+    port = int(listening.group(1))
+    stdsocket.create_connection((host, port), timeout=10).close()  # served: the readiness probe
+    return proc, port
 
 
 def _stop_demo(proc, signum):
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=20)
-    return proc.returncode, err
+    return proc.returncode, proc.head + err.decode()
 
 
 def _echo_once(port, payload, host="127.0.0.1"):
