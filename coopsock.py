@@ -246,7 +246,8 @@ def _lock_timeout(blocking, timeout):
 
 
 def _check_timeout(block, timeout):
-    if block and timeout is not None and timeout < 0:
+    """queue.Queue's check; a Timeout (an exception: gevent's habit) passes, for the wait to start."""
+    if block and timeout is not None and not isinstance(timeout, BaseException) and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
 
 
@@ -1611,7 +1612,7 @@ class Hub(_greenlet):
                         except BaseException as exc:  # a raw greenlet died, or destroy()
                             if self._destroyed:
                                 raise GreenletExit from None
-                            self.handle_error(greenlet, exc)
+                            self._report(greenlet, exc)
 
     def _run_callbacks(self, count, budget_end):
         """Run up to count callbacks from the front of the queue, fewer once past budget_end."""
@@ -1626,7 +1627,7 @@ class Hub(_greenlet):
                 except BaseException as exc:
                     if self._destroyed:  # destroy() from a greenlet this callback switched to
                         raise GreenletExit from None
-                    self.handle_error(func, exc)
+                    self._report(func, exc)
                 if _monotonic() > budget_end:
                     return
 
@@ -1646,20 +1647,33 @@ class Hub(_greenlet):
                 except OSError:
                     self._notify_closing(data[0])
 
-    def handle_error(self, where: object, exc: BaseException) -> None:
-        """Report an exception that escaped a callback or greenlet; the hub carries on.
+    def _report(self, context, exc):
+        """Pass an exception that escaped context (a greenlet, a callback) to handle_error; the hub carries on."""
+        try:
+            self.handle_error(context, type(exc), exc, exc.__traceback__)
+        except BaseException:  # an override's own failure: printed, not raised into the hub
+            _traceback.print_exc()
 
-        KeyboardInterrupt and SystemExit are raised in the main greenlet instead.
+    def handle_error(self, context: object, type: type[BaseException], value: BaseException, tb: Any) -> None:
+        """Report an exception that escaped context, a callback or greenlet (gevent's arguments).
+
+        KeyboardInterrupt and SystemExit are raised in the main greenlet
+        instead; GreenletExit is not an error. An override (set on the class
+        or the hub) must not raise: what it raises is printed and dropped.
         """
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if issubclass(type, (KeyboardInterrupt, SystemExit)):
             if getcurrent() is self:
-                self._throw(self.parent, exc)
+                self._throw(self.parent, value)
             else:
-                self.run_callback(self._throw, self.parent, exc)
-        elif not isinstance(exc, GreenletExit):
-            _traceback.print_exception(type(exc), exc, exc.__traceback__)
-            now = _time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            print(f"{now} {where!r} failed with {type(exc).__name__}: {exc}", file=_sys.stderr)
+                self.run_callback(self._throw, self.parent, value)
+        elif not issubclass(type, GreenletExit):
+            self.print_exception(context, type, value, tb)
+
+    def print_exception(self, context: object, type: type[BaseException], value: BaseException, tb: Any) -> None:
+        """Print the traceback, then when and where it failed, to stderr."""
+        _traceback.print_exception(type, value, tb)
+        now = _time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        print(f"{now} {context!r} failed with {type.__name__}: {value}", file=_sys.stderr)
 
     def stats(self) -> dict[str, Any]:
         """Return counts for tests and debugging: fds watched, greenlets waiting on fds or threads,
@@ -1738,7 +1752,7 @@ class Timeout(BaseException):
 
     A BaseException, so that `except Exception` does not swallow it. `exception`
     is what gets raised: None raises the Timeout itself, False too but a `with`
-    block then suppresses it silently, a string becomes its message, a class or
+    block then suppresses it silently, a string ends its message, a class or
     instance is raised as given. Timeout(None) never fires; Timeout(0) fires on
     the next loop pass. With ref=False the timer does not keep the loop alive.
     """
@@ -1752,9 +1766,10 @@ class Timeout(BaseException):
     def start_new(cls, seconds: Timeout | float | None = None,
                   exception: type[BaseException] | BaseException | str | bool | None = None,
                   ref: bool = True) -> Timeout:
-        """Create a Timeout and start it; a Timeout given as `seconds` is started as is."""
+        """Create a Timeout and start it; a Timeout given as `seconds` is started as is, unless pending."""
         timeout = seconds if isinstance(seconds, Timeout) else cls(seconds, exception, ref)
-        timeout.start()
+        if not timeout.pending:
+            timeout.start()
         return timeout
 
     @property
@@ -1800,15 +1815,20 @@ class Timeout(BaseException):
             raising.func = None
         return value is self and self.exception is False
 
-    def __str__(self):
-        if isinstance(self.exception, str):
-            return self.exception
+    def __str__(self):  # gevent's words
         if self.seconds is None:
             return ""
-        return f"{self.seconds} second{'' if self.seconds == 1 else 's'}"
+        seconds = f"{self.seconds} second{'' if self.seconds == 1 else 's'}"
+        exc = self.exception
+        return seconds if exc is None else f"{seconds} (silent)" if exc is False else f"{seconds}: {exc}"
 
     def __repr__(self):
         return f"<Timeout seconds={self.seconds} exception={self.exception!r} pending={self.pending}>"
+
+
+def _expiry(timeout, exception):
+    """What a wait that raises past `timeout` raises: a Timeout given as `timeout` itself (gevent's), else exception."""
+    return timeout if isinstance(timeout, Timeout) else exception
 
 
 def with_timeout(seconds: float | None, func: Callable[..., _T], *args: Any, timeout_value: Any = Timeout,
@@ -1848,11 +1868,30 @@ class _Waiter:
                 hub.run_callback(hub._wake, request)
 
     def wait(self, timeout=None):
-        """Park until called; return False if `timeout` seconds passed first."""
+        """Park until called; return False if `timeout` seconds passed first.
+
+        A Timeout as `timeout` (gevent's habit) is started unless pending and
+        cancelled after; its own exception means that it passed.
+        """
         hub = get_hub()
+        if isinstance(timeout, Timeout):
+            return self._wait_for(hub, timeout)
         deadline = None if timeout is None else _monotonic() + _seconds(timeout)
         self.hub, self.request = hub, (_PARK, getcurrent(), None, 0, deadline, False)
         return hub.park(self.request) is not _TIMED_OUT
+
+    def _wait_for(self, hub, timeout):
+        Timeout.start_new(timeout)
+        self.hub, self.request = hub, (_PARK, getcurrent(), None, 0, None, False)
+        try:
+            hub.park(self.request)
+            return True
+        except Timeout as exc:
+            if exc is not timeout:
+                raise
+            return False
+        finally:
+            timeout.cancel()
 
 
 class Greenlet(_greenlet):
@@ -1862,10 +1901,11 @@ class Greenlet(_greenlet):
     kills the hub.
     """
 
-    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_links", "_starter", "_finished", "name")
+    __slots__ = ("_func", "_args", "_kwargs", "value", "exception", "_tb", "_links", "_starter", "_finished", "name")
     parent: Hub  # (for type checkers) always the hub: see __init__
     value: Any
     exception: BaseException | None
+    _tb: Any
     _starter: _Callback | None
 
     def __init__(self, func: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> None:
@@ -1873,7 +1913,7 @@ class Greenlet(_greenlet):
             _check_callable(func)
         super().__init__(parent=get_hub())
         self._func, self._args, self._kwargs = func, args, kwargs  # None: _run (not stored: a cycle)
-        self.value = self.exception = self._starter = None
+        self.value = self.exception = self._tb = self._starter = None
         self.name = f"Greenlet-{next(_greenlet_numbers)}"  # for reports; settable
         self._links: list[Callable[[Greenlet], object]] = []
         self._finished = False
@@ -1910,8 +1950,8 @@ class Greenlet(_greenlet):
         except GreenletExit as exc:
             self.value = exc
         except BaseException as exc:
-            self.exception = exc
-            self.parent.handle_error(self, exc)
+            self.exception, self._tb = exc, exc.__traceback__  # as it died: each get() raises it afresh
+            self.parent._report(self, exc)
         finally:
             self._finish()
 
@@ -1920,9 +1960,17 @@ class Greenlet(_greenlet):
         func = self._run if self._func is None else self._func
         self._func = getattr(func, "__qualname__", None) or _reprlib.repr(func)  # for the repr
         self._args = self._kwargs = None
-        links, self._links = self._links, []
-        for link in links:
-            self.parent.run_callback(link, self)
+        if self._links:
+            self.parent.run_callback(self._notify_links)
+
+    def _notify_links(self):  # a callback per link, each taken off as it is called: one may unlink another
+        links = self._links
+        if links:
+            link = links.pop(0)
+            if links:
+                self.parent.run_callback(self._notify_links)
+            return link(self)  # the hub takes what it returns, reports what it raises
+        return None
 
     def ready(self) -> bool:
         """Return True once the greenlet has finished (or was killed)."""
@@ -1933,6 +1981,8 @@ class Greenlet(_greenlet):
         return self._finished and self.exception is None
 
     dead = property(lambda self: self._finished or _greenlet.dead.__get__(self))
+    exc_info = property(lambda self: None if self.exception is None else (type(self.exception), self.exception, self._tb),
+                        doc="(type, exception, traceback) if it died of an exception, else None (gevent's).")
 
     def link(self, callback: Callable[[Greenlet], object]) -> None:
         """Call callback(self) from the hub once the greenlet finishes."""
@@ -1976,10 +2026,27 @@ class Greenlet(_greenlet):
         if not self._finished and block:
             self.join(timeout)
         if not self._finished:
-            raise Timeout(timeout)
+            raise _expiry(timeout, Timeout(timeout))
         if self.exception is not None:
-            raise self.exception
+            raise self.exception.with_traceback(self._tb)
         return self.value
+
+    def _end_unstarted(self, exc):
+        if self._starter is not None:
+            self._starter.stop()
+        if isinstance(exc, GreenletExit):
+            self.value = exc
+        else:
+            self.exception = exc
+        self._finish()
+
+    def throw(self, typ: Any = GreenletExit, val: Any = None, tb: Any = None) -> Any:
+        """Raise an exception in the greenlet now (from the hub); one not started ends without running, as a kill."""
+        if self or self._finished:
+            return _greenlet.throw(self, typ, val, tb)
+        self._end_unstarted(val if isinstance(val, BaseException) else typ if isinstance(typ, BaseException)
+                            else typ() if val is None else typ(val))
+        return None
 
     def kill(self, exception: type[BaseException] | BaseException = GreenletExit, block: bool = True,
              timeout: float | None = None) -> None:
@@ -1987,15 +2054,7 @@ class Greenlet(_greenlet):
         if self._finished:
             return
         if not self:  # not started yet: it never runs
-            if self._starter is not None:
-                self._starter.stop()
-            exc = exception() if isinstance(exception, type) else exception
-            if isinstance(exc, GreenletExit):
-                self.value = exc
-            else:
-                self.exception = exc
-            self._finish()
-            return
+            return self._end_unstarted(exception() if isinstance(exception, type) else exception)
         self.parent.run_callback(self.parent._throw, self, exception)  # itself too: at its next switch, as gevent
         if block:
             self.join(timeout)
@@ -2183,7 +2242,7 @@ class _Line(_deque):
                     try:
                         waiter(*args)
                     except BaseException as exc:
-                        get_hub().handle_error(waiter, exc)
+                        get_hub()._report(waiter, exc)
                     continue
                 waiter()  # its greenlet runs now, and leaves the line itself
                 if self and self[0] is waiter:
@@ -2196,7 +2255,7 @@ class _Line(_deque):
 class Event:
     """A flag greenlets wait for; set(), from any thread, wakes every waiter (threading.Event's API)."""
 
-    __slots__ = ("_flag", "_waiters", "_hub")
+    __slots__ = ("_flag", "_waiters", "_hub", "__weakref__")
 
     def __init__(self) -> None:
         self._flag, self._waiters = False, _Line()
@@ -2251,28 +2310,30 @@ class Event:
 class AsyncResult(Event):
     """A value (or exception) one greenlet sets and others wait for; g.link(result) makes it g's outcome."""
 
-    __slots__ = ("value", "exception")
+    __slots__ = ("value", "exception", "_tb")
     exception: BaseException | None
+    _tb: Any
+    exc_info = Greenlet.exc_info
 
     def __init__(self) -> None:
         super().__init__()
-        self.value = self.exception = None
+        self.value = self.exception = self._tb = None
 
     def set(self, value: Any = None) -> None:
         """Store value and wake every waiter."""
         self.value = value
         super().set()
 
-    def set_exception(self, exception: BaseException) -> None:
-        """Store exception (raised by get()) and wake every waiter."""
-        self.exception = exception
+    def set_exception(self, exception: BaseException, exc_info: tuple[Any, Any, Any] | None = None) -> None:
+        """Store exception (raised by get(), with exc_info's traceback if given) and wake every waiter."""
+        self.exception, self._tb = exception, exc_info[2] if exc_info else exception.__traceback__
         super().set()
 
     def __call__(self, source: Greenlet) -> None:
         """Take the outcome of source, a finished greenlet: its value, or its exception."""
         if source.exception is None:
             return self.set(source.value)
-        self.set_exception(source.exception)
+        self.set_exception(source.exception, source.exc_info)
 
     def successful(self) -> bool:
         """Return True if set with a value."""
@@ -2286,9 +2347,9 @@ class AsyncResult(Event):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the value or raise the exception; raise Timeout if not set in time (at once if not block)."""
         if not (self._flag or block and Event.wait(self, timeout)):
-            raise Timeout(timeout)
+            raise _expiry(timeout, Timeout(timeout))
         if self.exception is not None:
-            raise self.exception
+            raise self.exception.with_traceback(self._tb)
         return self.value
 
     def get_nowait(self) -> Any:
@@ -2297,7 +2358,7 @@ class AsyncResult(Event):
 
     def clear(self) -> None:
         """Forget the value and the exception."""
-        self._flag, self.value, self.exception = False, None, None
+        self._flag, self.value, self.exception, self._tb = False, None, None, None
 
 
 def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int | None = None) -> Iterator[_Waitable]:
@@ -2361,13 +2422,13 @@ def killall(greenlets: Iterable[_greenlet], exception: type[BaseException] | Bas
         kill(g, exception, block=False)
     waited = [g for g in greenlets if isinstance(g, Greenlet)]
     if block and len(joinall(waited, timeout)) < len(waited):
-        raise Timeout(timeout)
+        raise _expiry(timeout, Timeout(timeout))
 
 
 class Queue:
     """A FIFO queue for one thread's greenlets: queue.Queue's API, plus peek; always true; maxsize None, 0: no limit."""
 
-    __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done")
+    __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done", "__weakref__")
 
     def __init__(self, maxsize: int | None = None) -> None:
         self.maxsize, self.queue = maxsize, self._init()
@@ -2400,7 +2461,7 @@ class Queue:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
         _check_timeout(block, timeout)
         if (self.full() or block and self._putters) and not (block and self._putters.park(timeout, self._room)):
-            raise _Full
+            raise _expiry(timeout, _Full())
         if self._getters:
             self._getters.schedule(self.qsize)
         self._put(item)
@@ -2411,7 +2472,7 @@ class Queue:
         """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
         _check_timeout(block, timeout)
         if (not self.queue or block and self._getters) and not (block and self._getters.park(timeout, self.qsize)):
-            raise _Empty
+            raise _expiry(timeout, _Empty())
         if self._putters:
             self._putters.schedule(self._room)
         return self._get()
@@ -2420,7 +2481,7 @@ class Queue:
         """Return the next item without removing it; raise queue.Empty as get() does."""
         _check_timeout(block, timeout)
         if not self.queue and not (block and self._getters.park(timeout, self.qsize)):
-            raise _Empty
+            raise _expiry(timeout, _Empty())
         return self._peek()
 
     def put_nowait(self, item: Any) -> None:
@@ -2471,7 +2532,7 @@ class PriorityQueue(Queue):
 class Semaphore:
     """A counter one thread's greenlets take from and give back (threading.Semaphore's API, plus locked())."""
 
-    __slots__ = ("counter", "_waiters", "_bound")
+    __slots__ = ("counter", "_waiters", "_bound", "__weakref__")
     _overflow: tuple[type[Exception], str] = (ValueError, "Semaphore released too many times")
     _bounded = False
 
@@ -2541,7 +2602,7 @@ class Lock(BoundedSemaphore):
 class RLock:
     """A lock the greenlet holding it may take again (threading.RLock's API), for one thread's greenlets."""
 
-    __slots__ = ("_lock", "_owner", "_count")
+    __slots__ = ("_lock", "_owner", "_count", "__weakref__")
 
     def __init__(self) -> None:
         self._lock, self._count = Lock(), 0
@@ -2635,45 +2696,34 @@ class Pool:
         """Return [func(x) for x in iterable], run in the group's greenlets; raise what a call raises."""
         return list(self.imap(func, iterable))
 
-    def imap(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
-        """Yield func(*args) for args in zip(*iterables) in order, computed concurrently."""
+    def imap(self, func: Callable[..., _T], *iterables: Iterable[Any], maxsize: int | None = None) -> Iterator[_T]:
+        """Yield func(*args) for args in zip(*iterables) in order, computed concurrently.
+
+        A call's exception is raised at its turn; the next next() goes on with
+        the rest, as multiprocessing's. maxsize bounds the results computed
+        ahead of the consumer (None: the pool's size bounds only the calls running).
+        """
         _check_callable(func)  # now, not at the first next()
-        return self._imap(func, iterables, True)
+        return _PoolResults(self, func, iterables, True, maxsize)
 
-    def imap_unordered(self, func: Callable[..., _T], *iterables: Iterable[Any]) -> Iterator[_T]:
-        """Yield func(*args) for args in zip(*iterables) as each finishes."""
+    def imap_unordered(self, func: Callable[..., _T], *iterables: Iterable[Any],
+                       maxsize: int | None = None) -> Iterator[_T]:
+        """Yield func(*args) for args in zip(*iterables) as each finishes; as imap() otherwise."""
         _check_callable(func)
-        return self._imap(func, iterables, False)
-
-    def _imap(self, func, iterables, ordered):
-        out = Queue()  # ordered: the greenlets in spawn order; unordered: as they finish; the feeder last
-
-        def feed():  # spawns park while a pool is full: here, not in the consumer
-            n = 0
-            for n, args in enumerate(zip(*iterables), 1):
-                g = self.spawn(func, *args)
-                out.put(g) if ordered else g.link(out.put)
-            return n
-        feeder, done, total = Greenlet(feed), 0, None
-        feeder.link(out.put)
-        feeder.start()
-        try:
-            while total is None or done < total:
-                g = out.get()
-                if g is feeder:
-                    total = feeder.get()  # raises what the iterable raised
-                    continue
-                done += 1
-                yield g.get()  # ordered: raises at the failing call's index
-        finally:
-            feeder.kill(block=False)
+        return _PoolResults(self, func, iterables, False, maxsize)
 
     def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
         """Wait until the group is empty (True) or `timeout` passes (False); raise_error: raise the first failure."""
-        with Timeout(timeout, False):
+        timer = Timeout.start_new(timeout, False)  # a Timeout given is started as is (gevent's habit)
+        try:
             if raise_error:
                 joinall(self.greenlets, raise_error=True)
             self._empty.wait()
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+        finally:
+            timer.cancel()
         return not self.greenlets
 
     def kill(self, exception: type[BaseException] | BaseException = GreenletExit, block: bool = True,
@@ -2698,11 +2748,52 @@ class Pool:
         return self.free_count()
 
 
-class Group(Pool):
-    """A Pool without a size limit."""
+class _PoolResults:
+    """Pool.imap's iterator: a feeder greenlet spawns the calls, next() takes their outcomes."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool, func, iterables, ordered, maxsize):
+        self._out = Queue()  # ordered: the greenlets in spawn order; unordered: as they finish; the feeder last
+        self._room = None if maxsize is None else Semaphore(_index(maxsize))
+        self._spawned, self._done, self._total = 0, 0, None
+        self._feeder = Greenlet(self._feed, pool, func, iterables, ordered)
+        self._feeder.link(self._out.put)
+        self._feeder.start()
+
+    def _feed(self, pool, func, iterables, ordered):  # spawns park while the pool is full: here, not in next()
+        for args in zip(*iterables):
+            if self._room is not None:
+                self._room.acquire()
+            g = pool.spawn(func, *args)
+            self._spawned += 1
+            self._out.put(g) if ordered else g.link(self._out.put)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while self._total is None or self._done < self._total:
+            g = self._out.get()
+            if g is self._feeder:
+                self._total = self._spawned
+                g.get()  # raises what the iterable raised
+                continue
+            self._done += 1
+            if self._room is not None:
+                self._room.release()
+            return g.get()  # ordered: raises at the failing call's index
+        raise StopIteration
+
+    def __del__(self):  # dropped before the end: spawn no more
+        self._feeder.kill(block=False)
+
+
+class Group(Pool):
+    """A Pool without a size limit; Group(greenlets) starts with those (gevent's)."""
+
+    def __init__(self, greenlets: Iterable[Greenlet] = ()) -> None:
         super().__init__()
+        for g in greenlets:
+            self.add(g)
 
 
 # ---------------------------------------------------------------------------
@@ -2813,7 +2904,7 @@ class _ThreadLock:
 class _ThreadRLock(RLock):
     """threading.RLock for threads and greenlets: the greenlet that holds it may take it again."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ()
 
     def __init__(self) -> None:
         self._lock, self._count = _ThreadLock(), 0  # type: ignore[assignment]

@@ -1058,7 +1058,7 @@ def test_timeout_exception_may_be_a_class_an_instance_or_a_message():
     with pytest.raises(ValueError) as info, Timeout(0.01, error):
         sleep(5)
     assert info.value is error
-    with pytest.raises(Timeout, match="^too slow$") as info, Timeout(0.01, "too slow") as timeout:
+    with pytest.raises(Timeout, match="^0.01 seconds: too slow$") as info, Timeout(0.01, "too slow") as timeout:
         sleep(5)
     assert info.value is timeout
 

@@ -1010,6 +1010,197 @@ def test_stream_server_backs_off_accept_errors_and_logs_once(caplog):
 
 
 # ---------------------------------------------------------------------------
+# gevent's habits that gevent's own tests rely on
+
+
+WAITS_THAT_RAISE = {
+    "Queue.get": lambda t: Queue().get(timeout=t),
+    "Queue.put": lambda t: Queue(1).put(1) or Queue(1).put(2) if False else _full_queue().put(2, timeout=t),
+    "Queue.peek": lambda t: Queue().peek(timeout=t),
+    "Greenlet.get": lambda t: spawn(sleep, 5).get(timeout=t),
+    "AsyncResult.get": lambda t: coopsock.AsyncResult().get(timeout=t),
+}
+WAITS_THAT_RETURN = {
+    "Event.wait": (lambda t: Event().wait(timeout=t), False),
+    "AsyncResult.wait": (lambda t: coopsock.AsyncResult().wait(timeout=t), None),
+    "Greenlet.join": (lambda t: spawn(sleep, 5).join(timeout=t), None),
+    "Semaphore.acquire": (lambda t: coopsock.Semaphore(0).acquire(timeout=t), False),
+    "Group.join": (lambda t: coopsock.Group([spawn(sleep, 5)]).join(timeout=t), False),
+    "joinall": (lambda t: coopsock.joinall([spawn(sleep, 5)], timeout=t), []),
+}
+
+
+def _full_queue():
+    full = Queue(1)
+    full.put(1)
+    return full
+
+
+@pytest.mark.parametrize("name", sorted(WAITS_THAT_RAISE))
+def test_a_timeout_object_as_timeout_raises_itself_where_the_wait_raises(name):
+    timeout = Timeout(0.01)
+    with pytest.raises(Timeout) as info:
+        WAITS_THAT_RAISE[name](timeout)
+    assert info.value is timeout and not timeout.pending
+
+
+@pytest.mark.parametrize("name", sorted(WAITS_THAT_RETURN))
+def test_a_timeout_object_as_timeout_ends_the_wait_where_it_returns(name):
+    wait, expected = WAITS_THAT_RETURN[name]
+    timeout = Timeout(0.01)
+    assert wait(timeout) == expected
+    assert not timeout.pending
+
+
+def test_a_timeout_object_as_timeout_raises_its_exception_and_may_be_started_already():
+    with pytest.raises(KeyError):
+        Event().wait(timeout=Timeout(0.01, KeyError("given")))
+    started = Timeout.start_new(0.01)
+    with pytest.raises(Timeout) as info:
+        Queue().get(timeout=started)
+    assert info.value is started
+
+
+@pytest.mark.parametrize("kind", [Event, coopsock.AsyncResult, Queue, coopsock.LifoQueue, coopsock.PriorityQueue,
+                                  coopsock.Semaphore, coopsock.BoundedSemaphore, coopsock.Lock, coopsock.RLock])
+def test_primitives_can_be_weakly_referenced(kind):
+    obj = kind()
+    ref = weakref.ref(obj)
+    assert ref() is obj
+    del obj
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_greenlet_thrown_into_before_it_started_ends_without_running_and_tells_its_links():
+    ran, linked = [], Event()
+    g = Greenlet(ran.append, 1)
+    g.link(lambda _: linked.set())
+    g.start()
+    g.throw(GreenletExit)
+    assert g.dead and g.ready() and g.successful() and isinstance(g.value, GreenletExit)
+    assert coopsock.joinall([g], timeout=5) == [g]
+    assert linked.wait(5) and ran == []
+    failed = Greenlet(ran.append, 2)
+    failed.throw(KeyError, "why")
+    assert failed.dead and isinstance(failed.exception, KeyError) and failed.exception.args == ("why",)
+
+
+def test_a_handle_error_that_raises_leaves_the_greenlets_own_exception_to_get(capsys):
+    class Expected(Exception):
+        pass
+
+    def raises():
+        raise Expected
+
+    def bad_handle_error(*args):
+        raise AttributeError("the override's own bug")
+    hub = coopsock.get_hub()
+    hub.handle_error = bad_handle_error
+    try:
+        with pytest.raises(Expected):
+            spawn(raises).get()
+        assert spawn(lambda: 42).get() == 42  # the hub carries on
+    finally:
+        del hub.handle_error
+    assert "the override's own bug" in capsys.readouterr().err
+
+
+def test_handle_error_gets_gevents_four_arguments():
+    seen = []
+    hub = coopsock.get_hub()
+    hub.handle_error = lambda *args: seen.append(args)
+    try:
+        g = spawn(int, "x")
+        g.join()
+    finally:
+        del hub.handle_error
+    [(context, typ, value, tb)] = seen
+    assert context is g and typ is ValueError and value is g.exception and tb is value.__traceback__
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_pool_imap_raises_a_failing_call_at_its_turn_then_goes_on(method):
+    def work(i):
+        if i == 1:
+            raise KeyError(i)
+        return i
+    results, it = [], getattr(coopsock.Pool(2), method)(work, range(4))
+    while True:
+        try:
+            results.append(next(it))
+        except KeyError:
+            results.append("KeyError")
+        except StopIteration:
+            break
+    assert sorted(results, key=str) == sorted([0, "KeyError", 2, 3], key=str)
+    if method == "imap":
+        assert results == [0, "KeyError", 2, 3]
+
+
+def test_pool_imap_maxsize_bounds_the_results_computed_ahead():
+    started = []
+
+    def work(i):
+        started.append(i)
+        return i
+    it = coopsock.Pool(10).imap(work, range(10), maxsize=2)
+    assert next(it) == 0
+    sleep(0.01)  # the feeder and the calls run as far as they may
+    assert len(started) <= 3  # the one taken, and two ahead
+    assert list(it) == list(range(1, 10))
+
+
+def test_a_link_unlinked_by_an_earlier_link_is_not_called():
+    called = []
+    g = Greenlet(lambda: None)
+
+    def second(_):
+        called.append("second")
+
+    def first(_):
+        called.append("first")
+        g.unlink(second)
+    g.link(first)
+    g.link(second)
+    g.start()
+    g.join()
+    sleep(0)
+    assert called == ["first"]
+
+
+@pytest.mark.parametrize("source", ["greenlet", "async_result"])
+def test_getting_a_failed_outcome_again_does_not_lengthen_its_traceback(source):
+    if source == "greenlet":
+        holder = spawn(int, "x")
+        holder.join()
+    else:
+        holder = coopsock.AsyncResult()
+        try:
+            int("x")
+        except ValueError as exc:
+            holder.set_exception(exc)
+    lengths = []
+    for _ in range(3):
+        try:
+            holder.get()
+        except ValueError as exc:
+            tb, n = exc.__traceback__, 0
+            while tb is not None:
+                tb, n = tb.tb_next, n + 1
+            lengths.append(n)
+    assert lengths[0] == lengths[1] == lengths[2]
+    assert holder.exc_info[0] is ValueError and holder.exc_info[1] is holder.exception
+
+
+def test_a_silent_timeout_says_so_and_a_message_follows_the_seconds():
+    assert str(Timeout(1, False)) == "1 second (silent)"
+    assert str(Timeout(2)) == "2 seconds"
+    assert str(Timeout(2, "slow")) == "2 seconds: slow"
+    assert str(Timeout()) == ""
+
+
+# ---------------------------------------------------------------------------
 # The examples, end to end
 
 def _read_line(conn):

@@ -236,10 +236,10 @@ def hub_errors(monkeypatch):
     errors = []
     report = coopsock.Hub.handle_error
 
-    def record(hub, where, exc):
+    def record(hub, where, type, exc, tb):
         if len(errors) < 100:  # a hub that fails on every pass must not eat the memory
             errors.append((where, exc))
-            report(hub, where, exc)
+            report(hub, where, type, exc, tb)
     monkeypatch.setattr(coopsock.Hub, "handle_error", record)
     return errors
 
