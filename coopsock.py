@@ -3793,9 +3793,12 @@ class _Server:
             self.address = self.socket.getsockname()
         else:
             self.socket, self.address, self._given = None, _parse_address(listener), None
-        pool = Group() if spawn == "default" else Pool(spawn) if isinstance(spawn, int) else spawn
-        self.pool = pool
-        self._handlers = Group() if isinstance(spawn, Pool) else pool  # a Pool of the user's may hold others
+        # spawn: "default", a Pool, None (each handler in the accepting greenlet, one at a time), a
+        # function that starts handle(*args) as spawn() does (gevent's four), or a size for a Pool.
+        own = spawn == "default" or not (spawn is None or isinstance(spawn, Pool) or callable(spawn))
+        self.pool = (Group() if spawn == "default" else Pool(spawn)) if own else spawn if isinstance(spawn, Pool) else None
+        self._spawn = self.pool.spawn if self.pool is not None else spawn
+        self._handlers = self.pool if own else Group()  # a Pool of the user's may hold others
         self._worker, self.closed = None, False
 
     started = property(lambda self: self._worker is not None and not self._worker.dead,
@@ -3851,7 +3854,7 @@ class _Server:
     def _serve(self):
         delay = 0
         while True:
-            if self.pool.full():  # leave further work in the kernel's queue
+            if self.pool is not None and self.pool.full():  # leave further work in the kernel's queue
                 self.pool.wait_available()
             try:
                 work = self._next()
@@ -3866,11 +3869,19 @@ class _Server:
                 sleep(delay)
                 continue
             delay = 0
+            if self._spawn is None:
+                try:
+                    self._handle(*work)
+                except Exception as exc:  # reported as a handler greenlet's would be; the server goes on
+                    get_hub()._report(self.handle, exc)
+                continue
             try:
-                self._handlers.add(self.pool.spawn(self._handle, *work))
+                handler = self._spawn(self._handle, *work)
             except BaseException:  # killed while the pool was full
                 self._drop(work)
                 raise
+            if isinstance(handler, Greenlet):
+                self._handlers.add(handler)
 
     def __enter__(self: _AnyServer) -> _AnyServer:
         self.start()
@@ -3887,8 +3898,9 @@ class StreamServer(_Server):
     "host:port" or ":port", or a listening socket, which the server then owns:
     it makes it blocking and closes it on close(). handle: a function, or None
     for a subclass's handle method. spawn: 'default' (a greenlet per
-    connection), a Pool, or an int (a Pool of that size; connections beyond it
-    wait in the backlog). The connection is closed when handle returns. With
+    connection), a Pool, an int (a Pool of that size; connections beyond it
+    wait in the backlog), a function called as spawn(func, *args), or None
+    (each connection handled in the accepting greenlet, one at a time). The connection is closed when handle returns. With
     ssl_context, each connection is wrapped with
     ssl_context.wrap_socket(conn, server_side=True).
     """
@@ -3897,7 +3909,8 @@ class StreamServer(_Server):
 
     def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket,
                  handle: Callable[[socket, Any], object] | None = None, backlog: int | None = None,
-                 spawn: Literal["default"] | int | Pool = "default", ssl_context: ssl.SSLContext | None = None) -> None:
+                 spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if backlog is not None and isinstance(listener, _socket.socket):
             raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
         super().__init__(listener, handle, spawn)
@@ -3935,7 +3948,7 @@ class DatagramServer(_Server):
 
     def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket,
                  handle: Callable[[bytes, Any], object] | None = None,
-                 spawn: Literal["default"] | int | Pool = "default") -> None:
+                 spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default") -> None:
         super().__init__(listener, handle, spawn)
 
     def _listen(self, family):
@@ -4044,7 +4057,7 @@ class WSGIServer(StreamServer):
     max_drain = 65536  # an unread body up to this is read to keep the connection; a longer one closes it
 
     def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket, application: Callable[..., Any] | None = None,
-                 backlog: int | None = None, spawn: Literal["default"] | int | Pool = "default", log: Any = "default",
+                 backlog: int | None = None, spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default", log: Any = "default",
                  error_log: Any = "default", environ: dict[str, Any] | None = None,
                  ssl_context: ssl.SSLContext | None = None, **ssl_args: Any) -> None:
         if ssl_args:

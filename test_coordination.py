@@ -862,6 +862,44 @@ def test_stream_server_on_a_given_listener_with_a_pool_size():
             assert [g.get() for g in clients] == [b"ping"] * 3 and running[0] == 3
 
 
+def test_stream_server_with_spawn_none_handles_one_connection_at_a_time_in_the_accepting_greenlet(capsys):
+    handlers, order = set(), []
+
+    def handle(conn, address):
+        handlers.add(coopsock.getcurrent())
+        data = conn.recv(100)
+        if data == b"fail":
+            raise KeyError("the handler's own")
+        order.append(data)
+        conn.sendall(data)
+    with coopsock.StreamServer(("127.0.0.1", 0), handle, spawn=None) as server:
+        assert _round_trip(server.address, b"fail") == b""  # reported; the server goes on
+        assert [_round_trip(server.address, b"x%d" % i) for i in range(3)] == [b"x0", b"x1", b"x2"]
+        assert handlers == {server._worker}
+    assert server.closed and order == [b"x0", b"x1", b"x2"]
+    assert "the handler's own" in capsys.readouterr().err
+
+
+def test_stream_server_with_a_spawn_function_uses_it_and_stop_ends_what_it_started():
+    started, release = [], Event()
+
+    def spawner(func, *args):
+        g = spawn(func, *args)
+        started.append(g)
+        return g
+    server = coopsock.StreamServer(("127.0.0.1", 0), lambda conn, address: release.wait(), spawn=spawner)
+    server.start()
+    clients = [coopsock.create_connection(server.address[:2], timeout=5) for _ in range(3)]
+    try:
+        while len(started) < 3:
+            sleep(0.001)
+        server.stop(timeout=0.01)  # the handlers wait on release: stop kills them
+        assert all(g.dead for g in started) and server.closed
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_stream_server_holds_a_burst_of_a_thousand_connects():
     release = Event()
     with coopsock.StreamServer(("127.0.0.1", 0), lambda conn, address: release.wait(), spawn=1) as server:
