@@ -72,13 +72,13 @@ __version__ = "0.3.0"
 
 __all__ = [
     # the hub and greenlets
-    "get_hub", "Hub", "Greenlet", "GreenletExit", "spawn", "spawn_later",
-    "sleep", "joinall", "kill", "killall", "getcurrent", "BACKEND",
+    "get_hub", "Hub", "Greenlet", "GreenletExit", "spawn", "spawn_later", "spawn_raw",
+    "sleep", "idle", "joinall", "kill", "killall", "getcurrent", "wrap_errors", "BACKEND",
     # timeouts
     "Timeout", "with_timeout",
     # coordination
-    "Event", "AsyncResult", "wait", "iwait", "Queue", "LifoQueue", "PriorityQueue",
-    "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool",
+    "Event", "AsyncResult", "wait", "iwait", "Queue", "SimpleQueue", "LifoQueue", "PriorityQueue", "Channel",
+    "ShutDown", "Semaphore", "BoundedSemaphore", "Lock", "RLock", "Group", "Pool", "PoolFull",
     # serving
     "StreamServer", "DatagramServer", "WSGIServer", "GunicornWorker",  # noqa: F822 (GunicornWorker: __getattr__)
     "signal_handler",
@@ -86,7 +86,7 @@ __all__ = [
     "ThreadPool", "local", "subprocess",  # noqa: F822 (subprocess: built on first use, __getattr__)
     # sockets
     "socket", "socketpair", "create_connection", "create_server", "fromfd",
-    "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn",
+    "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn", "Resolver",
     "wait_read", "wait_write", "wait_readwrite",
     # TLS and the stdlib patch
     "SSLContext", "SSLSocket", "create_default_context",  # noqa: F822 (built on first use: __getattr__)
@@ -131,6 +131,7 @@ from itertools import count as _count
 from operator import index as _index
 from queue import Empty as _Empty
 from queue import Full as _Full
+from types import GenericAlias as _GenericAlias
 from weakref import WeakSet as _WeakSet
 from weakref import ref as _weakref
 
@@ -197,6 +198,17 @@ class BlockingSwitchOutError(AssertionError):
 
 class ConcurrentObjectUseError(AssertionError):
     """Raised when a second greenlet waits for the same event on the same object."""
+
+
+class PoolFull(_Full):
+    """Raised by Pool.add(g, blocking=False) on a full pool, or past its timeout (gevent's)."""
+
+
+try:
+    from queue import ShutDown  # type: ignore[attr-defined,unused-ignore]  # (3.13+)
+except ImportError:  # before 3.13
+    class ShutDown(Exception):  # type: ignore[no-redef]
+        """Raised by put() on a queue shut down, and by get() once it is empty too (3.13's queue.ShutDown)."""
 
 
 # ---------------------------------------------------------------------------
@@ -1081,6 +1093,7 @@ class Hub(_greenlet):
         self._timers: list[tuple[float, int, _Callback]] = []  # a heap
         self._timer_numbers = _count()
         self._sweep_at = _SWEEP_AT
+        self._due_ahead = 0  # how many callbacks at the front are due timers not yet run, oldest first
         self._clock = _pyev.Timer(0.0, 0.0, self.loop, self._record_fired)  # wakes the poll for _timers
         self._clock_when: float | None = None  # when the clock is set to fire (None: stopped)
         self._incoming: _deque[tuple[Callable[..., object], tuple[Any, ...]]] = _deque()  # from other threads
@@ -1091,6 +1104,7 @@ class Hub(_greenlet):
         self._next_poll = 0.0          # when a run of callbacks next lets I/O in
         self._arriving: tuple[Any, ...] | None = None  # PyPy: the last request a greenlet parked with (_resume)
         self._deferred: _deque[tuple[Callable[..., object], int]] = _deque()  # signal handlers that landed in the hub
+        self._idlers: list[tuple[Any, ...]] = []  # idle()'s park requests: woken once a pass has nothing to run
         self._signal_wakeup: tuple[Any, tuple[int, int]] | None = None  # (watcher, pipe)
         self._sigint = None            # SIGINT's handler before ours, while ours is installed
         self._wakeup.start()
@@ -1463,7 +1477,7 @@ class Hub(_greenlet):
     # loop's time is updated before the clock starts, or it would fire early.
 
     def _run_due_timers(self):
-        """Move due timers to the front of the callbacks, and return how many; set the clock for the next one."""
+        """Move due timers to the front of the callbacks, behind those due before; set the clock for the next one."""
         timers, now, clock = self._timers, _monotonic(), self._clock
         if len(timers) > self._sweep_at:
             timers[:] = [timer for timer in timers if timer[2].func is not None]
@@ -1474,7 +1488,11 @@ class Hub(_greenlet):
             callback = _heappop(timers)[2]
             if callback.func is not None:
                 due.append(callback)
-        self._callbacks.extendleft(reversed(due))  # ahead of a burst's leftovers: see _run_pass
+        callbacks, ahead = self._callbacks, self._due_ahead  # ahead of a burst's leftovers: see _run_pass
+        callbacks.rotate(-ahead)  # (but behind the due timers still queued: a timer never overtakes an older one)
+        callbacks.extendleft(reversed(due))
+        callbacks.rotate(ahead)
+        self._due_ahead += len(due)
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
@@ -1483,7 +1501,6 @@ class Hub(_greenlet):
             clock.set(max(self._clock_when - now, 0.0), 0.0)
             self.loop.update()
             clock.start()
-        return len(due)
 
     def _keeps_polling(self):
         """True while something can still wake a parked greenlet: an fd, a thread, a ref timer."""
@@ -1516,6 +1533,11 @@ class Hub(_greenlet):
     def threadpool(self) -> ThreadPool:
         """The process's ThreadPool for blocking calls, which name lookups use (gevent's hub.threadpool)."""
         return _resolver
+
+    @property
+    def resolver(self) -> Resolver:
+        """The name lookups as gevent's hub.resolver has them (its thread resolver's methods)."""
+        return _RESOLVER
 
     # -- the loop -----------------------------------------------------------
 
@@ -1559,13 +1581,18 @@ class Hub(_greenlet):
         while incoming:  # what other threads handed over
             func, args = incoming.popleft()
             self.run_callback(func, *args)
-        due = self._run_due_timers() if self._timers else 0  # the first `due` callbacks now
+        if self._timers:
+            self._run_due_timers()
         if callbacks:  # a sleep(0) loop polls I/O every _POLL_EVERY, not at every round
             now = _monotonic()
             if now < self._next_poll and now <= budget_end:
                 return
             self._next_poll = now + _POLL_EVERY
             flags = _EVRUN_NOWAIT
+        elif self._idlers:  # nothing else to run: wake those that idle() waits for it
+            for request in self._idlers:
+                self.run_callback(self._wake, request)
+            self._idlers, flags = [], _EVRUN_NOWAIT
         elif self._keeps_polling() or self._deferred:
             flags = _EVRUN_ONCE
         else:
@@ -1588,9 +1615,10 @@ class Hub(_greenlet):
             fired.clear()
             timers = self._timers
             for watcher in watchers:
-                if (due or timers) and _monotonic() > budget_end:  # let due timers in between
-                    self._run_callbacks(due + self._run_due_timers(), float("inf"))
-                    due, budget_end = 0, _monotonic() + _PASS_BUDGET
+                if (self._due_ahead or timers) and _monotonic() > budget_end:  # let due timers in between
+                    self._run_due_timers()
+                    self._run_callbacks(self._due_ahead, float("inf"))
+                    budget_end = _monotonic() + _PASS_BUDGET
                 data = watcher.data
                 if data is None:
                     if self._signal_wakeup and watcher is self._signal_wakeup[0]:
@@ -1616,20 +1644,23 @@ class Hub(_greenlet):
 
     def _run_callbacks(self, count, budget_end):
         """Run up to count callbacks from the front of the queue, fewer once past budget_end."""
-        callbacks, take = self._callbacks, self._take
-        for _ in range(count):
-            callback = callbacks.popleft()
-            func = callback.func
-            if func is not None:
-                callback.func = None
-                try:
-                    take(func(*callback.args))
-                except BaseException as exc:
-                    if self._destroyed:  # destroy() from a greenlet this callback switched to
-                        raise GreenletExit from None
-                    self._report(func, exc)
-                if _monotonic() > budget_end:
-                    return
+        callbacks, take, ran = self._callbacks, self._take, 0
+        try:
+            for ran in range(1, count + 1):
+                callback = callbacks.popleft()
+                func = callback.func
+                if func is not None:
+                    callback.func = None
+                    try:
+                        take(func(*callback.args))
+                    except BaseException as exc:
+                        if self._destroyed:  # destroy() from a greenlet this callback switched to
+                            raise GreenletExit from None
+                        self._report(func, exc)
+                    if _monotonic() > budget_end:
+                        return
+        finally:
+            self._due_ahead = max(self._due_ahead - ran, 0)
 
     def _check_started(self):
         # libev registers a started watcher's fd with the kernel only at its
@@ -1709,7 +1740,7 @@ class Hub(_greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
-        self._timers, self._callbacks, self._deadlines = [], _deque(), {}  # their handles refer to the hub
+        self._timers, self._callbacks, self._deadlines, self._due_ahead = [], _deque(), {}, 0  # their handles refer to the hub
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -2007,6 +2038,21 @@ class Greenlet(_greenlet):
         if callback in self._links:
             self._links.remove(callback)
 
+    def has_links(self) -> int:
+        """Return how many links are waiting for it to finish."""
+        return len(self._links)
+
+    def __enter__(self: _Greenlet) -> _Greenlet:
+        return self
+
+    def __exit__(self, typ: object, value: BaseException | None, tb: object) -> None:
+        """A `with` block: on leaving, wait for the greenlet (kill it if the block raised), as gevent's."""
+        try:
+            if value is None:
+                self.join()
+        finally:
+            self.kill(GreenletExit if value is None else value)
+
     def join(self, timeout: float | None = None) -> None:
         """Wait until the greenlet finishes, or `timeout` seconds; return None."""
         if not self._finished:
@@ -2104,6 +2150,50 @@ def spawn_later(seconds: float, func: Callable[..., Any], *args: Any, **kwargs: 
     return g
 
 
+def spawn_raw(func: Callable[..., Any], *args: Any, **kwargs: Any) -> _greenlet:
+    """Start func(*args, **kwargs) in a plain greenlet (the hub's child; no outcome kept, no links): gevent's."""
+    _check_callable(func)
+    hub = get_hub()
+    g = _greenlet(lambda: func(*args, **kwargs), hub)
+    hub.run_callback(hub._start, g)
+    return g
+
+
+def idle(priority: int = 0) -> None:
+    """Park until the hub has nothing else to run: the callbacks and greenlets ready have run (gevent's; priority is ignored)."""
+    hub, current = get_hub(), getcurrent()
+    if current is hub:
+        raise BlockingSwitchOutError(_NOT_FROM_HUB)
+    request = (_PARK, current, None, 0, None, False)
+    hub._idlers.append(request)
+    hub.park(request)
+
+
+class wrap_errors:
+    """A callable that calls func and returns, not raises, an exception of the types in errors (gevent's).
+
+    spawn(wrap_errors(OSError, sock.recv), 100).get() gives the data or the OSError.
+    """
+
+    def __init__(self, errors: type[BaseException] | tuple[type[BaseException], ...], func: Callable[..., Any]) -> None:
+        self._errors, self._func = errors, func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._func(*args, **kwargs)
+        except self._errors as exc:
+            return exc
+
+    def __str__(self):
+        return str(self._func)
+
+    def __repr__(self):
+        return repr(self._func)
+
+    def __getattr__(self, name):
+        return getattr(self._func, name)
+
+
 def sleep(seconds: float = 0) -> None:
     """Park the current greenlet for `seconds`; 0 lets the other ready greenlets and I/O run.
 
@@ -2124,16 +2214,18 @@ def sleep(seconds: float = 0) -> None:
     hub.park((_PARK, current, None, 0, _monotonic() + seconds if seconds else 0, False))
 
 
-def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_error: bool = False) -> list[Greenlet]:
-    """Wait for all greenlets to finish (or `timeout`); return those that did.
+def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_error: bool = False,
+            count: int | None = None) -> list[Greenlet]:
+    """Wait for all greenlets (or `count` of them) to finish, or `timeout`; return those that did.
 
     With raise_error, raise the first exception a greenlet dies of, as soon as it does.
     """
     greenlets = list(greenlets)
     unfinished = [g for g in greenlets if not g.ready()]
     failed = [g for g in greenlets if g.ready() and g.exception is not None]
-    if unfinished and not (raise_error and failed):
-        waiter, left = _Waiter(), [len(unfinished)]
+    wanted = len(unfinished) if count is None else _index(count) - (len(greenlets) - len(unfinished))
+    if unfinished and wanted > 0 and not (raise_error and failed):
+        waiter, left = _Waiter(), [min(wanted, len(unfinished))]
 
         def on_finish(g):
             left[0] -= 1
@@ -2426,12 +2518,17 @@ def killall(greenlets: Iterable[_greenlet], exception: type[BaseException] | Bas
 
 
 class Queue:
-    """A FIFO queue for one thread's greenlets: queue.Queue's API, plus peek; always true; maxsize None, 0: no limit."""
+    """A FIFO queue for one thread's greenlets: queue.Queue's API, plus peek; always true; maxsize None, 0: no limit.
 
-    __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done", "__weakref__")
+    Iterating gets items until one is StopIteration (gevent's); Queue[int] is a type.
+    """
+
+    __slots__ = ("maxsize", "queue", "_getters", "_putters", "unfinished_tasks", "_all_done", "is_shutdown",
+                 "__weakref__")
+    __class_getitem__: Any = classmethod(_GenericAlias)
 
     def __init__(self, maxsize: int | None = None) -> None:
-        self.maxsize, self.queue = maxsize, self._init()
+        self.maxsize, self.queue, self.is_shutdown = maxsize, self._init(), False
         self._getters, self._putters = _Line(), _Line()
         self.unfinished_tasks, self._all_done = 0, Event()
         self._all_done.set()
@@ -2455,15 +2552,20 @@ class Queue:
         """Return True if there are maxsize items."""
         return 0 < (self.maxsize or 0) <= len(self.queue)
 
-    def _room(self): return not self.full()
+    def _room(self): return not self.full() or self.is_shutdown
+    def _any(self): return bool(self.queue) or self.is_shutdown
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add item, parking while the queue is full; raise queue.Full past `timeout` (at once if not block)."""
         _check_timeout(block, timeout)
+        if self.is_shutdown:
+            raise ShutDown
         if (self.full() or block and self._putters) and not (block and self._putters.park(timeout, self._room)):
             raise _expiry(timeout, _Full())
+        if self.is_shutdown:  # what woke it
+            raise ShutDown
         if self._getters:
-            self._getters.schedule(self.qsize)
+            self._getters.schedule(self._any)
         self._put(item)
         self.unfinished_tasks += 1
         self._all_done.clear()
@@ -2471,8 +2573,12 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item, parking while empty; raise queue.Empty past `timeout`."""
         _check_timeout(block, timeout)
-        if (not self.queue or block and self._getters) and not (block and self._getters.park(timeout, self.qsize)):
+        if self.is_shutdown and not self.queue:
+            raise ShutDown
+        if (not self.queue or block and self._getters) and not (block and self._getters.park(timeout, self._any)):
             raise _expiry(timeout, _Empty())
+        if not self.queue:  # shut down while it waited
+            raise ShutDown
         if self._putters:
             self._putters.schedule(self._room)
         return self._get()
@@ -2480,8 +2586,12 @@ class Queue:
     def peek(self, block: bool = True, timeout: float | None = None) -> Any:
         """Return the next item without removing it; raise queue.Empty as get() does."""
         _check_timeout(block, timeout)
-        if not self.queue and not (block and self._getters.park(timeout, self.qsize)):
+        if self.is_shutdown and not self.queue:
+            raise ShutDown
+        if not self.queue and not (block and self._getters.park(timeout, self._any)):
             raise _expiry(timeout, _Empty())
+        if not self.queue:  # shut down while it waited
+            raise ShutDown
         return self._peek()
 
     def put_nowait(self, item: Any) -> None:
@@ -2507,6 +2617,88 @@ class Queue:
     def join(self, timeout: float | None = None) -> bool:
         """Park until every item put has been marked done; False if `timeout` passed first."""
         return self._all_done.wait(timeout)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Refuse further put()s (ShutDown); get() raises it once empty, at once if immediate (3.13's queue)."""
+        self.is_shutdown = True
+        if immediate:
+            self.unfinished_tasks = max(self.unfinished_tasks - len(self.queue), 0)
+            self.queue.clear()
+            if not self.unfinished_tasks:
+                self._all_done.set()
+        for line, may_go in ((self._getters, self._any), (self._putters, self._room)):
+            if line:
+                line.schedule(may_go)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        item = self.get()
+        if item is StopIteration:
+            raise StopIteration
+        return item
+
+
+SimpleQueue = Queue  # gevent's name for its queue without task_done(): coopsock's has both
+
+
+class Channel:
+    """A queue with no room (gevent's): put() parks until a get() takes its item, get() until a put() offers one."""
+
+    __slots__ = ("_offers", "_getters", "__weakref__")
+
+    def __init__(self, maxsize: int = 1) -> None:  # gevent's signature; there is never room
+        self._offers: _deque[list[Any]] = _deque()  # [item, the putter's _Waiter or None, taken]
+        self._getters = _Line()
+
+    balance = property(lambda self: len(self._offers) - _deque.__len__(self._getters) + len(self._getters._gone),
+                       doc="Putters waiting, less getters waiting.")
+
+    def _offered(self): return bool(self._offers)
+    def qsize(self) -> int: return 0
+    def empty(self) -> bool: return True
+    def full(self) -> bool: return True
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Offer item and park until a get() takes it; queue.Full past `timeout` (at once if none waits, not block)."""
+        _check_timeout(block, timeout)
+        if not block and not self._getters:
+            raise _Full
+        offer = [item, _Waiter() if block else None, False]
+        self._offers.append(offer)
+        if self._getters:
+            self._getters.schedule(self._offered)
+        if offer[1] is None:  # a getter waits: it takes it
+            return
+        try:
+            offer[1].wait(timeout)
+        finally:
+            if not offer[2]:
+                self._offers.remove(offer)
+        if not offer[2]:
+            raise _expiry(timeout, _Full())
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Take an offered item, parking until one is; queue.Empty past `timeout` (at once if not block)."""
+        _check_timeout(block, timeout)
+        if (not self._offers or block and self._getters) and not (block and self._getters.park(timeout, self._offered)):
+            raise _expiry(timeout, _Empty())
+        offer = self._offers.popleft()
+        offer[2] = True
+        if offer[1] is not None:
+            offer[1]()
+        return offer[0]
+
+    def put_nowait(self, item: Any) -> None:
+        """Hand item to a getter waiting; queue.Full if none is."""
+        self.put(item, False)
+
+    def get_nowait(self) -> Any:
+        """Take an item a putter offers; queue.Empty if none does."""
+        return self.get(False)
+
+    __iter__, __next__ = Queue.__iter__, Queue.__next__
 
 
 class LifoQueue(Queue):
@@ -2553,7 +2745,7 @@ class Semaphore:
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         if (self.counter <= 0 or blocking and self._waiters) and not (
-                blocking and self._waiters.park(timeout, self._free)):
+                blocking and self._waiters.park(timeout, self._free, self)):
             return False
         self.counter -= 1
         return True
@@ -2561,7 +2753,7 @@ class Semaphore:
     def wait(self, timeout: float | None = None) -> int:
         """Park until acquire() would not, or `timeout` passes; return the counter."""
         if self.counter <= 0 or self._waiters:
-            self._waiters.park(timeout, self._free)
+            self._waiters.park(timeout, self._free, self)
         return self.counter
 
     def release(self) -> None:
@@ -2569,13 +2761,25 @@ class Semaphore:
         if self._bound is not None and self.counter >= self._bound:
             raise self._overflow[0](self._overflow[1])
         if self._waiters:
-            self._waiters.schedule(self._free)
+            self._waiters.schedule(self._free, self)
         self.counter += 1
 
     __enter__ = acquire
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+    def rawlink(self, callback: Callable[[Semaphore], object]) -> None:
+        """Call callback(self) from the hub when acquire() would not park, in line with the greenlets (gevent's)."""
+        _check_callable(callback, "callback")
+        self._waiters.append(callback)
+        if self._free():
+            self._waiters.schedule(self._free, self)
+
+    def unlink(self, callback: Callable[[Semaphore], object]) -> None:
+        """Undo rawlink(callback)."""
+        if callback in self._waiters:
+            self._waiters.remove(callback)
 
 
 class BoundedSemaphore(Semaphore):
@@ -2650,12 +2854,13 @@ class Pool:
     def __iter__(self): return iter(list(self.greenlets))
     def __contains__(self, g): return g in self.greenlets
 
-    def add(self, g: Greenlet) -> None:
-        """Track greenlet g until it finishes, parking while the pool is full."""
+    def add(self, g: Greenlet, blocking: bool = True, timeout: float | None = None) -> None:
+        """Track greenlet g until it finishes, parking while the pool is full; PoolFull if not blocking, or past timeout."""
         if g in self.greenlets or g.ready():
             return
         if self._slots is not None:
-            self._slots.acquire()
+            if not self._slots.acquire(blocking, timeout if blocking else None):
+                raise PoolFull
             if g.ready():  # it finished while we waited
                 return self._slots.release()
         self.greenlets.add(g)
@@ -2695,6 +2900,34 @@ class Pool:
     def map(self, func: Callable[[Any], _T], iterable: Iterable[Any]) -> list[_T]:
         """Return [func(x) for x in iterable], run in the group's greenlets; raise what a call raises."""
         return list(self.imap(func, iterable))
+
+    def apply_cb(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
+                 callback: Callable[[_T], object] | None = None) -> _T:
+        """apply(), then callback(result) if given and the call succeeded; return the result."""
+        result = self.apply(func, args, kwds)
+        if callback is not None:
+            callback(result)
+        return result
+
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
+                    callback: Callable[[Any], object] | None = None) -> Greenlet:
+        """Return at once a greenlet running apply_cb(); its get() gives the result (multiprocessing's name)."""
+        _check_callable(func)
+        return spawn(self.apply_cb, func, args, kwds, callback)
+
+    def map_cb(self, func: Callable[[Any], _T], iterable: Iterable[Any],
+               callback: Callable[[list[_T]], object] | None = None) -> list[_T]:
+        """map(), then callback(results) if given and every call succeeded; return the results."""
+        results = self.map(func, iterable)
+        if callback is not None:
+            callback(results)
+        return results
+
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                  callback: Callable[[list[Any]], object] | None = None) -> Greenlet:
+        """Return at once a greenlet running map_cb(); its get() gives the results."""
+        _check_callable(func)
+        return spawn(self.map_cb, func, iterable, callback)
 
     def imap(self, func: Callable[..., _T], *iterables: Iterable[Any], maxsize: int | None = None) -> Iterator[_T]:
         """Yield func(*args) for args in zip(*iterables) in order, computed concurrently.
@@ -3711,6 +3944,20 @@ def getfqdn(name: str = "") -> str:
     except OSError:
         return name
     return next((n for n in [hostname, *aliases] if "." in n), hostname)
+
+
+class Resolver:
+    """gevent's hub.resolver: the lookups above as methods, each in a worker thread (gevent's thread resolver)."""
+
+    getaddrinfo, gethostbyname, gethostbyname_ex = (staticmethod(getaddrinfo), staticmethod(gethostbyname),
+                                                    staticmethod(gethostbyname_ex))
+    gethostbyaddr, getnameinfo = staticmethod(gethostbyaddr), staticmethod(getnameinfo)
+
+    def close(self) -> None:
+        """Nothing to close: the lookups share the process's resolver threads."""
+
+
+_RESOLVER = Resolver()
 
 
 def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,

@@ -845,6 +845,38 @@ def test_a_burst_of_busy_greenlets_lets_timers_in_between(woken_by):
     assert longest < elapsed / 4, f"a timer waited {longest * 1000:.0f} ms during a {elapsed * 1000:.0f} ms burst"
 
 
+@pytest.mark.parametrize("woken_by", ["a pass", "fds"])
+def test_timers_run_in_deadline_order_even_when_a_pass_runs_out_of_time(woken_by):
+    # Ten timers due at once, each computing 2 ms: a pass runs a few, and the
+    # rest wait for the next (or for the gap between two fired fds); a timer
+    # that falls due meanwhile used to go to the front, ahead of the older ones.
+    order, pairs = [], [coopsock.socketpair() for _ in range(8)] if woken_by == "fds" else []
+
+    def due(tag, seconds=0.002):
+        _burn(seconds)
+        order.append(tag)
+
+    def read(i):
+        pairs[i][0].recv(1)
+        _burn(0.002)
+    try:
+        readers = [spawn(read, i) for i in range(len(pairs))]
+        sleep(0)  # each parked on its fd
+        for i in range(10):
+            coopsock.spawn_later(0, due, i)
+        coopsock.spawn_later(0.004, due, "late", 0)
+        for _, b in pairs:
+            b.send(b"x")
+        _burn(0.001)  # the ten fall due, not yet "late"
+        sleep(0.05)
+        coopsock.joinall(readers, timeout=10)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert order == [*range(10), "late"]
+
+
 def test_an_exception_in_a_greenlet_is_printed_and_kept_and_the_hub_carries_on(capsys):
     def fail():
         raise ZeroDivisionError("oops in a greenlet")

@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 
+import greenlet
 import pytest
 
 import coopsock
@@ -1236,6 +1237,163 @@ def test_a_silent_timeout_says_so_and_a_message_follows_the_seconds():
     assert str(Timeout(2)) == "2 seconds"
     assert str(Timeout(2, "slow")) == "2 seconds: slow"
     assert str(Timeout()) == ""
+
+
+def test_a_queue_iterates_until_stop_iteration_and_takes_a_type_parameter():
+    q = Queue[int]()
+    for item in (1, 2, StopIteration, 3):
+        q.put(item)
+    assert list(q) == [1, 2] and q.get() == 3
+    assert coopsock.SimpleQueue is Queue
+
+
+def test_queue_shutdown_refuses_puts_and_ends_gets_once_empty():
+    q = Queue(1)
+    q.put("kept")
+    putter = spawn(q.put, "parked")
+    getters = [spawn(q.get) for _ in range(2)]
+    parked(putter)
+    q.shutdown()
+    with pytest.raises(coopsock.ShutDown):
+        q.put_nowait("late")
+    with pytest.raises(coopsock.ShutDown):
+        putter.get()
+    outcomes = []
+    for g in getters:
+        g.join()
+        outcomes.append(g.value if g.successful() else type(g.exception))
+    assert sorted(outcomes, key=str) == sorted(["kept", coopsock.ShutDown], key=str)
+    with pytest.raises(coopsock.ShutDown):
+        q.get(timeout=1)
+
+
+def test_queue_shutdown_immediate_drops_the_items_and_releases_join():
+    q = Queue()
+    q.put(1)
+    q.put(2)
+    joiner = spawn(q.join)
+    parked(joiner)
+    q.shutdown(immediate=True)
+    assert joiner.get(timeout=5) is True and q.empty()
+    with pytest.raises(coopsock.ShutDown):
+        q.get_nowait()
+
+
+def test_a_channel_hands_each_item_from_a_putter_to_a_getter():
+    channel, order = coopsock.Channel(), []
+
+    def put(item):
+        channel.put(item)
+        order.append(("handed", item))
+    putters = [spawn(put, i) for i in range(3)]
+    parked(*putters)
+    assert channel.balance == 3 and order == []
+    assert [channel.get() for _ in range(3)] == [0, 1, 2]
+    coopsock.joinall(putters)
+    assert order == [("handed", 0), ("handed", 1), ("handed", 2)]
+    with pytest.raises(queue.Full):
+        channel.put_nowait("nobody waits")
+    with pytest.raises(queue.Empty):
+        channel.get(timeout=0.01)
+    with pytest.raises(queue.Full):
+        channel.put("withdrawn", timeout=0.01)
+    getter = spawn(channel.get)
+    parked(getter)
+    channel.put_nowait("direct")
+    assert getter.get(timeout=5) == "direct" and channel.balance == 0
+
+
+def test_pool_add_without_blocking_raises_pool_full_and_the_async_calls_return_greenlets():
+    pool = coopsock.Pool(1)
+    busy = pool.spawn(sleep, 0.05)
+    with pytest.raises(coopsock.PoolFull):
+        pool.add(Greenlet(int), blocking=False)
+    with pytest.raises(coopsock.PoolFull):
+        pool.add(Greenlet(int), timeout=0.001)
+    assert isinstance(coopsock.PoolFull(), queue.Full)
+    called = []
+    applied = pool.apply_async(pow, (2, 5), callback=called.append)
+    mapped = pool.map_async(abs, [-1, -2], callback=called.append)
+    assert isinstance(applied, Greenlet) and applied.get(timeout=5) == 32 and mapped.get(timeout=5) == [1, 2]
+    assert sorted(called, key=str) == sorted([32, [1, 2]], key=str) and busy.dead
+
+
+def test_joinall_with_count_returns_once_that_many_finished():
+    release = Event()
+    quick, slow = spawn(sleep, 0), spawn(release.wait)
+    assert coopsock.joinall([quick, slow], count=1, timeout=5) == [quick]
+    release.set()
+    assert coopsock.joinall([quick, slow], count=2, timeout=5) == [quick, slow]
+
+
+def test_a_greenlet_as_a_context_manager_is_joined_or_killed_when_the_block_ends():
+    with spawn(sleep, 0.001) as g:
+        pass
+    assert g.successful() and not g.has_links()
+    with pytest.raises(KeyError), spawn(sleep, 5) as g:
+        raise KeyError("in the block")
+    g.join(5)
+    assert isinstance(g.exception, KeyError)
+    g = Greenlet(int)
+    g.link(lambda _: None)
+    assert g.has_links() == 1
+
+
+def test_semaphore_rawlink_calls_back_with_the_semaphore_when_it_can_be_taken():
+    sem, got = coopsock.Semaphore(0), []
+    sem.rawlink(got.append)
+    sleep(0)
+    assert got == []
+    sem.release()
+    sleep(0)
+    assert got == [sem]
+    sem.rawlink(got.append)  # free already: called at once, from the hub
+    sleep(0)
+    assert got == [sem, sem]
+    sem.unlink(got.append)  # not linked any more: harmless
+
+
+def test_idle_waits_for_the_greenlets_ready_to_run():
+    order = []
+
+    def busy():
+        for i in range(3):
+            order.append(i)
+            sleep(0)
+
+    def idler():
+        coopsock.idle()
+        order.append("idle")
+    coopsock.joinall([spawn(idler), spawn(busy)], timeout=5)
+    assert order == [0, 1, 2, "idle"]
+
+
+def test_wrap_errors_returns_the_exceptions_named_and_raises_the_others():
+    parse = coopsock.wrap_errors(ValueError, int)
+    assert spawn(parse, "12").get() == 12
+    assert isinstance(spawn(parse, "x").get(), ValueError)
+    with pytest.raises(TypeError):
+        parse(None)
+    assert str(parse) == str(int)
+
+
+def test_spawn_raw_runs_a_plain_greenlet_under_the_hub():
+    ran = []
+    g = coopsock.spawn_raw(ran.append, 1)
+    assert type(g) is greenlet.greenlet and g.parent is coopsock.get_hub()
+    sleep(0)
+    assert ran == [1] and g.dead
+    with pytest.raises(TypeError):
+        coopsock.spawn_raw(None)
+
+
+def test_the_hub_resolver_has_gevents_methods_over_coopsocks_lookups():
+    resolver = coopsock.get_hub().resolver
+    assert resolver.gethostbyname("localhost") == coopsock.gethostbyname("localhost")
+    assert resolver.getaddrinfo("127.0.0.1", 80, stdsocket.AF_INET, stdsocket.SOCK_STREAM)[0][4] == ("127.0.0.1", 80)
+    assert resolver.getnameinfo(("127.0.0.1", 80), stdsocket.NI_NUMERICHOST | stdsocket.NI_NUMERICSERV) == (
+        "127.0.0.1", "80")
+    resolver.close()
 
 
 # ---------------------------------------------------------------------------
