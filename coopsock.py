@@ -1488,11 +1488,10 @@ class Hub(_greenlet):
             callback = _heappop(timers)[2]
             if callback.func is not None:
                 due.append(callback)
-        callbacks, ahead = self._callbacks, self._due_ahead  # ahead of a burst's leftovers: see _run_pass
-        callbacks.rotate(-ahead)  # (but behind the due timers still queued: a timer never overtakes an older one)
-        callbacks.extendleft(reversed(due))
-        callbacks.rotate(ahead)
-        self._due_ahead += len(due)
+        callbacks = self._callbacks  # ahead of a burst's leftovers (see _run_pass), behind the due timers
+        for i, callback in enumerate(due, self._due_ahead):  # still queued: no timer overtakes an older one
+            callbacks.insert(i, callback)
+            self._due_ahead = i + 1
         if self._clock_when is not None and (now >= self._clock_when or not clock.active):
             self._clock_when = None  # it fired (or should have)
         if timers and (self._clock_when is None or timers[0][0] < self._clock_when):
@@ -1537,7 +1536,7 @@ class Hub(_greenlet):
     @property
     def resolver(self) -> Resolver:
         """The name lookups as gevent's hub.resolver has them (its thread resolver's methods)."""
-        return _RESOLVER
+        return _LOOKUPS
 
     # -- the loop -----------------------------------------------------------
 
@@ -1683,6 +1682,8 @@ class Hub(_greenlet):
         try:
             self.handle_error(context, type(exc), exc, exc.__traceback__)
         except BaseException:  # an override's own failure: printed, not raised into the hub
+            if self._destroyed:  # destroy() from the main greenlet handle_error switched to
+                raise GreenletExit from None
             _traceback.print_exc()
 
     def handle_error(self, context: object, type: type[BaseException], value: BaseException, tb: Any) -> None:
@@ -1740,7 +1741,8 @@ class Hub(_greenlet):
             self._fds.clear()
             self._clock.stop()
             self._wakeup.stop()
-        self._timers, self._callbacks, self._deadlines, self._due_ahead = [], _deque(), {}, 0  # their handles refer to the hub
+        self._timers, self._callbacks, self._deadlines = [], _deque(), {}  # their handles refer to the hub
+        self._due_ahead = 0
         close = getattr(self.loop, "_close", None)  # real pyev frees its loop when collected
         if close is not None:
             close()
@@ -1907,7 +1909,9 @@ class _Waiter:
         hub = get_hub()
         if isinstance(timeout, Timeout):
             return self._wait_for(hub, timeout)
-        deadline = None if timeout is None else _monotonic() + _seconds(timeout)
+        return self._park(hub, None if timeout is None else _monotonic() + _seconds(timeout))
+
+    def _park(self, hub, deadline):  # deadline 0: the hub's next callbacks, behind those queued now
         self.hub, self.request = hub, (_PARK, getcurrent(), None, 0, deadline, False)
         return hub.park(self.request) is not _TIMED_OUT
 
@@ -1994,14 +1998,16 @@ class Greenlet(_greenlet):
         if self._links:
             self.parent.run_callback(self._notify_links)
 
-    def _notify_links(self):  # a callback per link, each taken off as it is called: one may unlink another
-        links = self._links
-        if links:
-            link = links.pop(0)
-            if links:
-                self.parent.run_callback(self._notify_links)
-            return link(self)  # the hub takes what it returns, reports what it raises
-        return None
+    def _notify_links(self):
+        links, hub = self._links, self.parent
+        while links:
+            link = links.pop(0)  # taken off as it is called: one may unlink another not yet called
+            try:
+                hub._take(link(self))
+            except BaseException as exc:
+                if hub._destroyed:
+                    raise GreenletExit from None
+                hub._report(link, exc)
 
     def ready(self) -> bool:
         """Return True once the greenlet has finished (or was killed)."""
@@ -2012,7 +2018,8 @@ class Greenlet(_greenlet):
         return self._finished and self.exception is None
 
     dead = property(lambda self: self._finished or _greenlet.dead.__get__(self))
-    exc_info = property(lambda self: None if self.exception is None else (type(self.exception), self.exception, self._tb),
+    exc_info = property(lambda self: None if self.exception is None else (type(self.exception), self.exception,
+                                                                          self._tb),
                         doc="(type, exception, traceback) if it died of an exception, else None (gevent's).")
 
     def link(self, callback: Callable[[Greenlet], object]) -> None:
@@ -2083,7 +2090,7 @@ class Greenlet(_greenlet):
         if isinstance(exc, GreenletExit):
             self.value = exc
         else:
-            self.exception = exc
+            self.exception, self._tb = exc, exc.__traceback__
         self._finish()
 
     def throw(self, typ: Any = GreenletExit, val: Any = None, tb: Any = None) -> Any:
@@ -2160,7 +2167,10 @@ def spawn_raw(func: Callable[..., Any], *args: Any, **kwargs: Any) -> _greenlet:
 
 
 def idle(priority: int = 0) -> None:
-    """Park until the hub has nothing else to run: the callbacks and greenlets ready have run (gevent's; priority is ignored)."""
+    """Park until the hub has nothing else to run: the greenlets and callbacks ready have run.
+
+    gevent's; the priority is ignored.
+    """
     hub, current = get_hub(), getcurrent()
     if current is hub:
         raise BlockingSwitchOutError(_NOT_FROM_HUB)
@@ -2241,7 +2251,7 @@ def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_e
             for g in unfinished:
                 g.unlink(on_finish)
     if raise_error and failed and failed[0].exception is not None:
-        raise failed[0].exception
+        raise failed[0].exception.with_traceback(failed[0]._tb)
     return [g for g in greenlets if g.ready()]
 
 
@@ -2647,32 +2657,42 @@ class Channel:
     """A queue with no room (gevent's): put() parks until a get() takes its item, get() until a put() offers one."""
 
     __slots__ = ("_offers", "_getters", "__weakref__")
+    __class_getitem__ = Queue.__class_getitem__
 
-    def __init__(self, maxsize: int = 1) -> None:  # gevent's signature; there is never room
-        self._offers: _deque[list[Any]] = _deque()  # [item, the putter's _Waiter or None, taken]
+    def __init__(self, maxsize: int = 1) -> None:
+        if maxsize != 1:
+            raise ValueError("a Channel has a maxsize of 1 (gevent's); use a Queue for room")
+        self._offers: _deque[list[Any]] = _deque()  # [item, the putter's _Waiter, taken]
         self._getters = _Line()
 
     balance = property(lambda self: len(self._offers) - _deque.__len__(self._getters) + len(self._getters._gone),
                        doc="Putters waiting, less getters waiting.")
 
     def _offered(self): return bool(self._offers)
-    def qsize(self) -> int: return 0
-    def empty(self) -> bool: return True
-    def full(self) -> bool: return True
+
+    def qsize(self) -> int:
+        """Return 0: a Channel holds no item."""
+        return 0
+
+    def empty(self) -> bool:
+        """Return True: a Channel holds no item."""
+        return True
+
+    def full(self) -> bool:
+        """Return True: a Channel has no room."""
+        return True
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        """Offer item and park until a get() takes it; queue.Full past `timeout` (at once if none waits, not block)."""
+        """Offer item and park until a get() takes it; queue.Full past `timeout` (not block: unless taken at once)."""
         _check_timeout(block, timeout)
         if not block and not self._getters:
             raise _Full
-        offer = [item, _Waiter() if block else None, False]
+        offer = [item, _Waiter(), False]
         self._offers.append(offer)
         if self._getters:
             self._getters.schedule(self._offered)
-        if offer[1] is None:  # a getter waits: it takes it
-            return
-        try:
-            offer[1].wait(timeout)
+        try:  # not block: the getters woken run first, then this one learns whether one took it
+            offer[1].wait(timeout) if block else offer[1]._park(get_hub(), 0)
         finally:
             if not offer[2]:
                 self._offers.remove(offer)
@@ -2686,8 +2706,7 @@ class Channel:
             raise _expiry(timeout, _Empty())
         offer = self._offers.popleft()
         offer[2] = True
-        if offer[1] is not None:
-            offer[1]()
+        offer[1]()
         return offer[0]
 
     def put_nowait(self, item: Any) -> None:
@@ -2839,6 +2858,50 @@ class RLock:
     __enter__, __exit__ = acquire, Semaphore.__exit__
 
 
+class _PoolResults:
+    """Pool.imap's iterator: a feeder greenlet spawns the calls, next() takes their outcomes.
+
+    The feeder holds nothing of the iterator: one dropped before its end is
+    collected, and stops the feeder.
+    """
+
+    def __init__(self, pool, func, iterables, ordered, maxsize):
+        self._out = Queue()  # ordered: the greenlets in spawn order; unordered: as they finish; the feeder last
+        self._room = Semaphore(_index(maxsize)) if maxsize else None  # 0: no bound, as gevent's
+        self._spawned, self._done, self._total = [0], 0, None
+        self._feeder = Greenlet(self._feed, pool, func, iterables, ordered, self._out, self._room, self._spawned)
+        self._feeder.link(self._out.put)
+        self._feeder.start()
+
+    @staticmethod
+    def _feed(pool, func, iterables, ordered, out, room, spawned):  # parks while the pool is full, not next()
+        for args in zip(*iterables):
+            if room is not None:
+                room.acquire()
+            g = pool.spawn(func, *args)
+            spawned[0] += 1
+            out.put(g) if ordered else g.link(out.put)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while self._total is None or self._done < self._total:
+            g = self._out.get()
+            if g is self._feeder:
+                self._total = self._spawned[0]
+                g.get()  # raises what the iterable raised
+                continue
+            self._done += 1
+            if self._room is not None:
+                self._room.release()
+            return g.get()  # ordered: raises at the failing call's index
+        raise StopIteration
+
+    def __del__(self):  # dropped before the end: spawn no more
+        self._feeder.kill(block=False)
+
+
 class Pool:
     """One thread's greenlets spawned through it, at most `size` (None: no limit) at once, to join or kill together."""
 
@@ -2855,7 +2918,7 @@ class Pool:
     def __contains__(self, g): return g in self.greenlets
 
     def add(self, g: Greenlet, blocking: bool = True, timeout: float | None = None) -> None:
-        """Track greenlet g until it finishes, parking while the pool is full; PoolFull if not blocking, or past timeout."""
+        """Track greenlet g until it finishes, parking while the pool is full; PoolFull if not block, or past timeout."""
         if g in self.greenlets or g.ready():
             return
         if self._slots is not None:
@@ -2906,14 +2969,22 @@ class Pool:
         """apply(), then callback(result) if given and the call succeeded; return the result."""
         result = self.apply(func, args, kwds)
         if callback is not None:
-            callback(result)
+            spawn(callback, result)
         return result
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
                     callback: Callable[[Any], object] | None = None) -> Greenlet:
-        """Return at once a greenlet running apply_cb(); its get() gives the result (multiprocessing's name)."""
+        """Start func(*args, **kwds) in the group, without parking; return its greenlet (callback(result) after).
+
+        On a full pool, the greenlet returned is one that waits for room, then calls apply_cb().
+        """
         _check_callable(func)
-        return spawn(self.apply_cb, func, args, kwds, callback)
+        if self.full():
+            return spawn(self.apply_cb, func, args, kwds, callback)
+        g = self.spawn(func, *args, **(kwds or {}))
+        if callback is not None:
+            g.link_value(lambda done: spawn(callback, done.value))
+        return g
 
     def map_cb(self, func: Callable[[Any], _T], iterable: Iterable[Any],
                callback: Callable[[list[_T]], object] | None = None) -> list[_T]:
@@ -2979,45 +3050,6 @@ class Pool:
         if self._slots is not None:
             self._slots.wait(timeout)
         return self.free_count()
-
-
-class _PoolResults:
-    """Pool.imap's iterator: a feeder greenlet spawns the calls, next() takes their outcomes."""
-
-    def __init__(self, pool, func, iterables, ordered, maxsize):
-        self._out = Queue()  # ordered: the greenlets in spawn order; unordered: as they finish; the feeder last
-        self._room = None if maxsize is None else Semaphore(_index(maxsize))
-        self._spawned, self._done, self._total = 0, 0, None
-        self._feeder = Greenlet(self._feed, pool, func, iterables, ordered)
-        self._feeder.link(self._out.put)
-        self._feeder.start()
-
-    def _feed(self, pool, func, iterables, ordered):  # spawns park while the pool is full: here, not in next()
-        for args in zip(*iterables):
-            if self._room is not None:
-                self._room.acquire()
-            g = pool.spawn(func, *args)
-            self._spawned += 1
-            self._out.put(g) if ordered else g.link(self._out.put)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        while self._total is None or self._done < self._total:
-            g = self._out.get()
-            if g is self._feeder:
-                self._total = self._spawned
-                g.get()  # raises what the iterable raised
-                continue
-            self._done += 1
-            if self._room is not None:
-                self._room.release()
-            return g.get()  # ordered: raises at the failing call's index
-        raise StopIteration
-
-    def __del__(self):  # dropped before the end: spawn no more
-        self._feeder.kill(block=False)
 
 
 class Group(Pool):
@@ -3492,8 +3524,8 @@ def _pools_after_fork_in_child():
 
 
 _os.register_at_fork(after_in_child=_pools_after_fork_in_child)
-_RESOLVER_THREADS = 8  # name lookups at once: more queue (a resolver's own limit is usually lower)
-_resolver = ThreadPool(_RESOLVER_THREADS, name="coopsock-resolver")  # Hub.threadpool
+_LOOKUPS_THREADS = 8  # name lookups at once: more queue (a resolver's own limit is usually lower)
+_resolver = ThreadPool(_LOOKUPS_THREADS, name="coopsock-resolver")  # Hub.threadpool
 _helpers = ThreadPool(None, name="coopsock-helper")  # each waits as long as what it waits for: a join, a child
 
 
@@ -3953,11 +3985,14 @@ class Resolver:
                                                     staticmethod(gethostbyname_ex))
     gethostbyaddr, getnameinfo = staticmethod(gethostbyaddr), staticmethod(getnameinfo)
 
+    def __init__(self, hub: Hub | None = None) -> None:  # gevent's signature: one resolver serves every hub
+        pass
+
     def close(self) -> None:
         """Nothing to close: the lookups share the process's resolver threads."""
 
 
-_RESOLVER = Resolver()
+_LOOKUPS = Resolver()
 
 
 def wait_readwrite(fileno: _FileDescriptorLike, timeout: float | None = None,
@@ -4043,10 +4078,11 @@ class _Server:
         # spawn: "default", a Pool, None (each handler in the accepting greenlet, one at a time), a
         # function that starts handle(*args) as spawn() does (gevent's four), or a size for a Pool.
         own = spawn == "default" or not (spawn is None or isinstance(spawn, Pool) or callable(spawn))
-        self.pool = (Group() if spawn == "default" else Pool(spawn)) if own else spawn if isinstance(spawn, Pool) else None
+        self.pool = ((Group() if spawn == "default" else Pool(spawn)) if own
+                     else spawn if isinstance(spawn, Pool) else None)
         self._spawn = self.pool.spawn if self.pool is not None else spawn
         self._handlers = self.pool if own else Group()  # a Pool of the user's may hold others
-        self._worker, self.closed = None, False
+        self._worker, self.closed, self._handling = None, False, False  # _handling: spawn=None's, in _worker
 
     started = property(lambda self: self._worker is not None and not self._worker.dead,
                        doc="True while accepting connections or datagrams.")
@@ -4081,8 +4117,8 @@ class _Server:
     def close(self) -> None:
         """Stop taking connections or datagrams and close the listener; the running handlers go on."""
         self.closed = True
-        if self._worker is not None and self._worker is not getcurrent():
-            self._worker.kill()
+        if self._worker is not None and self._worker is not getcurrent() and not self._handling:
+            self._worker.kill()  # (one handling with spawn=None goes on, then finds the listener closed)
         for sock in (self.socket, self._given):
             if sock is not None:
                 sock.close()
@@ -4094,6 +4130,8 @@ class _Server:
         """
         self.close()
         others = [g for g in self._handlers if g is not getcurrent()]
+        if self._handling and self._worker is not getcurrent():
+            others.append(self._worker)  # spawn=None: its handler
         if len(joinall(others, self.stop_timeout if timeout is None else timeout)) < len(others):
             killall(others, block=False)
             joinall(others, 1)  # a killed handler ends at once, unless it ignores GreenletExit
@@ -4117,10 +4155,15 @@ class _Server:
                 continue
             delay = 0
             if self._spawn is None:
+                self._handling = True
                 try:
                     self._handle(*work)
-                except Exception as exc:  # reported as a handler greenlet's would be; the server goes on
+                except GreenletExit:
+                    raise
+                except BaseException as exc:  # reported as a handler greenlet's would be; the server goes on
                     get_hub()._report(self.handle, exc)
+                finally:
+                    self._handling = False
                 continue
             try:
                 handler = self._spawn(self._handle, *work)
@@ -4147,9 +4190,9 @@ class StreamServer(_Server):
     for a subclass's handle method. spawn: 'default' (a greenlet per
     connection), a Pool, an int (a Pool of that size; connections beyond it
     wait in the backlog), a function called as spawn(func, *args), or None
-    (each connection handled in the accepting greenlet, one at a time). The connection is closed when handle returns. With
-    ssl_context, each connection is wrapped with
-    ssl_context.wrap_socket(conn, server_side=True).
+    (each connection handled in the accepting greenlet, one at a time). The
+    connection is closed when handle returns. With ssl_context, each
+    connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
     """
 
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
@@ -4304,7 +4347,8 @@ class WSGIServer(StreamServer):
     max_drain = 65536  # an unread body up to this is read to keep the connection; a longer one closes it
 
     def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket, application: Callable[..., Any] | None = None,
-                 backlog: int | None = None, spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default", log: Any = "default",
+                 backlog: int | None = None,
+                 spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default", log: Any = "default",
                  error_log: Any = "default", environ: dict[str, Any] | None = None,
                  ssl_context: ssl.SSLContext | None = None, **ssl_args: Any) -> None:
         if ssl_args:

@@ -1396,6 +1396,127 @@ def test_the_hub_resolver_has_gevents_methods_over_coopsocks_lookups():
     resolver.close()
 
 
+def test_destroy_works_after_a_callback_raised_system_exit_into_the_main_greenlet():
+    hub = coopsock.get_hub()
+    hub.run_callback(sys.exit, 2)
+    with pytest.raises(SystemExit):
+        sleep(0.01)
+    hub.destroy()  # it used to be swallowed by the hub's report of the exit, then LoopExit
+    assert coopsock.get_hub() is not hub and spawn(lambda: 1).get(timeout=5) == 1
+
+
+def test_apply_async_runs_in_the_pool_and_a_failing_callback_leaves_the_result_alone(capsys):
+    pool, ran = coopsock.Pool(2), []
+
+    def task(i):
+        sleep(0.001)
+        ran.append(i)
+        return i
+
+    def bad_callback(result):
+        raise ValueError("the callback's own")
+    results = [pool.apply_async(task, (i,)) for i in range(3)]  # the third waits for room, without parking here
+    assert pool.apply_async(lambda: 42, callback=bad_callback).get(timeout=5) == 42
+    pool.join(timeout=5)
+    assert sorted(ran) == [0, 1, 2] and [g.get() for g in results] == [0, 1, 2]
+    sleep(0.01)
+    assert "the callback's own" in capsys.readouterr().err
+
+
+def test_an_imap_dropped_before_its_end_spawns_no_more():
+    import itertools
+    calls = []
+    it = coopsock.Pool(2).imap(calls.append, itertools.count())
+    next(it)
+    del it
+    gc.collect()
+    sleep(0.05)
+    stopped = len(calls)
+    sleep(0.05)
+    assert len(calls) == stopped < 10
+
+
+def test_a_failed_map_spawns_no_more():
+    calls = []
+
+    def f(i):
+        calls.append(i)
+        if i == 1:
+            raise KeyError(i)
+        sleep(0.001)
+    with pytest.raises(KeyError):
+        coopsock.Pool(2).map(f, range(200))
+    gc.collect()
+    sleep(0.05)
+    assert len(calls) < 10
+
+
+def test_imap_maxsize_zero_means_no_bound():
+    assert list(coopsock.Pool(2).imap(abs, [-1, -2], maxsize=0)) == [1, 2]
+
+
+def test_stream_server_with_spawn_none_survives_a_handlers_timeout_and_stop_lets_the_handler_finish(capsys):
+    finished, release = [], Event()
+
+    def handle(conn, address):
+        data = conn.recv(10)
+        if data == b"slow":
+            with Timeout(0.01):
+                conn.recv(10)  # nothing comes: the Timeout escapes the handler
+        release.wait()
+        conn.sendall(b"reply")
+        finished.append(data)
+    server = coopsock.StreamServer(("127.0.0.1", 0), handle, spawn=None)
+    server.start()
+    with coopsock.create_connection(server.address[:2], timeout=5) as slow:
+        slow.sendall(b"slow")
+        assert slow.recv(10) == b""  # the handler failed: the connection closed
+    assert server.started
+    with coopsock.create_connection(server.address[:2], timeout=5) as client:
+        client.sendall(b"fast")
+        while not server._handling:
+            sleep(0.001)
+        stopping = spawn(server.stop, 5)
+        sleep(0.01)
+        release.set()
+        assert client.recv(10) == b"reply"
+        stopping.get(timeout=5)
+    assert finished == [b"fast"] and server.closed and not server.started
+    assert "Timeout" in capsys.readouterr().err
+
+
+def test_channel_put_nowait_to_a_getter_being_killed_raises_full_and_leaves_no_item():
+    channel = coopsock.Channel()
+    getter = spawn(channel.get)
+    parked(getter)
+    getter.kill(block=False)
+    with pytest.raises(queue.Full):
+        channel.put_nowait("x")
+    assert channel.balance == 0
+    with pytest.raises(queue.Empty):
+        channel.get_nowait()
+    with pytest.raises(ValueError):
+        coopsock.Channel(0)
+    assert coopsock.Channel[int] is not None
+
+
+def test_a_finished_greenlets_links_run_in_one_pass():
+    target, passes, woken = spawn(sleep, 0.01), [0], []
+
+    def count_passes():
+        while len(woken) < 200:
+            passes[0] += 1
+            sleep(0)
+
+    def join():
+        target.join()
+        woken.append(passes[0])
+    joiners = [spawn(join) for _ in range(200)]
+    counter = spawn(count_passes)
+    coopsock.joinall([*joiners, counter], timeout=10)
+    assert len(woken) == 200 and woken[-1] - woken[0] <= 1  # one link per pass took 200
+
+
 # ---------------------------------------------------------------------------
 # The examples, end to end
 
