@@ -91,7 +91,7 @@ __all__ = [
     # TLS and the stdlib patch
     "SSLContext", "SSLSocket", "create_default_context",  # noqa: F822 (built on first use: __getattr__)
     "select", "poll", "DefaultSelector",
-    "patch", "unpatch",
+    "patch", "unpatch", "is_module_patched", "is_anything_patched",
     # errors
     "LoopExit", "BlockingSwitchOutError", "ConcurrentObjectUseError",
     # the demo server
@@ -1677,6 +1677,16 @@ class Hub(_greenlet):
                 except OSError:
                     self._notify_closing(data[0])
 
+    def _call(self, func, *args):
+        """From the hub: call func(*args) as a callback is called (what it switched back with is taken,
+        what it raised reported), for code that calls several in one callback."""
+        try:
+            self._take(func(*args))
+        except BaseException as exc:
+            if self._destroyed:  # destroy() from a greenlet func switched to
+                raise GreenletExit from None
+            self._report(func, exc)
+
     def _report(self, context, exc):
         """Pass an exception that escaped context (a greenlet, a callback) to handle_error; the hub carries on."""
         try:
@@ -1689,11 +1699,14 @@ class Hub(_greenlet):
     def handle_error(self, context: object, type: type[BaseException], value: BaseException, tb: Any) -> None:
         """Report an exception that escaped context, a callback or greenlet (gevent's arguments).
 
-        KeyboardInterrupt and SystemExit are raised in the main greenlet
+        KeyboardInterrupt, SystemExit and SystemError (the interpreter's own
+        fault, as gevent's SYSTEM_ERROR) are raised in the main greenlet
         instead; GreenletExit is not an error. An override (set on the class
         or the hub) must not raise: what it raises is printed and dropped.
         """
-        if issubclass(type, (KeyboardInterrupt, SystemExit)):
+        if issubclass(type, (KeyboardInterrupt, SystemExit, SystemError)):
+            if issubclass(type, SystemError):
+                self.print_exception(context, type, value, tb)
             if getcurrent() is self:
                 self._throw(self.parent, value)
             else:
@@ -1835,7 +1848,11 @@ class Timeout(BaseException):
 
     def _raise_in(self, hub, target):
         exc = self.exception
-        hub._throw(target, self if exc is None or exc is False or isinstance(exc, str) else exc)
+        if exc is None or exc is False or isinstance(exc, str):
+            exc = self
+        elif not isinstance(exc, BaseException) and not (isinstance(exc, type) and issubclass(exc, BaseException)):
+            exc = TypeError(f"Timeout's exception must derive from BaseException, not {type(exc).__name__}")
+        hub._throw(target, exc)
 
     def __enter__(self: _Timeout) -> _Timeout:
         if self._raising is None or self._raising.func is None:  # not pending
@@ -1999,15 +2016,9 @@ class Greenlet(_greenlet):
             self.parent.run_callback(self._notify_links)
 
     def _notify_links(self):
-        links, hub = self._links, self.parent
+        links = self._links
         while links:
-            link = links.pop(0)  # taken off as it is called: one may unlink another not yet called
-            try:
-                hub._take(link(self))
-            except BaseException as exc:
-                if hub._destroyed:
-                    raise GreenletExit from None
-                hub._report(link, exc)
+            self.parent._call(links.pop(0), self)  # taken off as it is called: one may unlink another
 
     def ready(self) -> bool:
         """Return True once the greenlet has finished (or was killed)."""
@@ -2333,6 +2344,7 @@ class _Line(_deque):
 
     def wake(self, may_go, *args):
         """From the hub: wake the head of the line while may_go(); call a link callback with args."""
+        hub = getcurrent()
         try:
             for _ in range(len(self)):  # at most once each: a woken greenlet may queue up again
                 self._drop_gone()
@@ -2341,16 +2353,13 @@ class _Line(_deque):
                 waiter = self[0]
                 if type(waiter) is not _Waiter:
                     self.popleft()  # a link callback: called once; if it fails, the line goes on
-                    try:
-                        waiter(*args)
-                    except BaseException as exc:
-                        get_hub()._report(waiter, exc)
+                    hub._call(waiter, *args)
                     continue
                 waiter()  # its greenlet runs now, and leaves the line itself
                 if self and self[0] is waiter:
                     self.popleft()  # a waiter that was gone already
-        finally:  # more may go, or a signal cut this pass short: another pass
-            if self and may_go():
+        finally:  # more may go, or a signal cut this pass short: another pass (unless destroy() cut it)
+            if not hub._destroyed and self and may_go():
                 self.schedule(may_go, *args)
 
 
@@ -2463,8 +2472,7 @@ class AsyncResult(Event):
         self._flag, self.value, self.exception, self._tb = False, None, None, None
 
 
-def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int | None = None) -> Iterator[_Waitable]:
-    """Yield greenlets, events and async results as they become ready, up to `count`; stop quietly at `timeout`."""
+def _iwait(objects, timeout, count):
     objects = list(objects)
     count = len(objects) if count is None else min(count, len(objects))
     ready: _deque[_Waitable] = _deque()
@@ -2487,6 +2495,24 @@ def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int
     finally:
         for obj in linked:
             obj.unlink(on_ready)
+
+
+class _Iwait:
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen): self._gen = gen
+    def __iter__(self): return self
+    def __next__(self): return next(self._gen)
+    def __enter__(self): return self
+    def __exit__(self, *exc_info): self._gen.close()
+
+
+def iwait(objects: Iterable[_Waitable], timeout: float | None = None, count: int | None = None) -> Iterator[_Waitable]:
+    """Yield greenlets, events, results and semaphores as they become ready, up to `count`; stop quietly at `timeout`.
+
+    `with iwait(...) as it:` unlinks them from it when the block ends (gevent's).
+    """
+    return _Iwait(_iwait(objects, timeout, count))
 
 
 def wait(objects: Iterable[_Waitable] | None = None, timeout: float | None = None,
@@ -2822,6 +2848,15 @@ class Lock(BoundedSemaphore):
         return super().acquire(blocking, _lock_timeout(blocking, timeout))
 
 
+def _current():
+    """getcurrent(), or the thread's Thread once greenlet is being finalized at exit (logging's
+    lock is taken then, by a handler's weakref callback: only plain code runs by that time)."""
+    try:
+        return getcurrent()
+    except RuntimeError:
+        return _threading.current_thread()
+
+
 class RLock:
     """A lock the greenlet holding it may take again (threading.RLock's API), for one thread's greenlets."""
 
@@ -2833,7 +2868,7 @@ class RLock:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock (again, if this greenlet holds it); False if `timeout` (-1: none) passed first."""
-        timeout, me = _lock_timeout(blocking, timeout), getcurrent()
+        timeout, me = _lock_timeout(blocking, timeout), _current()
         if self._owner is me:
             self._count += 1
             return True
@@ -2844,7 +2879,7 @@ class RLock:
 
     def release(self) -> None:
         """Undo one acquire(); raise RuntimeError if this greenlet does not hold the lock."""
-        if self._owner is not getcurrent():
+        if self._owner is not _current():
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
         if not self._count:
@@ -2956,7 +2991,7 @@ class Pool:
 
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> _T:
         """Return func(*args, **kwds) run in the group (directly if called from one of its greenlets)."""
-        if getcurrent() in self.greenlets:
+        if _current() in self.greenlets:
             return func(*args, **(kwds or {}))
         return self.spawn(func, *args, **(kwds or {})).get()
 
@@ -3106,7 +3141,7 @@ class _ThreadLock:
             return True
         if not blocking:
             return False
-        hub, current = _local.__dict__.get("hub"), getcurrent()
+        hub, current = _local.__dict__.get("hub"), _current()
         if hub is None or current is hub:  # a thread, or the hub: only blocking is left
             if hub is not None and self._holder == _get_ident():
                 raise BlockingSwitchOutError(_NOT_FROM_HUB_LOCK)
@@ -3179,7 +3214,7 @@ class _ThreadRLock(RLock):
         """Take the lock (again, if this greenlet holds it); False if `timeout` passed first."""
         if blocking is not True or timeout != -1:
             _lock_timeout(blocking, timeout)
-        me = getcurrent()
+        me = _current()
         if self._owner is me:
             self._count += 1
             return True
@@ -3192,13 +3227,13 @@ class _ThreadRLock(RLock):
 
     # What Condition uses to let go of the lock while it waits, however often it is held.
     def _is_owned(self):
-        return self._owner is getcurrent()
+        return self._owner is _current()
 
     def _recursion_count(self):
-        return self._count if self._owner is getcurrent() else 0
+        return self._count if self._owner is _current() else 0
 
     def _release_save(self):
-        if self._owner is not getcurrent():
+        if self._owner is not _current():
             raise RuntimeError("cannot release un-acquired lock")
         count, self._owner, self._count = self._count, None, 0
         self._lock.release()
@@ -3206,7 +3241,7 @@ class _ThreadRLock(RLock):
 
     def _acquire_restore(self, count):
         self._lock.acquire()
-        self._owner, self._count = getcurrent(), count
+        self._owner, self._count = _current(), count
 
     def _at_fork_reinit(self):
         self._lock._at_fork_reinit()
@@ -4993,6 +5028,17 @@ def patch(*, socket: bool = True, ssl: bool = True, select: bool = True, selecto
         if key not in _originals:  # recorded first: an interrupted patch() is still undone
             _originals[key] = target.__dict__.get(attribute, _MISSING)
         setattr(target, attribute, replacement)
+
+
+def is_module_patched(name: str) -> bool:
+    """Return True if patch() replaced something in the stdlib module `name` ("socket", "threading"...): gevent's."""
+    return any((target.__name__ if type(target) is type(_sys) else target.__module__) == name  # a module, or a class
+               for target, _ in _originals)
+
+
+def is_anything_patched() -> bool:
+    """Return True if patch() replaced anything (and unpatch() has not put it back): gevent's."""
+    return bool(_originals)
 
 
 def unpatch() -> None:

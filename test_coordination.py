@@ -1517,6 +1517,32 @@ def test_a_finished_greenlets_links_run_in_one_pass():
     assert len(woken) == 200 and woken[-1] - woken[0] <= 1  # one link per pass took 200
 
 
+def test_a_timeout_whose_exception_is_no_exception_raises_type_error_in_its_greenlet():
+    with pytest.raises(TypeError, match="must derive from BaseException"), Timeout(0.01, object()):
+        sleep(5)  # it was left parked: the hub's throw failed, not the greenlet
+
+
+def test_a_system_error_in_a_greenlet_is_raised_in_the_main_greenlet_as_gevent_does(capsys):
+    def fail():
+        raise SystemError("the interpreter's own")
+    g = spawn(fail)
+    with pytest.raises(SystemError, match="the interpreter's own"):
+        sleep(5)
+    assert g.dead and isinstance(g.exception, SystemError)
+    assert "SystemError" in capsys.readouterr().err  # printed too
+
+
+def test_iwait_as_a_context_manager_unlinks_and_takes_semaphores():
+    events = [Event() for _ in range(3)]
+    coopsock.spawn_later(0.01, events[1].set)
+    with coopsock.iwait(events) as it:
+        assert next(it) is events[1]
+    assert all(not e._waiters for e in events)  # unlinked when the block ended, not when collected
+    sem = coopsock.Semaphore(0)
+    coopsock.spawn_later(0.01, sem.release)
+    assert list(coopsock.iwait([sem], timeout=5)) == [sem]
+
+
 # ---------------------------------------------------------------------------
 # The examples, end to end
 

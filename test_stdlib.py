@@ -310,12 +310,18 @@ def test_patch_is_idempotent_and_unpatch_restores_the_exact_originals():
 def test_patch_only_what_is_asked():
 
     original_socket, original_sleep = stdsocket.socket, time.sleep
+    assert not coopsock.is_anything_patched()
     try:
         coopsock.patch(socket=False, ssl=False, select=False, selectors=False)
         assert stdsocket.socket is original_socket and time.sleep is coopsock.sleep
+        assert coopsock.is_anything_patched() and coopsock.is_module_patched("time")
+        assert not coopsock.is_module_patched("socket") and not coopsock.is_module_patched("ssl")
+        coopsock.patch()
+        assert coopsock.is_module_patched("socket") and coopsock.is_module_patched("ssl")  # (a class of ssl's)
     finally:
         coopsock.unpatch()
     assert time.sleep is original_sleep
+    assert not coopsock.is_anything_patched() and not coopsock.is_module_patched("time")
 
 
 def test_patched_stdlib_helpers_are_cooperative(patched, ca, cert):

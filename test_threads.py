@@ -590,6 +590,21 @@ def test_thread_pool_works_in_a_forked_child():
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
 
 
+def test_a_program_that_made_a_logging_handler_after_patch_exits_without_a_word():
+    # At exit logging's weakref callback takes its lock, one of coopsock's,
+    # when greenlet is being finalized: getcurrent() raises there.
+    code = """
+    coopsock.patch()
+    import logging  # after patch(), as a program's own imports: its lock is one of coopsock's
+    handler = logging.Handler()
+    coopsock.sleep(0.001)  # a hub
+    print("OK")
+    """
+    proc = _run_child(code, coopsock.BACKEND)
+    _assert_clean_exit(proc)
+    assert proc.stderr == ""
+
+
 # ---------------------------------------------------------------------------
 # Subprocesses
 
