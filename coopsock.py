@@ -4858,6 +4858,7 @@ class DefaultSelector(_selectors.PollSelector):
 def _build_subprocess() -> Any:
     if "subprocess" in globals():
         return globals()["subprocess"]
+    import io
     import subprocess
     from types import ModuleType
 
@@ -4874,8 +4875,55 @@ def _build_subprocess() -> Any:
     os_ = ModuleType("os")
     vars(os_).update(vars(_os), read=read_when_ready)
 
+    class GreenPipe(io.RawIOBase):
+        """A pipe's end, its fd made non-blocking: a read or write that would block parks the greenlet."""
+
+        def __init__(self, raw):
+            super().__init__()
+            self.raw, self.name, self.mode = raw, raw.name, raw.mode
+            _os.set_blocking(raw.fileno(), False)
+
+        def fileno(self): return self.raw.fileno()
+        def readable(self): return self.raw.readable()
+        def writable(self): return self.raw.writable()
+
+        def readinto(self, buffer):
+            while (count := self.raw.readinto(buffer)) is None:  # (None: EAGAIN)
+                wait_read(self.raw.fileno())
+            return count
+
+        def write(self, data):
+            while (count := self.raw.write(data)) is None:
+                wait_write(self.raw.fileno())
+            return count
+
+        def close(self):
+            if not self.closed:
+                super().close()
+                self.raw.close()
+
+    def green(pipe):
+        """The same file object as the stdlib's pipe, made over a GreenPipe; the stdlib's detached from the fd."""
+        if pipe is None:
+            return None
+        if isinstance(pipe, io.FileIO):  # bufsize=0
+            return GreenPipe(pipe)
+        text = pipe if isinstance(pipe, io.TextIOWrapper) else None
+        buffered = text.detach() if text is not None else pipe
+        raw = GreenPipe(buffered.detach())
+        buffered = (io.BufferedReader if raw.readable() else io.BufferedWriter)(raw)
+        if text is None:
+            return buffered
+        return io.TextIOWrapper(buffered, text.encoding, text.errors, line_buffering=text.line_buffering,
+                                write_through=text.write_through)
+
     class Popen(subprocess.Popen):
-        __doc__ = "subprocess.Popen, cooperative: wait() and communicate() park only the calling greenlet."
+        __doc__ = ("subprocess.Popen, cooperative: wait(), communicate() and its pipes' reads and writes park only "
+                   "the calling greenlet.")
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.stdin, self.stdout, self.stderr = green(self.stdin), green(self.stdout), green(self.stderr)
         _cooperative_communicate = _rebound(vars(subprocess.Popen)["_communicate"], namespace)
 
         def _communicate(self, input, endtime, orig_timeout):

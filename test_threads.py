@@ -635,6 +635,23 @@ def test_communicate_with_one_pipe_parks_and_passes_input():
     assert cat.returncode == 0 and reader.returncode == 0 and beat.beats > 20
 
 
+@pytest.mark.parametrize("mode", ["bytes", "text", "unbuffered"])
+def test_a_greenlet_reading_a_childs_pipe_parks_and_the_hub_runs_on(mode):
+    options = {"bytes": {}, "text": {"text": True}, "unbuffered": {"bufsize": 0}}[mode]
+    sp = coopsock.subprocess
+    with sp.Popen(["sh", "-c", "read line; echo got $line; sleep 0.05; echo done"], stdin=sp.PIPE,
+                  stdout=sp.PIPE, **options) as child:
+        reader = coopsock.spawn(child.stdout.read)
+        for _ in range(5):
+            coopsock.sleep(0.01)  # it used to block here, in the reader's read, until the child ended
+        assert not reader.ready()
+        child.stdin.write("x\n" if mode == "text" else b"x\n")
+        child.stdin.flush()
+        out = reader.get(timeout=10)
+        assert out == ("got x\ndone\n" if mode == "text" else b"got x\ndone\n")
+    assert child.returncode == 0
+
+
 def test_subprocess_timeouts_raise_timeout_expired_and_leave_no_zombie(tmp_path):
     cosub = coopsock.subprocess
     process = cosub.Popen(_child(0, 5))

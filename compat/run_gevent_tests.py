@@ -85,15 +85,17 @@ NOT_RUN = {"test_refuses_from_port": "binds ('', port), not loopback"}  # {test 
 # {gevent module: "name[=coopsock name] ..."}: coopsock's names under gevent's
 SHIM = {
     "gevent": "Greenlet GreenletExit Timeout get_hub getcurrent iwait joinall kill killall signal_handler sleep "
-              "spawn spawn_later wait with_timeout",
+              "spawn spawn_later spawn_raw idle wait with_timeout",
     "gevent.greenlet": "Greenlet joinall killall",
-    "gevent.hub": "Hub get_hub getcurrent GreenletExit LoopExit sleep kill iwait wait signal=signal_handler",
+    "gevent.hub": "Hub get_hub getcurrent GreenletExit LoopExit sleep kill iwait wait spawn_raw idle "
+                  "signal=signal_handler",
+    "gevent.util": "wrap_errors",
     "gevent.timeout": "Timeout with_timeout",
     "gevent.exceptions": "LoopExit BlockingSwitchOutError ConcurrentObjectUseError",
     "gevent.event": "Event AsyncResult",
-    "gevent.queue": "Queue JoinableQueue=Queue LifoQueue PriorityQueue",  # coopsock's Queue has join, task_done
+    "gevent.queue": "Queue JoinableQueue=Queue SimpleQueue LifoQueue PriorityQueue Channel ShutDown",  # join too
     "gevent.lock": "Semaphore BoundedSemaphore RLock",
-    "gevent.pool": "Group Pool",
+    "gevent.pool": "Group Pool PoolFull",
     "gevent.local": "local",
     "gevent.threadpool": "ThreadPool",
     "gevent.subprocess": " ".join(f"{name}=subprocess.{name}" for name in
@@ -105,7 +107,7 @@ SHIM = {
     "gevent.selectors": "DefaultSelector",
     "gevent.server": "StreamServer DatagramServer",
     "gevent.pywsgi": "WSGIServer",
-    "gevent.monkey": "patch_all=patch",  # README: gevent.monkey.patch_all() is coopsock.patch()
+    "gevent.monkey": "patch_all=patch is_module_patched is_anything_patched",  # patch_all() is coopsock.patch()
     "gevent.core": "", "gevent.events": "", "gevent._hub_local": "",  # the harness's: HARNESS
 }
 STDLIB = {"gevent.queue": "queue", "gevent.subprocess": "subprocess", "gevent.socket": "socket",
@@ -223,9 +225,9 @@ def _observe_hub(reported):
     handle_error = coopsock.Hub.handle_error
 
     @functools.wraps(handle_error)
-    def observed(hub, where, exc):
-        reported.append(exc)
-        return handle_error(hub, where, exc)
+    def observed(hub, context, type, value, tb):
+        reported.append(value)
+        return handle_error(hub, context, type, value, tb)
     coopsock.Hub.handle_error = observed
 
 
