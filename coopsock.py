@@ -200,6 +200,13 @@ class ConcurrentObjectUseError(AssertionError):
     """Raised when a second greenlet waits for the same event on the same object."""
 
 
+def _raisable(exc):
+    """exc if it is an exception or an exception class, else the TypeError raising it would give (greenlet's words)."""
+    if isinstance(exc, BaseException) or isinstance(exc, type) and issubclass(exc, BaseException):
+        return exc
+    return TypeError(f"exceptions must be classes, or instances, not {type(exc).__name__}")
+
+
 class PoolFull(_Full):
     """Raised by Pool.add(g, blocking=False) on a full pool, or past its timeout (gevent's)."""
 
@@ -1848,11 +1855,7 @@ class Timeout(BaseException):
 
     def _raise_in(self, hub, target):
         exc = self.exception
-        if exc is None or exc is False or isinstance(exc, str):
-            exc = self
-        elif not isinstance(exc, BaseException) and not (isinstance(exc, type) and issubclass(exc, BaseException)):
-            exc = TypeError(f"Timeout's exception must derive from BaseException, not {type(exc).__name__}")
-        hub._throw(target, exc)
+        hub._throw(target, self if exc is None or exc is False or isinstance(exc, str) else _raisable(exc))
 
     def __enter__(self: _Timeout) -> _Timeout:
         if self._raising is None or self._raising.func is None:  # not pending
@@ -2101,7 +2104,7 @@ class Greenlet(_greenlet):
         if isinstance(exc, GreenletExit):
             self.value = exc
         else:
-            self.exception, self._tb = exc, exc.__traceback__
+            self.exception, self._tb = exc, getattr(exc, "__traceback__", None)
         self._finish()
 
     def throw(self, typ: Any = GreenletExit, val: Any = None, tb: Any = None) -> Any:
@@ -2117,6 +2120,7 @@ class Greenlet(_greenlet):
         """Raise `exception` in the greenlet; wait for it to end unless block is False."""
         if self._finished:
             return
+        exception = _raisable(exception)  # not an exception: the greenlet dies of the TypeError, as in gevent
         if not self:  # not started yet: it never runs
             return self._end_unstarted(exception() if isinstance(exception, type) else exception)
         self.parent.run_callback(self.parent._throw, self, exception)  # itself too: at its next switch, as gevent
@@ -2424,7 +2428,8 @@ class AsyncResult(Event):
     __slots__ = ("value", "exception", "_tb")
     exception: BaseException | None
     _tb: Any
-    exc_info = Greenlet.exc_info
+    exc_info = property(lambda self: () if self.exception is None else (type(self.exception), self.exception, self._tb),
+                        doc="(type, exception, traceback) if set to an exception, else () (gevent's).")
 
     def __init__(self) -> None:
         super().__init__()
@@ -2564,12 +2569,13 @@ class Queue:
     __class_getitem__: Any = classmethod(_GenericAlias)
 
     def __init__(self, maxsize: int | None = None) -> None:
-        self.maxsize, self.queue, self.is_shutdown = maxsize, self._init(), False
+        self.maxsize, self.is_shutdown = maxsize, False
+        self._init(maxsize)  # sets self.queue, as queue.Queue's (a subclass may override it)
         self._getters, self._putters = _Line(), _Line()
         self.unfinished_tasks, self._all_done = 0, Event()
         self._all_done.set()
 
-    def _init(self): return _deque()
+    def _init(self, maxsize): self.queue = _deque()
     def _put(self, item): self.queue.append(item)
     def _get(self): return self.queue.popleft()
     def _peek(self): return self.queue[0]
@@ -2751,7 +2757,7 @@ class LifoQueue(Queue):
 
     __slots__ = ()
 
-    def _init(self): return []
+    def _init(self, maxsize): self.queue = []
     def _get(self): return self.queue.pop()
     def _peek(self): return self.queue[-1]
 
@@ -2761,7 +2767,7 @@ class PriorityQueue(Queue):
 
     __slots__ = ()
 
-    def _init(self): return []
+    def _init(self, maxsize): self.queue = []
     def _put(self, item): _heappush(self.queue, item)
     def _get(self): return _heappop(self.queue)
 
@@ -2953,7 +2959,7 @@ class Pool:
     def __contains__(self, g): return g in self.greenlets
 
     def add(self, g: Greenlet, blocking: bool = True, timeout: float | None = None) -> None:
-        """Track greenlet g until it finishes, parking while the pool is full; PoolFull if not block, or past timeout."""
+        """Track greenlet g until it finishes, parking while the pool is full; PoolFull if not block or past timeout."""
         if g in self.greenlets or g.ready():
             return
         if self._slots is not None:
@@ -4227,7 +4233,8 @@ class StreamServer(_Server):
     wait in the backlog), a function called as spawn(func, *args), or None
     (each connection handled in the accepting greenlet, one at a time). The
     connection is closed when handle returns. With ssl_context, each
-    connection is wrapped with ssl_context.wrap_socket(conn, server_side=True).
+    connection is wrapped with ssl_context.wrap_socket(conn, server_side=True);
+    gevent's certfile= and keyfile= make such a context.
     """
 
     backlog_default = 2048  # holds a burst of 1,000 simultaneous connects (the kernel caps it at somaxconn)
@@ -4235,9 +4242,17 @@ class StreamServer(_Server):
     def __init__(self, listener: tuple[str, int] | str | _stdsocket.socket,
                  handle: Callable[[socket, Any], object] | None = None, backlog: int | None = None,
                  spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default",
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, **ssl_args: Any) -> None:
         if backlog is not None and isinstance(listener, _socket.socket):
-            raise ValueError("backlog applies to a listener the server creates: listen() on your socket instead")
+            raise TypeError("backlog applies to a listener the server creates: listen() on your socket instead")
+        if ssl_args:
+            unknown = set(ssl_args) - {"certfile", "keyfile"}
+            if unknown or "certfile" not in ssl_args:
+                raise TypeError(f"{type(self).__name__} takes certfile= and keyfile= for TLS, not "
+                                f"{sorted(unknown) or 'keyfile alone'}: for anything more, pass ssl_context=")
+            import ssl as std_ssl
+            ssl_context = std_ssl.create_default_context(std_ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(ssl_args["certfile"], ssl_args.get("keyfile"))
         super().__init__(listener, handle, spawn)
         self.backlog, self.ssl_context = backlog, ssl_context
 
@@ -4386,21 +4401,13 @@ class WSGIServer(StreamServer):
                  spawn: Literal["default"] | int | Pool | Callable[..., Any] | None = "default", log: Any = "default",
                  error_log: Any = "default", environ: dict[str, Any] | None = None,
                  ssl_context: ssl.SSLContext | None = None, **ssl_args: Any) -> None:
-        if ssl_args:
-            unknown = set(ssl_args) - {"certfile", "keyfile"}
-            if unknown or "certfile" not in ssl_args:
-                raise TypeError(f"WSGIServer takes certfile= and keyfile= for TLS, not {sorted(unknown) or 'keyfile alone'}:"
-                                " for anything more, pass ssl_context=")
-            import ssl as std_ssl
-            ssl_context = std_ssl.create_default_context(std_ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(ssl_args["certfile"], ssl_args.get("keyfile"))
-        super().__init__(listener, None, backlog, spawn, ssl_context)
+        super().__init__(listener, None, backlog, spawn, ssl_context, **ssl_args)
         self.application = application
         self.log = _sys.stderr if log == "default" else log
         self.error_log = _sys.stderr if error_log == "default" else error_log
         self.environ = {"SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.multithread": False,
                         "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.input_terminated": True,
-                        "wsgi.url_scheme": "https" if ssl_context is not None else "http", **(environ or {})}
+                        "wsgi.url_scheme": "https" if self.ssl_context is not None else "http", **(environ or {})}
 
     def handle(self, sock: socket, address: Any) -> None:
         """Serve one connection's requests while it keeps alive."""

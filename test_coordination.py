@@ -851,7 +851,7 @@ def test_stream_server_on_a_given_listener_with_a_pool_size():
         release.wait()
         _echo_handler(conn, address)
     with stdsocket.create_server(("127.0.0.1", 0)) as listener:
-        with pytest.raises(ValueError):
+        with pytest.raises(TypeError):  # gevent's
             coopsock.StreamServer(listener, handle, backlog=5)
         with coopsock.StreamServer(listener, handle, spawn=2) as server:
             clients = [spawn(_round_trip, server.address) for _ in range(3)]
@@ -1001,7 +1001,7 @@ def test_stream_server_owns_a_given_listener_makes_it_blocking_and_closes_it(cap
 
 def test_stream_server_misused_says_what_to_do():
     with coopsock.create_server(("127.0.0.1", 0)) as listener, pytest.raises(
-            ValueError, match="backlog applies to a listener the server creates: listen\\(\\) on your socket instead"):
+            TypeError, match="backlog applies to a listener the server creates: listen\\(\\) on your socket instead"):
         coopsock.StreamServer(listener, print, backlog=5)
     server = coopsock.StreamServer(("127.0.0.1", 0), print)
     server.start()
@@ -1518,7 +1518,7 @@ def test_a_finished_greenlets_links_run_in_one_pass():
 
 
 def test_a_timeout_whose_exception_is_no_exception_raises_type_error_in_its_greenlet():
-    with pytest.raises(TypeError, match="must derive from BaseException"), Timeout(0.01, object()):
+    with pytest.raises(TypeError, match="exceptions must be classes, or instances, not object"), Timeout(0.01, object()):
         sleep(5)  # it was left parked: the hub's throw failed, not the greenlet
 
 
@@ -1541,6 +1541,32 @@ def test_iwait_as_a_context_manager_unlinks_and_takes_semaphores():
     sem = coopsock.Semaphore(0)
     coopsock.spawn_later(0.01, sem.release)
     assert list(coopsock.iwait([sem], timeout=5)) == [sem]
+
+
+def test_a_queue_subclass_may_override_init_as_the_stdlibs_and_gevents():
+    class Ordered(Queue):
+        def _init(self, maxsize):
+            self.queue = []
+
+        def _put(self, item):
+            self.queue.append(item)
+            self.queue.sort()
+
+        def _get(self):
+            return self.queue.pop(0)
+    q = Ordered(3)
+    for item in (3, 1, 2):
+        q.put(item)
+    assert [q.get() for _ in range(3)] == [1, 2, 3] and q.maxsize == 3
+
+
+def test_killing_with_a_non_exception_ends_the_greenlet_with_type_error(capsys):
+    started = spawn(sleep, 5)
+    sleep(0)
+    for g in (Greenlet(int), started):
+        g.kill(42, timeout=5)
+        assert g.dead and isinstance(g.exception, TypeError) and "not int" in str(g.exception)
+    assert coopsock.AsyncResult().exc_info == ()  # gevent's: () until set to an exception
 
 
 # ---------------------------------------------------------------------------
