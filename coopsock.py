@@ -2939,8 +2939,11 @@ class _PoolResults:
             return g.get()  # ordered: raises at the failing call's index
         raise StopIteration
 
-    def __del__(self):  # dropped before the end: spawn no more
+    def close(self):
+        """Spawn no more (as a generator's close(): the calls running go on)."""
         self._feeder.kill(block=False)
+
+    __del__ = close  # dropped before the end
 
 
 class Pool:
@@ -3003,7 +3006,12 @@ class Pool:
 
     def map(self, func: Callable[[Any], _T], iterable: Iterable[Any]) -> list[_T]:
         """Return [func(x) for x in iterable], run in the group's greenlets; raise what a call raises."""
-        return list(self.imap(func, iterable))
+        _check_callable(func)
+        results = _PoolResults(self, func, (iterable,), True, None)
+        try:
+            return list(results)
+        finally:  # a call failed: spawn no more (the exception's traceback may keep the iterator alive)
+            results.close()
 
     def apply_cb(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
                  callback: Callable[[_T], object] | None = None) -> _T:

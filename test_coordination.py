@@ -1429,7 +1429,8 @@ def test_an_imap_dropped_before_its_end_spawns_no_more():
     it = coopsock.Pool(2).imap(calls.append, itertools.count())
     next(it)
     del it
-    gc.collect()
+    for _ in range(3):
+        gc.collect()
     sleep(0.05)
     stopped = len(calls)
     sleep(0.05)
@@ -1444,9 +1445,13 @@ def test_a_failed_map_spawns_no_more():
         if i == 1:
             raise KeyError(i)
         sleep(0.001)
-    with pytest.raises(KeyError):
+    try:
         coopsock.Pool(2).map(f, range(200))
-    gc.collect()
+        raise AssertionError("no KeyError")
+    except KeyError:
+        pass
+    for _ in range(3):  # PyPy: the iterator is collected, then its finalizer runs, then what it held
+        gc.collect()
     sleep(0.05)
     assert len(calls) < 10
 
