@@ -978,3 +978,26 @@ def test_example_portforwarder_aborts_on_a_second_signal(tmp_path, backend):
                 process.kill()
                 process.wait()
     assert "A second exit signal before the connections ended: aborting." in log_path.read_text()
+
+
+def test_example_portforwarder_keeps_serving_when_a_client_closes_first(capsys):
+    # gevent's example closed the whole server here: the reply direction,
+    # parked in its recv when the client's direction ended and closed both
+    # sockets, took the EBADF for a signal's doing (a CI run's readiness
+    # probe made the forwarder refuse the test's connections).
+    forwarder, handled = load_example("portforwarder"), coopsock.Queue()
+
+    class Forwarder(forwarder.PortForwarder):
+        def handle(self, source, address):
+            super().handle(source, address)
+            handled.put(address)  # both directions have ended
+    with coopsock.StreamServer(("127.0.0.1", 0), _echo) as upstream, \
+            Forwarder(("127.0.0.1", 0), ("127.0.0.1", upstream.server_port)) as server:
+        server.start()
+        for payload in (b"one", b"two", b"three"):
+            with coopsock.create_connection(("127.0.0.1", server.server_port), timeout=5) as client:
+                client.sendall(payload)
+                assert client.recv(100) == payload  # the reply direction now waits in its recv
+                address = client.getsockname()
+            assert handled.get(timeout=5)[:2] == address[:2]
+            assert not server.closed, capsys.readouterr().err

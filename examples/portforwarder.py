@@ -1,5 +1,9 @@
 """A TCP port forwarder that exits gracefully: gevent's examples/portforwarder.py with its imports changed.
 
+One bug of gevent's mended: there, a connection whose client closes first
+could close the whole server (the other direction's recv, its socket closed
+under it by the first, took the error for a signal's and closed the server).
+
     PYTHONPATH=. python examples/portforwarder.py :8080 example.org:80      then: curl -H "Host: example.org" localhost:8080
 
 On SIGTERM or SIGINT (Ctrl-C) it closes the listening socket and lets the
@@ -27,8 +31,7 @@ class PortForwarder(StreamServer):
         except OSError as ex:
             log("%s:%s failed to connect to %s:%s: %s", address[0], address[1], self.dest[0], self.dest[1], ex)
             return
-        forwarders = (gevent.spawn(forward, source, dest, self),
-                      gevent.spawn(forward, dest, source, self))
+        forwarders = (gevent.spawn(forward, source, dest), gevent.spawn(forward, dest, source))
         # The server closes `source` when handle returns: wait for both directions first.
         gevent.joinall(forwarders)
 
@@ -39,7 +42,7 @@ class PortForwarder(StreamServer):
         StreamServer.close(self)
 
 
-def forward(source, dest, server):
+def forward(source, dest):
     try:
         source_address = "{}:{}".format(*source.getpeername()[:2])
         dest_address = "{}:{}".format(*dest.getpeername()[:2])
@@ -54,9 +57,7 @@ def forward(source, dest, server):
                 if not data:
                     break
                 dest.sendall(data)
-            except OSError:
-                if not server.closed:
-                    server.close()
+            except OSError:  # reset, or closed by the other direction: this connection ends, not the server
                 break
     finally:
         source.close()
