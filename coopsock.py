@@ -3651,9 +3651,14 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
 
     def settimeout(self, value: float | None) -> None:
         """Set the timeout of blocking calls: None blocks, 0 never does, t > 0 raises TimeoutError."""
-        _socket.socket.settimeout(self, value)  # validates as the stdlib does
-        self._timeout = _socket.socket.gettimeout(self)
-        _socket.socket.settimeout(self, 0.0)
+        # The fd stays non-blocking throughout, even for an instant: forked
+        # workers share a listener's mode, and another's accept() in that
+        # instant would block its whole hub in the kernel.
+        if value is not None:
+            _socket.socket.settimeout(self, value)  # validates as the stdlib does
+            value = _socket.socket.gettimeout(self)
+            _socket.socket.settimeout(self, 0.0)
+        self._timeout = value
 
     def gettimeout(self) -> float | None:
         """Return the timeout in seconds, or None."""
@@ -3661,8 +3666,14 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
 
     def setblocking(self, flag: bool) -> None:
         """setblocking(True) is settimeout(None); setblocking(False) is settimeout(0)."""
-        _socket.socket.setblocking(self, flag)  # validates as the stdlib does
-        self.settimeout(_socket.socket.gettimeout(self))
+        # Asked of a socket without an fd: it checks flag as the stdlib does,
+        # notes the timeout, then fails to change the fd (this one's must not).
+        unopened = _socket.socket.__new__(_socket.socket)
+        try:
+            _socket.socket.setblocking(unopened, flag)
+        except OSError:
+            pass
+        self.settimeout(_socket.socket.gettimeout(unopened))
 
     def getblocking(self) -> bool:
         """Return False only if the socket is non-blocking (timeout 0)."""
@@ -5152,8 +5163,7 @@ def _build_gunicorn_worker() -> Any:
         def run(self) -> None:
             ssl_args = {"ssl_context": gunicorn_ssl_context(self.cfg)} if self.cfg.is_ssl else {}
             servers = []
-            for listener in self.sockets:
-                listener.setblocking(True)
+            for listener in self.sockets:  # (left non-blocking: the other workers accept on it too)
                 server = StreamServer(listener, partial(self.handle, listener),
                                       spawn=Pool(self.worker_connections), **ssl_args)
                 server.start()

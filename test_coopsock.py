@@ -1635,6 +1635,37 @@ def test_settimeout_none_blocks_until_data_arrives(pair):
     assert events == [0, 1, 2, b"data"]
 
 
+def test_settimeout_none_never_makes_a_shared_listener_blocking_even_for_an_instant(listener):
+    # The demo's forked workers share one listener's mode: when one worker's
+    # StreamServer set its timeout, the fd was blocking for an instant, and
+    # the other's accept() in it blocked that worker's hub (a CI failure). A
+    # thread stands in for the other worker here, with a stdlib socket.
+    other, stop = stdsocket.socket(fileno=os.dup(listener.fileno())), threading.Event()
+
+    def accept_while_not_stopped():
+        while not stop.is_set():
+            try:
+                return other.accept()[0].close()  # a connection: only the test's own, below
+            except BlockingIOError:
+                pass
+    worker = threading.Thread(target=accept_while_not_stopped)
+    worker.start()
+    try:
+        for _ in range(2000):
+            listener.settimeout(None)
+            listener.setblocking(True)
+            assert listener.gettimeout() is None
+    finally:
+        stop.set()
+        worker.join(1)
+        stuck = worker.is_alive()
+        if stuck:  # blocked in the kernel's accept: one connection lets it out
+            stdsocket.create_connection(listener.getsockname()).close()
+            worker.join()
+        other.close()
+    assert not stuck, "the listener was blocking for an instant: the other worker's accept() blocked"
+
+
 def test_the_default_timeout_comes_from_getdefaulttimeout():
     previous = stdsocket.getdefaulttimeout()
     stdsocket.setdefaulttimeout(0.05)
