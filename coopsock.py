@@ -3654,7 +3654,7 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         # The fd stays non-blocking throughout, even for an instant: forked
         # workers share a listener's mode, and another's accept() in that
         # instant would block its whole hub in the kernel.
-        if value is not None:
+        if value is not None or _socket.socket.fileno(self) < 0:  # (closed: the stdlib's OSError)
             _socket.socket.settimeout(self, value)  # validates as the stdlib does
             value = _socket.socket.gettimeout(self)
             _socket.socket.settimeout(self, 0.0)

@@ -1641,6 +1641,7 @@ def test_settimeout_none_never_makes_a_shared_listener_blocking_even_for_an_inst
     # the other's accept() in it blocked that worker's hub (a CI failure). A
     # thread stands in for the other worker here, with a stdlib socket.
     other, stop = stdsocket.socket(fileno=os.dup(listener.fileno())), threading.Event()
+    other.setblocking(False)  # (PyPy made the fd blocking, as the default timeout's mode; 0 polls nothing)
 
     def accept_while_not_stopped():
         while not stop.is_set():
