@@ -3613,6 +3613,20 @@ _helpers = ThreadPool(None, name="coopsock-helper")  # each waits as long as wha
 _CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
 
 
+def _asked_timeout(method, value):
+    """Return the timeout that a stdlib socket's method(value) sets, raising what it raises for value.
+
+    Asked of a socket without an fd: it checks value and notes the timeout,
+    then fails to set the fd's mode (EBADF), which is the caller's to keep.
+    """
+    unopened = _socket.socket.__new__(_socket.socket)
+    try:
+        method(unopened, value)
+    except OSError:
+        pass
+    return _socket.socket.gettimeout(unopened)
+
+
 def _wait_before(hub, entry, events, deadline):
     # Checked before each wait of a retry loop: a watcher that keeps firing
     # spuriously would otherwise outrun the deadline's timer for ever.
@@ -3651,14 +3665,14 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
 
     def settimeout(self, value: float | None) -> None:
         """Set the timeout of blocking calls: None blocks, 0 never does, t > 0 raises TimeoutError."""
-        # The fd stays non-blocking throughout, even for an instant: forked
-        # workers share a listener's mode, and another's accept() in that
-        # instant would block its whole hub in the kernel.
-        if value is not None or _socket.socket.fileno(self) < 0:  # (closed: the stdlib's OSError)
-            _socket.socket.settimeout(self, value)  # validates as the stdlib does
-            value = _socket.socket.gettimeout(self)
-            _socket.socket.settimeout(self, 0.0)
-        self._timeout = value
+        # The fd stays non-blocking, and the C timeout 0, throughout: forked
+        # workers share a listener's mode (another's accept() in an instant of
+        # blocking mode blocked its whole hub), and a signal landing between
+        # two calls could leave them otherwise. So the stdlib is asked on a
+        # socket without an fd, as setblocking() does.
+        if _socket.socket.fileno(self) < 0:
+            _socket.socket.settimeout(self, value)  # closed: the stdlib's OSError
+        self._timeout = _asked_timeout(_socket.socket.settimeout, value)
 
     def gettimeout(self) -> float | None:
         """Return the timeout in seconds, or None."""
@@ -3666,14 +3680,7 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
 
     def setblocking(self, flag: bool) -> None:
         """setblocking(True) is settimeout(None); setblocking(False) is settimeout(0)."""
-        # Asked of a socket without an fd: it checks flag as the stdlib does,
-        # notes the timeout, then fails to change the fd (this one's must not).
-        unopened = _socket.socket.__new__(_socket.socket)
-        try:
-            _socket.socket.setblocking(unopened, flag)
-        except OSError:
-            pass
-        self.settimeout(_socket.socket.gettimeout(unopened))
+        self.settimeout(_asked_timeout(_socket.socket.setblocking, flag))
 
     def getblocking(self) -> bool:
         """Return False only if the socket is non-blocking (timeout 0)."""

@@ -1667,6 +1667,29 @@ def test_settimeout_none_never_makes_a_shared_listener_blocking_even_for_an_inst
     assert not stuck, "the listener was blocking for an instant: the other worker's accept() blocked"
 
 
+def test_settimeout_leaves_the_fd_and_its_c_timeout_alone_between_any_two_calls(pair):
+    # settimeout(5) set the socket's C timeout to 5, then back to 0: a signal
+    # landing between the two calls (CI's signal storm) left it at 5, and the
+    # next recv waited inside C, then raised TimeoutError. A profile hook sees
+    # the socket after every C call that settimeout and setblocking make.
+    a, _ = pair
+    seen = []
+
+    def after_each_c_call(frame, event, arg):
+        if event == "c_return":
+            seen.append((stdsocket.socket.gettimeout(a), os.get_blocking(a.fileno())))
+    sys.setprofile(after_each_c_call)
+    try:
+        for value in (5, None, 0.5, 0):
+            a.settimeout(value)
+        a.setblocking(True)
+        a.setblocking(False)
+    finally:
+        sys.setprofile(None)
+    assert seen and set(seen) == {(0.0, False)}, set(seen)
+    assert a.gettimeout() == 0.0
+
+
 def test_the_default_timeout_comes_from_getdefaulttimeout():
     previous = stdsocket.getdefaulttimeout()
     stdsocket.setdefaulttimeout(0.05)
