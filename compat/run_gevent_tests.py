@@ -245,7 +245,7 @@ def _owner(obj):
         return obj.__name__ if obj.__name__.split(".")[0] in ("coopsock", "pyev") else None
     if isinstance(obj, sys.modules["coopsock"]._pyev.Loop):  # _EvLoop, _SelLoop or pyev's
         return "Hub.loop"
-    return next((c.__qualname__ for c in (obj if isinstance(obj, type) else type(obj)).__mro__
+    return next((c.__qualname__.rpartition("<locals>.")[2] for c in (obj if isinstance(obj, type) else type(obj)).__mro__
                  if c.__module__ in ("coopsock", "pyev")), None)
 
 
