@@ -4993,6 +4993,30 @@ def _build_subprocess() -> Any:
                 _os.close(pidfd)
             return super()._wait(None)  # it has exited: this reaps it at once
 
+        _exit_links: list[Callable[[Any], object]] | None = None  # rawlink's, while a greenlet waits for the exit
+
+        def rawlink(self, callback):
+            """Call callback(self) from the hub once the child has exited (so wait() and iwait() take a Popen)."""
+            _check_callable(callback, "callback")
+            if self.poll() is not None:
+                return get_hub().run_callback(callback, self)
+            if self._exit_links is None:
+                self._exit_links = []
+                spawn(self._notify_exit)  # a greenlet of its own waits for the child
+            self._exit_links.append(callback)
+
+        def unlink(self, callback):
+            if self._exit_links and callback in self._exit_links:
+                self._exit_links.remove(callback)
+
+        def _notify_exit(self):
+            try:
+                self.wait()
+            finally:  # (killed meanwhile: a later rawlink starts another)
+                links, self._exit_links = self._exit_links, None
+            for callback in links:
+                get_hub().run_callback(callback, self)
+
     namespace["_PopenSelector"] = DefaultSelector
     namespace["Popen"] = Popen
     for name in ("run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coopsock
-from conftest import _assert_clean_exit, _run_child, load_example, thread_clock
+from conftest import Ticker, _assert_clean_exit, _run_child, load_example, thread_clock
 from coopsock import getcurrent, sleep, spawn
 
 
@@ -765,3 +765,23 @@ def test_example_threadpool_hashes_files_off_the_hub(tmp_path):
         with open(path, "rb") as file:
             assert digests[path] == hashlib.sha256(file.read()).hexdigest()
     assert beat.beats > 0
+
+
+def test_wait_and_iwait_take_a_popen_as_gevents_do():
+    # gevent's Popen is waitable (test__subprocess's test_wait): wait([popen]),
+    # iwait() in the order the children exit, rawlink/unlink; the hub runs meanwhile.
+    slow, fast = (coopsock.subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s}); raise SystemExit({code})"])
+                  for s, code in ((0.5, 11), (0.05, 12)))
+    with Ticker() as ticker:
+        assert [p.returncode for p in coopsock.iwait([slow, fast])] == [12, 11]
+    assert ticker.ticks >= 20 and ticker.longest < 0.25, (ticker.ticks, ticker.longest)
+    assert coopsock.wait([slow], timeout=5) == [slow] and slow.poll() == 11  # exited already: at once
+    linked, unlinked = [], []
+    child = coopsock.subprocess.Popen([sys.executable, "-c", "raise SystemExit(13)"])
+    child.rawlink(linked.append)
+    child.rawlink(unlinked.append)
+    child.unlink(unlinked.append)
+    assert coopsock.wait([child], timeout=10) == [child] and child.returncode == 13
+    assert linked == [child] and unlinked == []
+    with pytest.raises(TypeError):
+        child.rawlink(42)
