@@ -1236,14 +1236,15 @@ class Hub(_greenlet):
         if current is self or self._destroyed:
             self._check_switch()
         users = entry.users
-        for i in _DIRECTIONS[events]:
-            other = users[i]
-            if other is not None and other is not current:
-                sock = entry.owner and entry.owner()
-                raise ConcurrentObjectUseError(
-                    f"This {'socket' if sock else 'fd'} is already used by another greenlet for "
-                    f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
-                    f"use one greenlet per direction, or a lock")
+        if users[0] is not None or users[1] is not None:  # (the common case: nobody)
+            for i in _DIRECTIONS[events]:
+                other = users[i]
+                if other is not None and other is not current:
+                    sock = entry.owner and entry.owner()
+                    raise ConcurrentObjectUseError(
+                        f"This {'socket' if sock else 'fd'} is already used by another greenlet for "
+                        f"{('reading', 'writing')[i]}: {sock or entry.fd!r} is waited on by {other!r}; "
+                        f"use one greenlet per direction, or a lock")
         request = (_PARK, current, entry, events, deadline, True)
         if _PYPY:  # see _resume
             self._arriving = request
@@ -3779,8 +3780,18 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
 
     def _wait_and_retry(self, call, events, *args, **kwargs):
         timeout = self._timeout
-        deadline = None if timeout is None else _monotonic() + timeout
-        hub, entry = self._hub_entry()
+        hub = _local.__dict__.get("hub") or get_hub()  # (_hub_entry and _wait_before, inline: the hot path)
+        if self._hub is not hub:
+            self._register(hub)
+        entry = self._entry
+        if timeout is None:
+            while True:
+                hub.wait(entry, events, None)
+                try:
+                    return call(self, *args, **kwargs)
+                except BlockingIOError:
+                    pass
+        deadline = _monotonic() + timeout
         while True:
             _wait_before(hub, entry, events, deadline)
             try:
