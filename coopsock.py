@@ -1343,6 +1343,11 @@ class Hub(_greenlet):
             self._unpark(greenlet)
             self._take(greenlet.switch(value) if not _PYPY else self._resume(greenlet.switch, value))
 
+    def _drop(self, request):
+        """From the hub: forget request if it is still its greenlet's record (a raw switch() ended that park)."""
+        if self._parked.get(request[1]) is request:
+            self._unpark(request[1])
+
     def _throw(self, greenlet, exception):
         """From the hub: raise exception in greenlet, clearing its record first."""
         if not greenlet.dead:
@@ -2237,7 +2242,10 @@ def sleep(seconds: float = 0) -> None:
             raise ValueError("sleep length must be non-negative")
         if seconds > 9.2e9:
             raise OverflowError("timestamp out of range for platform time_t")
-    hub.park((_PARK, current, None, 0, _monotonic() + seconds if seconds else 0, False))
+    request = (_PARK, current, None, 0, _monotonic() + seconds if seconds else 0, False)
+    if hub.park(request) is not _TIMED_OUT:  # a raw switch() into the sleeper: gevent raises too
+        hub.run_callback(hub._drop, request)  # its timer must not wake it later, wherever it is by then
+        raise AssertionError(f"Invalid switch into {current!r}: a sleep ends at its time, not at a switch()")
 
 
 def joinall(greenlets: Iterable[Greenlet], timeout: float | None = None, raise_error: bool = False,

@@ -1659,3 +1659,34 @@ def test_example_fetcher_with_a_pool_of_50_and_a_timeout_per_request():
     assert all(results[f"{base}/{i}"] == "HTTP/1.0 200 OK" for i in range(200))
     assert isinstance(results[f"{base}/slow"], coopsock.Timeout)
     assert peak[0] == 50
+
+
+def test_a_raw_switch_into_a_sleeping_greenlet_raises_there_and_leaves_no_wake_up_behind():
+    # gevent's test__api test_sleep_invalid_switch: sleep() returned None
+    # early, as if its time had come. Its timer must not wake the greenlet
+    # later either, wherever it waits by then.
+    hub = coopsock.get_hub()
+    timers = hub.stats()["timers"]  # (the hang guard's)
+    sleeper = coopsock.spawn(coopsock.wrap_errors(AssertionError, coopsock.sleep), 0.05)
+    coopsock.sleep(0)  # it sleeps
+    switcher = coopsock.spawn(sleeper.switch, "not the timer")  # (left suspended by its switch: killed below)
+    result = sleeper.get(timeout=5)
+    switcher.kill()
+    assert isinstance(result, AssertionError) and "Invalid switch" in str(result), result
+    coopsock.sleep(0)
+    assert sleeper not in hub._parked and hub.stats()["timers"] == timers, (hub._parked, hub.stats())
+
+    woken = []
+
+    def waits_on_an_event_after_it(event):
+        try:
+            coopsock.sleep(0.05)
+        except AssertionError:
+            woken.append(event.wait(0.2))  # the sleep's timer falls due meanwhile: it must not end this wait
+    event = coopsock.Event()
+    waiter = coopsock.spawn(waits_on_an_event_after_it, event)
+    coopsock.sleep(0)
+    switcher = coopsock.spawn(waiter.switch, None)
+    waiter.join(timeout=5)
+    switcher.kill()
+    assert woken == [False]
