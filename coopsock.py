@@ -2959,8 +2959,9 @@ class Pool:
     """One thread's greenlets spawned through it, at most `size` (None: no limit) at once, to join or kill together."""
 
     def __init__(self, size: int | None = None) -> None:
-        if size is not None and _index(size) < 1:  # TypeError for 1.5 or "2", as range() gives
-            raise ValueError(f"Pool size must be a positive integer or None, not {size!r}")
+        # 0, as gevent's: nothing runs, for a program that checks free_count() or wait_available(timeout) first
+        if size is not None and _index(size) < 0:  # TypeError for 1.5 or "2", as range() gives
+            raise ValueError(f"Pool size must be a non-negative integer or None, not {size!r}")
         self.size, self._slots = size, None if size is None else Semaphore(size)
         self.greenlets: set[Greenlet] = set()
         self._empty = Event()

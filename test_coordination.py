@@ -800,13 +800,24 @@ def test_pool_spawn_parked_while_full_is_interrupted_by_timeout():
     assert len(pool) == 1
     pool.kill()
     assert pool.free_count() == 1
-    with pytest.raises(ValueError):
-        coopsock.Pool(0)
+
+
+def test_a_pool_of_size_0_runs_nothing_and_says_so_as_gevents():
+    # gevent's test__pool TestPool0: coopsock refused size 0 with ValueError.
+    pool = coopsock.Pool(0)
+    assert pool.free_count() == 0 and pool.full()
+    started = time.monotonic()
+    assert pool.wait_available(timeout=0.05) == 0 and time.monotonic() - started >= 0.04
+    with pytest.raises(coopsock.PoolFull):
+        pool.add(coopsock.Greenlet(sleep, 0), blocking=False)
+    with pytest.raises(Timeout), Timeout(0.01):
+        pool.spawn(sleep, 0)
+    assert len(pool) == 0
 
 
 def test_a_pool_of_no_size_says_what_sizes_it_takes():
-    for size in (0, -1):
-        with pytest.raises(ValueError, match=f"^Pool size must be a positive integer or None, not {size!r}$"):
+    for size in (-1, -5):
+        with pytest.raises(ValueError, match=f"^Pool size must be a non-negative integer or None, not {size!r}$"):
             coopsock.Pool(size)
     for size in (1.5, "2"):
         with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
