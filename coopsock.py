@@ -253,6 +253,20 @@ def _seconds(seconds):
     return max(seconds, 0.0)
 
 
+def _asked_timeout(method, value):
+    """Return the timeout that a stdlib socket's method(value) sets, raising what it raises for value.
+
+    Asked of a socket without an fd: it checks value and notes the timeout,
+    then fails to set the fd's mode (EBADF), which is the caller's to keep.
+    """
+    unopened = _socket.socket.__new__(_socket.socket)
+    try:
+        method(unopened, value)
+    except OSError:
+        pass
+    return _socket.socket.gettimeout(unopened)
+
+
 def _lock_timeout(blocking, timeout):
     """Return threading.Lock.acquire's timeout as Semaphore.acquire takes it (None: no limit).
 
@@ -3621,20 +3635,6 @@ _helpers = ThreadPool(None, name="coopsock-helper")  # each waits as long as wha
 #     the hub cannot hear of it, and must check the fd itself before it watches.
 
 _CONNECT_AGAIN = (_errno.EINPROGRESS, _errno.EALREADY, _errno.EAGAIN, _errno.EINTR)
-
-
-def _asked_timeout(method, value):
-    """Return the timeout that a stdlib socket's method(value) sets, raising what it raises for value.
-
-    Asked of a socket without an fd: it checks value and notes the timeout,
-    then fails to set the fd's mode (EBADF), which is the caller's to keep.
-    """
-    unopened = _socket.socket.__new__(_socket.socket)
-    try:
-        method(unopened, value)
-    except OSError:
-        pass
-    return _socket.socket.gettimeout(unopened)
 
 
 def _wait_before(hub, entry, events, deadline):
