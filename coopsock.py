@@ -3663,13 +3663,14 @@ setattr(_SocketClass, "__getattr__", _class_getattr)  # noqa: B010
 class socket(_stdsocket.socket, metaclass=_SocketClass):
     """The stdlib socket, cooperative: a blocking call parks only the calling greenlet."""
 
-    __slots__ = ("_timeout", "_hub", "_entry")
+    __slots__ = ("_timeout", "_hub", "_entry", "_drained")
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
         super().__init__(family, type, proto, fileno)
         self._timeout = _socket.socket.gettimeout(self)  # 0.0 with SOCK_NONBLOCK, as the stdlib's
         _socket.socket.settimeout(self, 0.0)
         self._hub = self._entry = None  # the hub that waits on this fd, and its entry for it
+        self._drained = False if _socket.socket.type.__get__(self) == _socket.SOCK_STREAM else None  # see recv
 
     # -- timeouts -----------------------------------------------------------
 
@@ -3683,6 +3684,8 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         if _socket.socket.fileno(self) < 0:
             _socket.socket.settimeout(self, value)  # closed: the stdlib's OSError
         self._timeout = _asked_timeout(_socket.socket.settimeout, value)
+        if self._drained:  # it holds only without a timeout
+            self._drained = False
 
     def gettimeout(self) -> float | None:
         """Return the timeout in seconds, or None."""
@@ -3810,12 +3813,24 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to bufsize bytes; b"" at end of stream."""
-        try:
-            return _socket.socket.recv(self, bufsize, flags)
-        except BlockingIOError:  # the fast path: one system call, no loop
-            if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
-                raise
-        return self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, flags)
+        # A blocking stream socket whose last recv returned less than it asked
+        # for had nothing more then: a request's answer comes later, so the next
+        # recv waits first instead of failing with EAGAIN (a system call and an
+        # exception per round trip). The wait is level-triggered: data already
+        # there wakes it at the next poll. Not with a timeout: a due timer could
+        # win over data that has arrived.
+        if self._drained and not flags:
+            data = self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, 0)
+        else:
+            try:
+                data = _socket.socket.recv(self, bufsize, flags)
+            except BlockingIOError:  # the fast path: one system call, no loop
+                if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
+                    raise
+                data = self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, flags)
+        if self._drained is not None:  # (None: not a stream socket)
+            self._drained = self._timeout is None and not flags and type(bufsize) is int and len(data) < bufsize
+        return data
 
     def send(self, data: _Buffer, flags: int = 0) -> int:
         """Send some of data; return how many bytes were sent."""

@@ -1553,6 +1553,27 @@ def test_settimeout_makes_a_blocking_call_raise_timeout_error(op, pair, listener
         assert pair[0].recv(5) == b"after"
 
 
+def test_recv_after_a_short_read_still_returns_what_is_there_at_once(pair, tcp_pair):
+    # A short read makes the next recv of a blocking stream socket wait before
+    # it tries (one system call per round trip instead of two): data that came
+    # meanwhile, a timeout set meanwhile, the end of the stream all read as before.
+    for a, b in (pair, tcp_pair):
+        b.sendall(b"one")
+        assert a.recv(10) == b"one"
+        b.sendall(b"two")
+        assert a.recv(10) == b"two"
+        b.sendall(b"three")
+        a.settimeout(1e-6)  # data that is there comes first, as from the stdlib's socket: never a timeout
+        assert a.recv(10) == b"three"
+        a.settimeout(None)
+        b.sendall(b"four")
+        assert a.recv(4) == b"four"  # a full read: the next recv tries first
+        b.sendall(b"x")
+        b.shutdown(stdsocket.SHUT_WR)
+        assert a.recv(10) == b"x"
+        assert a.recv(10) == b""
+
+
 def test_connect_timeout_is_one_deadline(full_listener):
     with coopsock.socket() as client:
         client.settimeout(0.5)
