@@ -1085,10 +1085,20 @@ class _Callback:
     pending = property(lambda self: self.func is not None)
 
 
+_switch = _greenlet.switch  # (bound once: CPython 3.11 caches no lookup of a class's attribute)
+
+
 class Hub(_greenlet):
     """The greenlet that runs this thread's event loop and wakes parked greenlets."""
 
     parent: _greenlet  # (for type checkers) the thread's main greenlet, never None
+    # Slots: CPython 3.11 caches no lookup of a greenlet's __dict__ attribute
+    # (the hub reads these on every wake-up), but caches a slot's.
+    __slots__ = ("ev", "loop", "_fired", "_record_fired", "_fds", "_spare_ios", "_parked", "_deadlines",
+                 "_io_parks", "_lent", "_started", "_callbacks", "_timers", "_timer_numbers", "_sweep_at",
+                 "_due_ahead", "_clock", "_clock_when", "_incoming", "_thread", "_pid", "_runner", "_wake_lock",
+                 "_wakeup", "_destroyed", "_next_poll", "_arriving", "_deferred", "_idlers", "_signal_wakeup",
+                 "_sigint", "_creator")
 
     def __init__(self) -> None:
         root = getcurrent()
@@ -1237,7 +1247,7 @@ class Hub(_greenlet):
             self._check_switch()
         if _PYPY:  # see _resume
             self._arriving = request
-        return _greenlet.switch(self, request)
+        return _switch(self, request)
 
     def wait(self, entry: _Fd, events: int, deadline: float | None = None) -> None:
         """Park the current greenlet until entry's fd is ready for events, as a socket call.
@@ -1262,12 +1272,12 @@ class Hub(_greenlet):
         request = (_PARK, current, entry, events, deadline, True)
         if _PYPY:  # see _resume
             self._arriving = request
-        if _greenlet.switch(self, request) is _TIMED_OUT:  # (park(), inline: the socket's hot path)
+        if _switch(self, request) is _TIMED_OUT:  # (park(), inline: the socket's hot path)
             raise _timed_out("timed out")
 
     def _take(self, request):
         """Record what a greenlet switched into the hub with, if it parked (anything else is ignored)."""
-        if type(request) is not tuple or len(request) != 6 or request[0] is not _PARK:
+        if type(request) is not tuple or not request or request[0] is not _PARK:
             return
         _, greenlet, target, events, deadline, exclusive = request
         parked = self._parked
@@ -3660,6 +3670,9 @@ class _SocketClass(type):
 
 setattr(_SocketClass, "__getattr__", _class_getattr)  # noqa: B010
 
+_sock_recv, _sock_send = _socket.socket.recv, _socket.socket.send  # (bound once, as _switch)
+
+
 class socket(_stdsocket.socket, metaclass=_SocketClass):
     """The stdlib socket, cooperative: a blocking call parks only the calling greenlet."""
 
@@ -3820,10 +3833,18 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         # there wakes it at the next poll. Not with a timeout: a due timer could
         # win over data that has arrived.
         if self._drained and not flags:
-            data = self._wait_and_retry(_socket.socket.recv, _EV_READ, bufsize, 0)
+            hub = self._hub
+            if hub is not None and hub is _local.__dict__.get("hub"):  # (_wait_and_retry, inline: the hot path)
+                hub.wait(self._entry, _EV_READ, None)
+                try:
+                    data = _sock_recv(self, bufsize)
+                except BlockingIOError:
+                    data = self._wait_and_retry(_sock_recv, _EV_READ, bufsize, 0)
+            else:
+                data = self._wait_and_retry(_sock_recv, _EV_READ, bufsize, 0)
         else:
             try:
-                data = _socket.socket.recv(self, bufsize, flags)
+                data = _sock_recv(self, bufsize, flags)
             except BlockingIOError:  # the fast path: one system call, no loop
                 if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                     raise
@@ -3844,7 +3865,7 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
     def sendall(self, data: _Buffer, flags: int = 0) -> None:
         """Send all of data; the timeout bounds the whole call, not each piece."""
         try:  # usually all of it goes at once; and this checks data as the stdlib does
-            sent = _socket.socket.send(self, data, flags)
+            sent = _sock_send(self, data, flags)
         except BlockingIOError:
             if self._timeout == 0.0 or flags & _MSG_DONTWAIT:
                 raise
