@@ -1611,7 +1611,7 @@ class Hub(_greenlet):
         if self._deferred:
             self._run_deferred_signals()
         budget_end = _monotonic() + _PASS_BUDGET
-        callbacks, take = self._callbacks, self._take
+        callbacks, take, parked = self._callbacks, self._take, self._parked
         self._run_callbacks(len(callbacks), budget_end)  # only those queued before: a sleep(0) loop must let I/O in
         incoming = self._incoming
         while incoming:  # what other threads handed over
@@ -1670,13 +1670,21 @@ class Hub(_greenlet):
                     watcher.stop()  # nobody waits: a ready fd would fire every pass
                     continue
                 for greenlet in waking:
-                    if self._unpark(greenlet) is not None:  # (else woken already, by its other fd)
-                        try:
-                            take(greenlet.switch() if not _PYPY else self._resume(greenlet.switch))
-                        except BaseException as exc:  # a raw greenlet died, or destroy()
-                            if self._destroyed:
-                                raise GreenletExit from None
-                            self._report(greenlet, exc)
+                    request = parked.get(greenlet)
+                    if request is None:  # woken already, by its other fd
+                        continue
+                    if request[2] is entry and request[3] == i + 1 and request[4] is None and request[5]:
+                        del parked[greenlet]  # (_unpark, inline for a socket call's wait: the hot path)
+                        entry.users[i] = None
+                        self._io_parks -= 1
+                    else:
+                        self._unpark(greenlet)
+                    try:
+                        take(greenlet.switch() if not _PYPY else self._resume(greenlet.switch))
+                    except BaseException as exc:  # a raw greenlet died, or destroy()
+                        if self._destroyed:
+                            raise GreenletExit from None
+                        self._report(greenlet, exc)
 
     def _run_callbacks(self, count, budget_end):
         """Run up to count callbacks from the front of the queue, fewer once past budget_end."""
