@@ -1288,13 +1288,8 @@ class Hub(_greenlet):
             self._io_parks += 1
             try:
                 if type(target) is _Fd:
-                    if exclusive and events != 3 and self._fds.get(target.fd) is target:  # the hot path, inline
-                        i = events - 1
-                        target.users[i] = greenlet
-                        watcher = target.watchers[i] or self._watch(target, i)
-                        if not watcher.active:
-                            watcher.start()
-                            self._started.append(watcher)
+                    if exclusive and events != 3 and target.watchers[events - 1] is not None:  # the hot path, inline
+                        target.users[events - 1] = greenlet  # (a started watcher: so the fd is open and known)
                     else:
                         self._watch_for(greenlet, target, events, exclusive)
                 elif target is not _THREAD:
@@ -1323,10 +1318,8 @@ class Hub(_greenlet):
                 raise OSError(_errno.EBADF, _CLOSED_WHILE_WAITING)
             self._fds[entry.fd] = entry  # a raw fd's first wait
         for i in _DIRECTIONS[events]:
-            watcher = entry.watchers[i] or self._watch(entry, i)
-            if not watcher.active:
-                watcher.start()
-                self._started.append(watcher)
+            if entry.watchers[i] is None:
+                self._start_watching(entry, i)
 
     def _unpark(self, greenlet):
         """Clear greenlet's record; return the request it parked with, or None if it was not parked."""
@@ -1412,16 +1405,33 @@ class Hub(_greenlet):
                 if greenlet is not None and greenlet in self._parked:
                     self._throw(greenlet, OSError(_errno.EBADF, _CLOSED_WHILE_WAITING))
 
-    def _watch(self, entry, i):
+    # An entry's watcher for a direction is there only while it is started:
+    # a park checks the slot, not the backend's `active`.
+    def _start_watching(self, entry, i):
         spares = self._spare_ios[i]
-        if spares:  # a watcher a raw wait used: set() costs less than a new one
+        if spares:  # a stopped watcher: set() costs less than a new one
             watcher = spares.pop()
             watcher.set(entry.fd, i + 1)
         else:
             watcher = self.ev.Io(entry.fd, i + 1, self.loop, self._record_fired)
         watcher.data = (entry, i)
-        entry.watchers[i] = watcher
-        return watcher
+        entry.watchers[i] = watcher  # first: a close stops it even if start() is cut short once started
+        try:
+            watcher.start()
+        except BaseException:  # the backend refused the fd, or a signal: no slot without a started watcher
+            self._stop_watching(entry, i)
+            raise
+        self._started.append(watcher)
+
+    def _stop_watching(self, entry, i, keep=False):
+        """Stop entry's watcher for direction i; keep: as a spare (not for one that may still be in this
+        pass's fired watchers: reused for another fd, it would wake that fd's waiters)."""
+        watcher = entry.watchers[i]
+        if watcher is not None:
+            watcher.data = entry.watchers[i] = None  # first: if a signal cuts stop() short, _run_pass stops it
+            watcher.stop()
+            if keep and len(self._spare_ios[i]) < _SPARE_IOS:
+                self._spare_ios[i].append(watcher)
 
     def _entry(self, fd, owner=None):
         """Return this hub's entry for fd; owner: a weakref to the socket, whose entry is kept at once.
@@ -1452,12 +1462,8 @@ class Hub(_greenlet):
         signal cuts it short, the close does not happen, and the next call
         finishes it.
         """
-        for i, watcher in enumerate(entry.watchers):
-            if watcher is not None:
-                watcher.stop()
-                if keep_watchers and len(self._spare_ios[i]) < _SPARE_IOS:
-                    self._spare_ios[i].append(watcher)
-                watcher.data = entry.watchers[i] = None
+        for i in (0, 1):
+            self._stop_watching(entry, i, keep_watchers)
         if self._fds.get(entry.fd) is entry:
             del self._fds[entry.fd]
         if entry.waiters[0] or entry.waiters[1] or entry.users != [None, None]:
@@ -1659,6 +1665,8 @@ class Hub(_greenlet):
                 if data is None:
                     if self._signal_wakeup and watcher is self._signal_wakeup[0]:
                         _drain(self._signal_wakeup[1][0])
+                    elif watcher is not self._clock and watcher is not self._wakeup:
+                        watcher.stop()  # an io watcher no entry holds (a stop a signal cut short): it would fire again
                     continue
                 entry, i = data
                 user, waiting = entry.users[i], entry.waiters[i]
@@ -1667,7 +1675,7 @@ class Hub(_greenlet):
                 elif user is not None:
                     waking = (user,)
                 else:
-                    watcher.stop()  # nobody waits: a ready fd would fire every pass
+                    self._stop_watching(entry, i, keep=True)  # nobody waits: a ready fd would fire every pass
                     continue
                 for greenlet in waking:
                     request = parked.get(greenlet)
@@ -3793,7 +3801,7 @@ class socket(_stdsocket.socket, metaclass=_SocketClass):
         if hub is not None and hub._thread == _threading.get_ident():
             for i, shut in enumerate((how != _socket.SHUT_WR, how != _socket.SHUT_RD)):
                 if shut and (entry.users[i] is not None or entry.waiters[i]):
-                    entry.watchers[i].stop()  # so that the fd becoming ready cannot wake them first
+                    hub._stop_watching(entry, i)  # so that the fd becoming ready cannot wake them first
                     hub.run_callback(hub._wake_closed, entry, (i,))
 
     # -- the blocking calls ---------------------------------------------------
