@@ -624,6 +624,19 @@ def test_spawn_runs_the_function_and_keeps_its_value():
     assert g.ready() and g.dead and g.successful() and g.value == 3 and g.exception is None
 
 
+def test_spawn_passes_every_arity_and_keyword_as_given():
+    # run() calls the usual arities without *args (a C stack frame less per parked greenlet)
+    def arguments(*args, **kwargs):
+        return args, kwargs
+    calls = [(), (1,), (1, 2), (1, 2, 3), ((),), (None, None)]
+    for args in calls:
+        assert spawn(arguments, *args).get() == (args, {})
+    assert spawn(arguments, 1, key=2).get() == ((1,), {"key": 2})
+    assert spawn(arguments, key=2).get() == ((), {"key": 2})
+    with pytest.raises(TypeError):  # the wrong arity fails in the greenlet, as a direct call would
+        spawn(lambda x: x).get()
+
+
 def test_get_and_join_with_a_timeout_on_an_unfinished_greenlet():
     g = spawn(sleep, 10)
     with pytest.raises(Timeout):
