@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 import warnings
+import weakref
 
 import greenlet
 import pytest
@@ -635,6 +636,26 @@ def test_spawn_passes_every_arity_and_keyword_as_given():
     assert spawn(arguments, key=2).get() == ((), {"key": 2})
     with pytest.raises(TypeError):  # the wrong arity fails in the greenlet, as a direct call would
         spawn(lambda x: x).get()
+
+
+@pytest.mark.loop_independent
+@pytest.mark.skipif(sys.implementation.name == "pypy", reason="PyPy frees nothing but by its collector")
+def test_a_killed_greenlet_is_freed_without_the_garbage_collector():
+    # Its GreenletExit value kept a traceback holding its frame and so the
+    # greenlet: a cycle, so 20,000 killed greenlets waited for collections
+    # (and the linear-time test of leaving waiters failed on their cost).
+    g = spawn(coopsock.Event().wait)
+    sleep(0)
+    g.kill()
+    sleep(0)  # the hub's pass that calls its links
+    assert isinstance(g.value, GreenletExit)
+    gone = weakref.ref(g)
+    gc.disable()
+    try:
+        del g
+        assert gone() is None, gc.get_referrers(gone())
+    finally:
+        gc.enable()
 
 
 def test_get_and_join_with_a_timeout_on_an_unfinished_greenlet():
