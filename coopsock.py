@@ -2046,8 +2046,8 @@ class Greenlet(_greenlet):
 
     def run(self) -> None:
         self._starter = None
-        func, args, kwargs = self._run if self._func is None else self._func, self._args, self._kwargs
         try:
+            func, args, kwargs = self._run if self._func is None else self._func, self._args, self._kwargs
             # A call with *args recurses in C on CPython 3.11, and a parked
             # greenlet keeps a copy of its C stack: so the usual arities are
             # called directly (368 bytes less per idle connection).
