@@ -1822,6 +1822,7 @@ def _interrupt(signum, frame):
     hub = _local.__dict__.get("hub")  # (handlers run in the main thread)
     if hub is not None and getcurrent() is hub:
         hub._deferred.append((_default_interrupt, signum))
+        hub._wakeup.send()  # it may land after this pass looked: its poll must not block
     else:
         raise KeyboardInterrupt
 
@@ -5170,6 +5171,7 @@ class _DeferringHandler:
         hub = _local.__dict__.get("hub")  # (handlers run in the main thread)
         if hub is not None and getcurrent() is hub:
             hub._deferred.append((self.handler, signum))
+            hub._wakeup.send()  # as _interrupt's
         else:
             self.handler(signum, frame)
 

@@ -1050,6 +1050,25 @@ def test_ctrl_c_during_a_wait_interrupts_the_main_greenlet():
     _assert_clean_exit(_run_child(code, coopsock.BACKEND))
 
 
+def test_ctrl_c_deferred_after_the_pass_looked_still_interrupts_at_once():
+    # The handler can run in the hub after its pass checked for deferred
+    # signals (PyPy runs handlers late; CI once hung a child here): that
+    # pass's poll must not block until some other wake-up (here a 20 s sleep).
+    code = """
+    hub = coopsock.get_hub()
+    hub.run_callback(lambda: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
+    started = time.monotonic()
+    try:
+        sleep(20)
+        raise AssertionError("sleep returned")
+    except KeyboardInterrupt:
+        pass
+    assert time.monotonic() - started < 10, time.monotonic() - started
+    print("OK")
+    """
+    _assert_clean_exit(_run_child(code, coopsock.BACKEND))
+
+
 def test_exception_in_a_hub_callback_is_reported_and_the_hub_runs_on(capsys):
     hub, ran = coopsock.get_hub(), []
 
